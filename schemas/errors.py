@@ -1,0 +1,34 @@
+"""The dlabel exception tree: one base class, a few specific subclasses."""
+from __future__ import annotations
+
+
+class DlabelError(Exception):
+    """Base class of every error dlabel raises on purpose."""
+
+
+class ConfigError(DlabelError):
+    """The pipeline config (or an environment setting) is invalid.
+
+    Messages name the field, quote the bad value and say how to fix it.
+    """
+
+
+class EventError(DlabelError):
+    """An input event is invalid; it goes to the dead-letter topic.
+
+    ``reason`` is a reason code of DESIGN.md (``malformed_json``, ``missing_field``,
+    ``bad_type``, ``bad_timestamp``, ...); ``detail`` says what was wrong.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class BrokerError(DlabelError):
+    """The Kafka broker could not be started, reached or configured."""
+
+
+class CommitError(DlabelError):
+    """Output could not be committed; offsets were not committed either."""
