@@ -1,0 +1,387 @@
+"""The pipeline config: YAML file -> validated, frozen ``PipelineConfig``.
+
+Every invalid field raises ``ConfigError`` naming the dotted field, quoting the bad
+value and saying how to fix it. Unknown keys are errors, so typos cannot pass silently.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from schemas.errors import ConfigError
+
+BROKER_ENV = "DLABEL_BROKER"
+DEFAULT_BROKER = "kafka://localhost:9092"
+FEATURE_TYPES = ("int", "float", "str", "bool")
+PII_ACTIONS = ("hash", "drop")
+STORES = ("memory", "rocksdb")
+# estimator -> the label kind it fits; the first one of a kind is that kind's default
+ESTIMATORS = {"sgd_classifier": "binary", "sgd_regressor": "regression"}
+# columns of a labeled example before the features (mirrored in schemas.records)
+RESERVED_COLUMNS = ("request_id", "request_ts", "window_start", "label", "label_ts",
+                    "prediction", "model_version")
+
+_PIPELINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+_HOST_PORT = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}"
+_BROKER_RE = re.compile(rf"^kafka://({_HOST_PORT}(?:,{_HOST_PORT})*)$")
+_DURATION_PART_RE = re.compile(r"([0-9]+)(ms|s|m|h|d)")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A declared feature: its name, type and PII handling (None, 'hash' or 'drop')."""
+    name: str
+    type: str
+    pii: str | None = None
+
+
+@dataclass(frozen=True)
+class TopicsSpec:
+    """The Kafka topics of one pipeline."""
+    requests: str
+    feedback: str
+    labeled: str
+    dead_letter: str
+    windows: str
+    partitions: int = 4
+    replication_factor: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class JoinSpec:
+    """How requests and feedback are joined (durations in milliseconds; keywords only)."""
+    key: str = "request_id"
+    label_window_ms: int
+    allowed_lateness_ms: int = 0
+    idle_timeout_ms: int = 30_000
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """How a label is derived from feedback (see DESIGN.md, 'the oracle')."""
+    kind: str
+    positive: tuple[str, ...] = ()
+    feedback: tuple[str, ...] = ()
+    value: str = "elapsed_seconds"
+
+    @property
+    def value_field(self) -> str | None:
+        """The feedback field carrying the outcome for ``value: field:<name>``, else None."""
+        return self.value[6:] if self.value.startswith("field:") else None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where the Parquet dataset goes and how long a window is (ms)."""
+    path: str
+    window_ms: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Where the model registry lives and which estimator is trained."""
+    path: str
+    estimator: str = "sgd_classifier"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A whole validated pipeline config."""
+    pipeline: str
+    broker: str
+    topics: TopicsSpec
+    join: JoinSpec
+    label: LabelSpec
+    features: tuple[FeatureSpec, ...]
+    slices: tuple[str, ...]
+    dataset: DatasetSpec
+    model: ModelSpec
+    store: str = "memory"
+    state_dir: str = ".dlabel-state"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker as ``host:port[,host:port...]`` (what Kafka clients expect)."""
+        return self.broker[len("kafka://"):]
+
+    @property
+    def kept_features(self) -> tuple[FeatureSpec, ...]:
+        """The features that appear in output (all but ``pii: drop``), in config order."""
+        return tuple(f for f in self.features if f.pii != "drop")
+
+
+def _fail(field: str, message: str) -> ConfigError:
+    return ConfigError(f"{field}: {message}")
+
+
+def parse_duration_ms(text: str | int, field: str) -> int:
+    """Parse a duration ('500ms', '90s', '30m', '2h', '1d', '1h30m'; plain int = ms) to ms.
+
+    Returns a non-negative int; callers check positivity where required.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise _fail(field, f"{text!r} is negative; write a positive duration, e.g. 30m")
+        return text
+    if isinstance(text, str):
+        compact = text.strip().replace(" ", "")
+        parts = _DURATION_PART_RE.findall(compact)
+        if parts and "".join(n + u for n, u in parts) == compact:
+            return sum(int(n) * _UNIT_MS[u] for n, u in parts)
+    raise _fail(field, f"{text!r} is not a duration; write e.g. 30m or 2h "
+                       "(units ms, s, m, h, d; whole numbers only)")
+
+
+def validate_broker(value: Any, field: str = "broker") -> str:
+    """Check a broker URL ``kafka://host:port[,host:port...]`` and return it."""
+    m = _BROKER_RE.match(value) if isinstance(value, str) else None
+    if m is None or not all(0 < int(hp.rsplit(":", 1)[1]) < 65536 for hp in m.group(1).split(",")):
+        raise _fail(field, f"{value!r} is not a broker url; write e.g. kafka://localhost:9092 "
+                           "or kafka://host1:9092,host2:9092")
+    return value
+
+
+class _Section:
+    """A mapping being validated: tracks the dotted prefix and rejects unknown keys."""
+
+    def __init__(self, data: Any, prefix: str, allowed: tuple[str, ...]) -> None:
+        where = prefix or "config"
+        if not isinstance(data, dict):
+            raise _fail(where, f"{data!r} is not a mapping; write {where} as 'key: value' lines")
+        unknown = sorted(str(k) for k in data if k not in allowed)
+        if unknown:
+            raise _fail(where, f"unknown key(s) {', '.join(map(repr, unknown))}; "
+                               f"allowed keys are {', '.join(allowed)}")
+        self.data, self.prefix = data, prefix
+
+    def name(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def get(self, key: str, check: Callable[[Any, str], Any], default: Any = ...) -> Any:
+        value = self.data.get(key)
+        if value is None:
+            if default is ...:
+                raise _fail(self.name(key), "is required but missing; add it to the config")
+            return default
+        return check(value, self.name(key))
+
+    def sub(self, key: str, allowed: tuple[str, ...]) -> _Section:
+        """The required sub-section ``key``, itself validated."""
+        return _Section(self.get(key, lambda v, f: v), self.name(key), allowed)
+
+
+def _str(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(field, f"{value!r} is not a non-empty string; write a name or path")
+    return value
+
+
+def _pattern(regex: re.Pattern[str], hint: str) -> Callable[[Any, str], str]:
+    def check(value: Any, field: str) -> str:
+        if not isinstance(value, str) or not regex.match(value):
+            raise _fail(field, f"{value!r} is not a valid name; {hint}")
+        return value
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def check(value: Any, field: str) -> str:
+        if value not in options:
+            raise _fail(field, f"{value!r} is not allowed; write one of {', '.join(options)}")
+        return value
+    return check
+
+
+def _positive_int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(field, f"{value!r} is not a positive integer; write e.g. 4")
+    return value
+
+
+def _duration(positive: bool) -> Callable[[Any, str], int]:
+    def check(value: Any, field: str) -> int:
+        ms = parse_duration_ms(value, field)
+        if positive and ms == 0:
+            raise _fail(field, f"{value!r} is zero; write a positive duration, e.g. 30m")
+        return ms
+    return check
+
+
+def _names(value: Any, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _fail(field, f"{value!r} is not a non-empty list; write e.g. [click]")
+    for i, item in enumerate(value):
+        _str(item, f"{field}[{i}]")
+    if len(set(value)) != len(value):
+        raise _fail(field, f"{value!r} has duplicates; list each name once")
+    return tuple(value)
+
+
+def _feature(name: Any, spec: Any) -> FeatureSpec:
+    field = f"features.{name}"
+    if isinstance(name, bool):
+        raise _fail(field, f"{name!r} is not a feature name (yaml reads yes/no/on/off as "
+                           "booleans); quote it, e.g. 'no': int")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise _fail(field, f"{name!r} is not a valid feature name; use letters, digits, "
+                           "'_', '.' or '-', starting with a letter or '_'")
+    if name in RESERVED_COLUMNS:
+        raise _fail(field, f"{name!r} clashes with a labeled-example column; rename the feature "
+                           f"(reserved: {', '.join(RESERVED_COLUMNS)})")
+    if isinstance(spec, str):
+        return FeatureSpec(name, _choice(FEATURE_TYPES)(spec, f"{field}.type"))
+    sec = _Section(spec, field, ("type", "pii"))
+    ftype = sec.get("type", _choice(FEATURE_TYPES))
+    pii = sec.get("pii", _choice(PII_ACTIONS), None)
+    if pii == "hash" and ftype != "str":
+        raise _fail(f"{field}.type", f"{ftype!r} cannot be hashed (hashes are hex strings); "
+                                     "declare type: str")
+    return FeatureSpec(name, ftype, pii)
+
+
+def _label(sec: _Section, join_key: str) -> LabelSpec:
+    kind = sec.get("kind", _choice(("binary", "regression")))
+    if kind == "binary":
+        for key in ("feedback", "value"):
+            if key in sec.data:
+                raise _fail(sec.name(key), "is only for kind: regression; remove it or "
+                                           "use positive: [...]")
+        return LabelSpec(kind, positive=sec.get("positive", _names))
+    if "positive" in sec.data:
+        raise _fail(sec.name("positive"), "is only for kind: binary; use feedback: [...]")
+    value = sec.get("value", _str, "elapsed_seconds")
+    target = value[6:] if value.startswith("field:") else None
+    if value != "elapsed_seconds" and not (target and _NAME_RE.match(target)):
+        raise _fail(sec.name("value"), f"{value!r} is not allowed; write elapsed_seconds or "
+                                       "field:<name of a numeric feedback field>")
+    if target in (join_key, "ts", "type"):
+        raise _fail(sec.name("value"), f"{value!r} names a key/time/type field, not an outcome; "
+                                       "use elapsed_seconds for durations")
+    return LabelSpec(kind, feedback=sec.get("feedback", _names), value=value)
+
+
+_TOP_KEYS = ("pipeline", "broker", "topics", "join", "label", "features", "slices",
+             "dataset", "model", "store", "state_dir")
+
+
+def config_from_dict(data: dict, source: str = "<dict>", broker: str | None = None,
+                     environ: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Validate a parsed config mapping.
+
+    Broker precedence: ``broker`` argument > ``DLABEL_BROKER`` in ``environ`` (default
+    ``os.environ``) > the mapping's ``broker:`` > ``kafka://localhost:9092``.
+    Errors are prefixed with ``source``.
+    """
+    try:
+        return _build(data, broker, os.environ if environ is None else environ)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> PipelineConfig:
+    top = _Section(data, "", _TOP_KEYS)
+    pipeline = top.get("pipeline", _pattern(_PIPELINE_RE, "use 1-64 letters, digits, '.', "
+                                            "'_' or '-', starting with a letter or digit"))
+    if broker:
+        broker = validate_broker(broker, "--broker")
+    elif environ.get(BROKER_ENV):
+        broker = validate_broker(environ[BROKER_ENV], BROKER_ENV)
+    else:
+        broker = top.get("broker", validate_broker, DEFAULT_BROKER)
+
+    t = top.sub("topics", ("requests", "feedback", "labeled", "dead_letter", "windows",
+                           "partitions", "replication_factor"))
+    topic = _pattern(_TOPIC_RE, "kafka topic names use 1-249 letters, digits, '.', '_', '-'")
+    names = {k: t.get(k, topic) for k in ("requests", "feedback", "labeled", "dead_letter",
+                                          "windows")}
+    for key, value in names.items():
+        other = next((k for k, v in names.items() if v == value and k != key), None)
+        if other:
+            raise _fail(f"topics.{key}", f"{value!r} is also topics.{other}; give each topic "
+                                         "its own name")
+    topics = TopicsSpec(**names, partitions=t.get("partitions", _positive_int, 4),
+                        replication_factor=t.get("replication_factor", _positive_int, 1))
+
+    j = top.sub("join", ("key", "label_window", "allowed_lateness", "idle_timeout"))
+    join = JoinSpec(key=j.get("key", _pattern(_NAME_RE, "write e.g. request_id"), "request_id"),
+                    label_window_ms=j.get("label_window", _duration(True)),
+                    allowed_lateness_ms=j.get("allowed_lateness", _duration(False), 0),
+                    idle_timeout_ms=j.get("idle_timeout", _duration(True), 30_000))
+
+    label = _label(top.sub("label", ("kind", "positive", "feedback", "value")), join.key)
+
+    raw_features = top.get("features", lambda v, f: v)
+    if not isinstance(raw_features, dict) or not raw_features:
+        raise _fail("features", f"{raw_features!r} is not a non-empty mapping; write e.g. "
+                                "'hour: int' lines (types int, float, str, bool)")
+    features = tuple(_feature(n, s) for n, s in raw_features.items())
+
+    slices = top.get("slices", _names, ())
+    kept = {f.name for f in features if f.pii != "drop"}
+    for i, s in enumerate(slices):
+        if s not in kept:
+            raise _fail(f"slices[{i}]", f"{s!r} is not a declared feature (or is dropped PII); "
+                                        f"slice by one of {', '.join(sorted(kept))}")
+
+    d = top.sub("dataset", ("path", "window"))
+    dataset = DatasetSpec(d.get("path", _str), d.get("window", _duration(True)))
+
+    m = top.sub("model", ("path", "estimator"))
+    default_est = next(e for e, k in ESTIMATORS.items() if k == label.kind)
+    estimator = m.get("estimator", _choice(tuple(ESTIMATORS)), default_est)
+    if ESTIMATORS[estimator] != label.kind:
+        raise _fail("model.estimator", f"{estimator!r} does not fit label kind {label.kind!r}; "
+                                       f"write {default_est}")
+    return PipelineConfig(pipeline=pipeline, broker=broker, topics=topics, join=join,
+                          label=label, features=features, slices=slices, dataset=dataset,
+                          model=ModelSpec(m.get("path", _str), estimator),
+                          store=top.get("store", _choice(STORES), "memory"),
+                          state_dir=top.get("state_dir", _str, ".dlabel-state"))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that rejects duplicate mapping keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
+    seen: list[Any] = []
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}; keep only one", key_node.start_mark)
+        seen.append(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _construct_mapping)
+
+
+def load_config(path: str | Path, broker: str | None = None,
+                environ: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Read and validate a YAML pipeline config file.
+
+    Broker precedence: ``broker`` argument > env ``DLABEL_BROKER`` > the file's
+    ``broker:`` > ``kafka://localhost:9092``.
+    """
+    try:
+        with open(path, encoding="utf-8") as stream:
+            data = yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config file ({e})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid yaml: {e}") from None
+    if data is None:
+        raise ConfigError(f"{path}: config file is empty; see examples/ctr.yaml")
+    return config_from_dict(data, source=str(path), broker=broker, environ=environ)

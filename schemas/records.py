@@ -1,0 +1,73 @@
+"""Output records: labeled examples and dead-letter envelopes (JSON on Kafka)."""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from schemas.events import Request
+
+LABELED_BASE_COLUMNS = ("request_id", "request_ts", "window_start", "label", "label_ts",
+                        "prediction", "model_version")
+DEAD_LETTER_KEYS = ("reason", "detail", "topic", "partition", "offset", "original")
+
+
+def labeled_example(req: Request, label: float | int, label_ts: int,
+                    window_ms: int) -> dict[str, Any]:
+    """Build a labeled example: the base columns in order, then ``req.features``.
+
+    ``window_start`` is ``req.ts`` floored to a multiple of ``window_ms`` (also for
+    negative times). A bool label becomes int 0/1; ints and floats are kept as given.
+    """
+    if window_ms <= 0:
+        raise ValueError(f"window_ms must be positive, got {window_ms!r}")
+    if isinstance(label, bool):
+        label = int(label)
+    elif isinstance(label, float) and label - label != 0.0:
+        raise ValueError(f"label must be finite, got {label!r}")
+    example: dict[str, Any] = {
+        "request_id": req.request_id,
+        "request_ts": req.ts,
+        "window_start": req.ts - req.ts % window_ms,
+        "label": label,
+        "label_ts": label_ts,
+        "prediction": req.prediction,
+        "model_version": req.model_version,
+    }
+    example.update(req.features)
+    return example
+
+
+def encode_labeled(example: dict[str, Any]) -> bytes:
+    """Encode a labeled example as compact UTF-8 JSON (NaN/infinity raise ValueError)."""
+    return json.dumps(example, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def dead_letter(reason: str, detail: str, topic: str, partition: int, offset: int,
+                original: bytes) -> bytes:
+    """Encode a dead-letter envelope; ``original`` (None for a tombstone) goes as base64."""
+    return json.dumps({
+        "reason": reason,
+        "detail": detail,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "original": base64.b64encode(bytes(original or b"")).decode("ascii"),
+    }, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decode_dead_letter(raw: bytes) -> dict[str, Any]:
+    """Decode a dead-letter envelope; ``original`` comes back as bytes.
+
+    Raises ValueError when ``raw`` is not a dead-letter envelope.
+    """
+    obj = json.loads(raw)
+    if not isinstance(obj, dict) or any(k not in obj for k in DEAD_LETTER_KEYS):
+        raise ValueError(f"not a dead-letter envelope; expected keys {DEAD_LETTER_KEYS}")
+    try:
+        obj["original"] = base64.b64decode(obj["original"], validate=True)
+    except (binascii.Error, TypeError) as e:
+        raise ValueError(f"dead-letter original is not base64: {e}") from None
+    return obj

@@ -1,0 +1,372 @@
+"""The event-time join of requests with feedback: pure logic, no Kafka.
+
+``EventTimeJoin`` holds pending requests, feedback that arrived before its request
+("early" feedback) and markers of finalized requests. The worker feeds it parsed events
+and watermarks; it answers with labeled examples and dead letters. Its state changes are
+tracked per key (``take_dirty``) so that the worker can persist them to changelog-backed
+tables after the outputs they produced have been acknowledged.
+
+Times are integer epoch milliseconds. With watermark ``W`` and allowed lateness ``A``,
+the *closed time* is ``W - A``: an event with ``ts < W - A`` is late, and a request is
+finalized once ``W - A >= request.ts + label_window``, so every event the contract says
+must count still finds its request pending.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from schemas.config import PipelineConfig
+from schemas.events import Feedback, Request
+from schemas.records import labeled_example
+
+#: How long a finalized request id is remembered, past its deadline, to catch duplicates.
+DEFAULT_DEDUPE_RETENTION_MS = 24 * 3600 * 1000
+
+PENDING, EARLY, DONE = "pending", "early", "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an event was read: role (``requests``/``feedback``), partition, offset."""
+
+    role: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class LabeledOut:
+    """A labeled example to publish, with the input partition it belongs to."""
+
+    example: dict
+    partition: int
+
+
+@dataclass(slots=True)
+class DeadLetterOut:
+    """An event that goes to the dead-letter topic."""
+
+    reason: str
+    detail: str
+    source: Source
+    original: bytes
+
+
+Output = Any  # LabeledOut | DeadLetterOut
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    """A request waiting for its label."""
+
+    request: Request
+    partition: int
+    offset: int
+    candidates: list = field(default_factory=list)  # regression: [ts, offset, value]
+
+    def to_json(self) -> dict:
+        r = self.request
+        return {"p": self.partition, "o": self.offset, "ts": r.ts, "f": r.features,
+                "pr": r.prediction, "mv": r.model_version, "c": self.candidates}
+
+    @classmethod
+    def from_json(cls, rid: str, d: dict) -> "PendingRequest":
+        req = Request(rid, d["ts"], d["f"], d["pr"], d["mv"])
+        return cls(req, d["p"], d["o"], [list(c) for c in d["c"]])
+
+
+@dataclass(slots=True)
+class EarlyFeedback:
+    """Feedback that arrived before its request: kept until its request or its expiry."""
+
+    ts: int
+    type: str
+    value: Optional[float]
+    fields: dict
+    partition: int
+    offset: int
+    original: bytes
+
+    def to_json(self) -> list:
+        import base64
+        return [self.ts, self.type, self.value, self.fields, self.partition, self.offset,
+                base64.b64encode(self.original).decode("ascii")]
+
+    @classmethod
+    def from_json(cls, d: list) -> "EarlyFeedback":
+        import base64
+        return cls(d[0], d[1], d[2], d[3], d[4], d[5], base64.b64decode(d[6]))
+
+
+@dataclass(slots=True)
+class DoneMarker:
+    """A finalized request: enough to dedupe and to re-emit its label on replay."""
+
+    ts: int
+    partition: int
+    offset: int
+    label: Optional[float]  # None: regression request with no outcome (unlabeled)
+    label_ts: int
+
+    def to_json(self) -> list:
+        return [self.ts, self.partition, self.offset, self.label, self.label_ts]
+
+    @classmethod
+    def from_json(cls, d: list) -> "DoneMarker":
+        return cls(*d)
+
+
+class EventTimeJoin:
+    """Joins requests with feedback by key in event time (see module docstring)."""
+
+    def __init__(self, config: PipelineConfig,
+                 dedupe_retention_ms: int = DEFAULT_DEDUPE_RETENTION_MS) -> None:
+        self.label_window = config.join.label_window_ms
+        self.lateness = config.join.allowed_lateness_ms
+        self.window_ms = config.dataset.window_ms
+        self.binary = config.label.kind == "binary"
+        self.positive = frozenset(config.label.positive)
+        self.outcome_types = frozenset(config.label.feedback)
+        self.value_field = (config.label.value[len("field:"):]
+                            if config.label.value.startswith("field:") else None)
+        self.dedupe_retention = dedupe_retention_ms
+        self.pending: dict[str, PendingRequest] = {}
+        self.early: dict[str, list[EarlyFeedback]] = {}
+        self.done: dict[str, DoneMarker] = {}
+        self.closed_time: Optional[int] = None  # W - A; None before any watermark
+        self.counts: dict[str, int] = {}
+        self._deadlines: list = []   # (r.ts + window, id) of pending requests
+        self._ready: list = []       # regression: (earliest candidate ts, id)
+        self._early_expiry: list = []  # (f.ts, id)
+        self._done_expiry: list = []   # (expiry, id)
+        self._dirty: dict[tuple[str, str], int] = {}
+
+    # ------------------------------------------------------------------ inputs
+    def on_request(self, req: Request, src: Source, raw: bytes) -> list[Output]:
+        """Take one valid request; return what it makes known."""
+        rid = req.request_id
+        prior = self.pending.get(rid) or self.done.get(rid)
+        if prior is not None:
+            if (prior.partition, prior.offset) == (src.partition, src.offset):
+                return self._replayed(rid, req)
+            self._count("duplicate_request")
+            return [DeadLetterOut("duplicate_request",
+                                  f"request_id {rid!r} was first seen at partition "
+                                  f"{prior.partition} offset {prior.offset}", src, raw)]
+        if self._is_late(req.ts):
+            return [self._late(src, raw, req.ts)]
+        pending = PendingRequest(req, src.partition, src.offset)
+        self.pending[rid] = pending
+        self._mark(PENDING, rid, src.partition)
+        heapq.heappush(self._deadlines, (req.ts + self.label_window, rid))
+        out: list[Output] = []
+        early = self.early.pop(rid, None)
+        if early:
+            self._mark(EARLY, rid, early[0].partition)
+            for fb in sorted(early, key=lambda e: (e.ts, e.offset)):
+                out.extend(self._attach(pending, fb.ts, fb.type, fb.value, fb.fields,
+                                        fb.offset))
+                if rid not in self.pending:
+                    break
+        return out
+
+    def on_feedback(self, fb: Feedback, src: Source, raw: bytes) -> list[Output]:
+        """Take one valid feedback event; return what it makes known."""
+        if self._is_late(fb.ts):
+            return [self._late(src, raw, fb.ts)]
+        rid = fb.request_id
+        pending = self.pending.get(rid)
+        if pending is not None:
+            return self._attach(pending, fb.ts, fb.type, fb.value, fb.fields, src.offset)
+        if rid in self.done:
+            self._count("feedback_after_final")
+            return []
+        entries = self.early.setdefault(rid, [])
+        if any(e.offset == src.offset and e.partition == src.partition for e in entries):
+            return []  # replay of feedback already buffered
+        entries.append(EarlyFeedback(fb.ts, fb.type, fb.value, fb.fields, src.partition,
+                                     src.offset, raw))
+        self._mark(EARLY, rid, entries[0].partition)
+        heapq.heappush(self._early_expiry, (fb.ts, rid))
+        return []
+
+    def advance(self, watermark: int) -> list[Output]:
+        """Move the watermark to ``watermark`` (never backwards); finalize what it closes."""
+        closed = watermark - self.lateness
+        if self.closed_time is not None and closed <= self.closed_time:
+            return []
+        self.closed_time = closed
+        out: list[Output] = []
+        while self._ready and self._ready[0][0] < closed:
+            _, rid = heapq.heappop(self._ready)
+            pending = self.pending.get(rid)
+            if pending is not None and pending.candidates:
+                best = min(pending.candidates, key=lambda c: (c[0], c[1]))
+                out.append(self._finalize(pending, best[2], best[0]))
+        while self._deadlines and self._deadlines[0][0] <= closed:
+            deadline, rid = heapq.heappop(self._deadlines)
+            pending = self.pending.get(rid)
+            if pending is None or pending.request.ts + self.label_window != deadline:
+                continue
+            if self.binary:
+                out.append(self._finalize(pending, 0, deadline))
+            elif pending.candidates:
+                best = min(pending.candidates, key=lambda c: (c[0], c[1]))
+                out.append(self._finalize(pending, best[2], best[0]))
+            else:
+                self._count("unlabeled")
+                self._finalize(pending, None, deadline)
+        while self._early_expiry and self._early_expiry[0][0] < closed:
+            _, rid = heapq.heappop(self._early_expiry)
+            entries = self.early.get(rid)
+            if not entries:
+                continue
+            keep = [e for e in entries if e.ts >= closed]
+            for e in entries:
+                if e.ts < closed:
+                    self._count("orphan_feedback")
+                    out.append(DeadLetterOut(
+                        "orphan_feedback",
+                        f"no request {rid!r} arrived within the label window of feedback "
+                        f"at ts {e.ts}", Source("feedback", e.partition, e.offset),
+                        e.original))
+            self._mark(EARLY, rid, entries[0].partition)
+            if keep:
+                self.early[rid] = keep
+            else:
+                del self.early[rid]
+        while self._done_expiry and self._done_expiry[0][0] <= closed:
+            _, rid = heapq.heappop(self._done_expiry)
+            marker = self.done.get(rid)
+            if marker is not None and self._done_expires(marker) <= closed:
+                del self.done[rid]
+                self._mark(DONE, rid, marker.partition)
+        return out
+
+    def flush_all(self) -> list[Output]:
+        """End of input: finalize everything as if the watermark went to infinity."""
+        return self.advance(2**62)
+
+    # ------------------------------------------------------------ persistence
+    def take_dirty(self) -> dict[tuple[str, str], tuple[int, Any]]:
+        """Return and clear the changed keys: ``{(kind, key): (partition, json or None)}``."""
+        dirty, self._dirty = self._dirty, {}
+        result = {}
+        for (kind, key), partition in dirty.items():
+            if kind == PENDING:
+                v = self.pending.get(key)
+                result[(kind, key)] = (partition, v.to_json() if v else None)
+            elif kind == EARLY:
+                v = self.early.get(key)
+                result[(kind, key)] = (partition, [e.to_json() for e in v] if v else None)
+            else:
+                v = self.done.get(key)
+                result[(kind, key)] = (partition, v.to_json() if v else None)
+        return result
+
+    def restore(self, kind: str, key: str, value: Any) -> None:
+        """Load one persisted entry (after a restart); rebuilds the time indexes."""
+        if kind == PENDING:
+            p = PendingRequest.from_json(key, value)
+            self.pending[key] = p
+            heapq.heappush(self._deadlines, (p.request.ts + self.label_window, key))
+            if p.candidates:
+                heapq.heappush(self._ready, (min(c[0] for c in p.candidates), key))
+        elif kind == EARLY:
+            entries = [EarlyFeedback.from_json(v) for v in value]
+            self.early[key] = entries
+            for e in entries:
+                heapq.heappush(self._early_expiry, (e.ts, key))
+        else:
+            m = DoneMarker.from_json(value)
+            self.done[key] = m
+            heapq.heappush(self._done_expiry, (self._done_expires(m), key))
+
+    def forget_partition(self, partition: int) -> None:
+        """Drop in-memory state of a partition that moved to another worker."""
+        for store in (self.pending, self.done):
+            for k in [k for k, v in store.items() if v.partition == partition]:
+                del store[k]
+        for k in [k for k, v in self.early.items() if v[0].partition == partition]:
+            del self.early[k]
+        self._dirty = {k: p for k, p in self._dirty.items() if p != partition}
+
+    # ---------------------------------------------------------------- helpers
+    def _attach(self, pending: PendingRequest, ts: int, ftype: str, value, fields,
+                offset: int) -> list[Output]:
+        r = pending.request
+        if not (r.ts <= ts < r.ts + self.label_window):
+            self._count("feedback_outside_window")
+            return []
+        if self.binary:
+            if ftype in self.positive:
+                return [self._finalize(pending, 1, ts)]
+            return []
+        if ftype not in self.outcome_types:
+            return []
+        if any(c[1] == offset for c in pending.candidates):
+            return []
+        outcome = self._outcome(r, ts, value, fields)
+        if outcome is None:
+            self._count("feedback_without_value")
+            return []
+        pending.candidates.append([ts, offset, outcome])
+        self._mark(PENDING, r.request_id, pending.partition)
+        heapq.heappush(self._ready, (ts, r.request_id))
+        if self.closed_time is not None and ts < self.closed_time:
+            best = min(pending.candidates, key=lambda c: (c[0], c[1]))
+            return [self._finalize(pending, best[2], best[0])]
+        return []
+
+    def _outcome(self, r: Request, ts: int, value, fields) -> Optional[float]:
+        if self.value_field is None:
+            return (ts - r.ts) / 1000.0
+        v = value if self.value_field == "value" else fields.get(self.value_field)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            return None
+        return float(v)
+
+    def _finalize(self, pending: PendingRequest, label, label_ts: int) -> Optional[LabeledOut]:
+        r = pending.request
+        del self.pending[r.request_id]
+        marker = DoneMarker(r.ts, pending.partition, pending.offset, label, label_ts)
+        self.done[r.request_id] = marker
+        self._mark(PENDING, r.request_id, pending.partition)
+        self._mark(DONE, r.request_id, pending.partition)
+        heapq.heappush(self._done_expiry, (self._done_expires(marker), r.request_id))
+        if label is None:
+            return None
+        self._count("labeled")
+        return LabeledOut(labeled_example(r, label, label_ts, self.window_ms),
+                          pending.partition)
+
+    def _replayed(self, rid: str, req: Request) -> list[Output]:
+        """The same request record read again (at-least-once replay after a restart)."""
+        self._count("replayed")
+        marker = self.done.get(rid)
+        if marker is None or marker.label is None:
+            return []
+        # Its label may not have reached the broker before the crash: send it again.
+        # The record is rebuilt from the same bytes, so the copy is identical.
+        return [LabeledOut(labeled_example(req, marker.label, marker.label_ts,
+                                           self.window_ms), marker.partition)]
+
+    def _is_late(self, ts: int) -> bool:
+        return self.closed_time is not None and ts < self.closed_time
+
+    def _late(self, src: Source, raw: bytes, ts: int) -> DeadLetterOut:
+        self._count("late")
+        return DeadLetterOut("late", f"event time {ts} is more than the allowed lateness "
+                             f"behind the watermark (closed up to {self.closed_time})",
+                             src, raw)
+
+    def _done_expires(self, marker: DoneMarker) -> int:
+        return marker.ts + self.label_window + self.dedupe_retention
+
+    def _mark(self, kind: str, key: str, partition: int) -> None:
+        self._dirty[(kind, key)] = partition
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1

@@ -1,0 +1,113 @@
+"""The event-time join as tables of arrivals -> expected labels and dead letters."""
+from __future__ import annotations
+
+import pytest
+
+from tests.join_cases import MIN, drive, fb, make_config, req
+
+T0 = 1_795_000_000_000
+W = 30 * MIN  # label window of make_config()
+
+# (case, arrivals in order, expected {request_id: (label, label_ts)}, expected dead-letter reasons)
+BINARY_CASES = [
+    ("click inside window", [("requests", req("a", T0)), ("feedback", fb("a", T0 + 5 * MIN))],
+     {"a": (1, T0 + 5 * MIN)}, []),
+    ("no click -> negative at deadline", [("requests", req("a", T0))],
+     {"a": (0, T0 + W)}, []),
+    ("click exactly at request time counts", [("requests", req("a", T0)), ("feedback", fb("a", T0))],
+     {"a": (1, T0)}, []),
+    ("click exactly at window end does not count (half-open)",
+     [("requests", req("a", T0)), ("feedback", fb("a", T0 + W))], {"a": (0, T0 + W)}, []),
+    ("click one ms before window end counts",
+     [("requests", req("a", T0)), ("feedback", fb("a", T0 + W - 1))], {"a": (1, T0 + W - 1)}, []),
+    ("click before the request's time does not count",
+     [("requests", req("a", T0)), ("feedback", fb("a", T0 - 1))], {"a": (0, T0 + W)}, []),
+    ("feedback arrives before its request",
+     [("feedback", fb("a", T0 + MIN)), ("requests", req("a", T0))], {"a": (1, T0 + MIN)}, []),
+    ("non-positive feedback type", [("requests", req("a", T0)), ("feedback", fb("a", T0 + MIN, "view"))],
+     {"a": (0, T0 + W)}, []),
+    ("two clicks: labeled once", [("requests", req("a", T0)), ("feedback", fb("a", T0 + MIN)),
+                                   ("feedback", fb("a", T0 + 2 * MIN))], {"a": (1, T0 + MIN)}, []),
+    ("duplicate request: first wins", [("requests", req("a", T0)), ("requests", req("a", T0 + MIN)),
+                                        ("feedback", fb("a", T0 + 30 * MIN + 30_000))],
+     {"a": (0, T0 + W)}, ["duplicate_request"]),
+    ("orphan feedback", [("feedback", fb("zz", T0)), ("requests", req("a", T0 + 40 * MIN))],
+     {"a": (0, T0 + 40 * MIN + W)}, ["orphan_feedback"]),
+    ("late request beyond allowed lateness",
+     [("requests", req("a", T0 + 60 * MIN)), ("requests", req("b", T0 + 57 * MIN))],
+     {"a": (0, T0 + 60 * MIN + W)}, ["late"]),
+    ("out of order within allowed lateness is fine",
+     [("requests", req("a", T0 + 60 * MIN)), ("requests", req("b", T0 + 59 * MIN))],
+     {"a": (0, T0 + 60 * MIN + W), "b": (0, T0 + 59 * MIN + W)}, []),
+    ("late click after the window closed changes nothing",
+     [("requests", req("a", T0)), ("requests", req("b", T0 + 40 * MIN)),
+      ("feedback", fb("a", T0 + MIN))], {"a": (0, T0 + W), "b": (0, T0 + 40 * MIN + W)}, ["late"]),
+    ("malformed json", [("requests", b"{not json"), ("requests", req("a", T0))],
+     {"a": (0, T0 + W)}, ["malformed_json"]),
+    ("zone-less time", [("requests", b'{"request_id": "a", "ts": "2026-11-27T10:00:00"}')],
+     {}, ["bad_timestamp"]),
+    ("missing request id", [("feedback", b'{"ts": 1, "type": "click"}')], {}, ["missing_field"]),
+]
+
+
+@pytest.mark.parametrize("name,arrivals,expected,reasons", BINARY_CASES, ids=[c[0] for c in BINARY_CASES])
+def test_binary_join(name, arrivals, expected, reasons):
+    run = drive(make_config(), arrivals)
+    assert {k: (v["label"], v["label_ts"]) for k, v in run.labeled.items()} == expected
+    assert sorted(run.reasons()) == sorted(reasons)
+    assert len(run.emitted) == len(run.labeled), "each request labeled exactly once"
+
+
+REGRESSION_CASES = [
+    ("elapsed seconds of the exit", [("requests", req("a", T0)), ("feedback", fb("a", T0 + 90_000, "exit"))],
+     {"a": (90.0, T0 + 90_000)}, []),
+    ("earliest exit wins, whatever the arrival order",
+     [("requests", req("a", T0)), ("feedback", fb("a", T0 + 120_000, "exit")),
+      ("feedback", fb("a", T0 + 60_000, "exit"))], {"a": (60.0, T0 + 60_000)}, []),
+    ("exit before entry arrives", [("feedback", fb("a", T0 + 60_000, "exit")), ("requests", req("a", T0))],
+     {"a": (60.0, T0 + 60_000)}, []),
+    ("no exit in window -> unlabeled, not emitted", [("requests", req("a", T0)),
+                                                      ("feedback", fb("a", T0 + W + 1, "exit"))], {}, []),
+]
+
+
+@pytest.mark.parametrize("name,arrivals,expected,reasons", REGRESSION_CASES, ids=[c[0] for c in REGRESSION_CASES])
+def test_regression_join(name, arrivals, expected, reasons):
+    run = drive(make_config("regression"), arrivals)
+    assert {k: (v["label"], v["label_ts"]) for k, v in run.labeled.items()} == expected
+    assert sorted(run.reasons()) == sorted(reasons)
+
+
+def test_regression_value_from_feedback_field():
+    cfg = make_config("regression", value="field:minutes")
+    run = drive(cfg, [("requests", req("a", T0)), ("feedback", fb("a", T0 + 1000, "exit", minutes=7.5))])
+    assert run.labeled["a"]["label"] == 7.5
+
+
+def test_positive_is_emitted_before_the_watermark_moves():
+    run = drive(make_config(), [("requests", req("a", T0)), ("feedback", fb("a", T0 + MIN))], drain=False)
+    assert run.labeled["a"]["label"] == 1
+
+
+def test_negative_waits_for_the_watermark_past_deadline_plus_lateness():
+    cfg = make_config()  # window 30m, lateness 2m
+    early = drive(cfg, [("requests", req("a", T0)), ("requests", req("b", T0 + 32 * MIN - 1))], drain=False)
+    assert "a" not in early.labeled
+    due = drive(cfg, [("requests", req("a", T0)), ("requests", req("b", T0 + 32 * MIN))], drain=False)
+    assert due.labeled["a"] == {**due.labeled["a"], "label": 0, "label_ts": T0 + W}
+
+
+def test_dead_letter_keeps_original_bytes_and_position():
+    run = drive(make_config(), [("requests", req("a", T0)), ("requests", b"\xff\xfe garbage")])
+    [dl] = run.dead
+    assert dl["original"] == b"\xff\xfe garbage"
+    assert (dl["topic"], dl["partition"], dl["offset"]) == ("requests", 0, 1)
+
+
+def test_labeled_example_columns():
+    run = drive(make_config(), [("requests", req("a", T0 + 61 * MIN, price="0", category="x"))])
+    ex = run.labeled["a"]
+    assert list(ex)[:7] == ["request_id", "request_ts", "window_start", "label", "label_ts",
+                            "prediction", "model_version"]
+    assert ex["window_start"] == T0 + 61 * MIN - (T0 + 61 * MIN) % 3_600_000
+    assert ex["price"] == 0.0 and ex["category"] == "x"
