@@ -1,0 +1,110 @@
+"""The ``dlabel`` command line."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Optional
+
+import click
+
+from schemas.config import load_config
+from schemas.errors import DlabelError
+
+BROKER_HELP = "kafka://host:port of the cluster (overrides the config; env DLABEL_BROKER)"
+
+
+def _config(path: str, broker: Optional[str]):
+    try:
+        return load_config(path, broker=broker)
+    except DlabelError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="log at INFO")
+def main(verbose: bool) -> None:
+    """dlabel: label inference requests with their feedback, on Kafka."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--port", default=9092, show_default=True)
+@click.option("--host", default="0.0.0.0", show_default=True)
+def broker(port: int, host: str) -> None:
+    """Run the embedded Tansu broker in the foreground until Ctrl-C."""
+    from streams.broker import run_foreground
+    sys.exit(run_foreground(port=port, host=host))
+
+
+@main.command()
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True))
+@click.option("--broker", envvar="DLABEL_BROKER", help=BROKER_HELP)
+@click.option("--drain", is_flag=True, help="exit once all input is consumed and finalized")
+@click.option("--batch-size", default=2000, show_default=True)
+@click.option("--loglevel", default="WARNING", show_default=True)
+def worker(config_path: str, broker: Optional[str], drain: bool, batch_size: int,
+           loglevel: str) -> None:
+    """Run the join worker (requests + feedback -> labeled examples)."""
+    from streams.runtime import run_worker
+    cfg = _config(config_path, broker)
+    try:
+        summary = run_worker(cfg, drain=drain, batch_size=batch_size, loglevel=loglevel)
+    except DlabelError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(summary))
+
+
+@main.command()
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True))
+@click.option("--broker", envvar="DLABEL_BROKER", help=BROKER_HELP)
+@click.option("--scenario", type=click.Choice(["ctr", "airport"]), default="ctr", show_default=True)
+@click.option("--requests", "n_requests", default=1000, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+def simulate(config_path: str, broker: Optional[str], scenario: str, n_requests: int, seed: int) -> None:
+    """Produce realistic simulated requests and feedback to the pipeline's topics."""
+    from streams.simulate import generate, produce
+    cfg = _config(config_path, broker)
+    events = generate(cfg, scenario, n_requests, seed)
+    try:
+        n = produce(cfg.bootstrap_servers, cfg, events)
+    except DlabelError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"produced {n} events ({n_requests} requests) to {cfg.bootstrap_servers}")
+
+
+@main.command()
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True))
+@click.option("--broker", envvar="DLABEL_BROKER", help=BROKER_HELP)
+@click.option("--topic", type=click.Choice(["labeled", "dead_letter", "requests", "feedback", "windows"]),
+              default="labeled", show_default=True)
+@click.option("-n", "--max-records", default=0, help="stop after this many (0: follow until Ctrl-C)")
+@click.option("--timeout", default=0.0, help="stop after this many idle seconds (0: never)")
+def tail(config_path: str, broker: Optional[str], topic: str, max_records: int, timeout: float) -> None:
+    """Print records of one of the pipeline's topics, from the beginning."""
+    from streams.tail import tail_topic
+    cfg = _config(config_path, broker)
+    name = getattr(cfg.topics, topic)
+    for record in tail_topic(cfg.bootstrap_servers, name, max_records, timeout):
+        click.echo(record)
+
+
+@main.command()
+@click.option("--requests", "n_requests", default=5000, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+@click.option("--scenario", type=click.Choice(["ctr", "airport"]), default="ctr", show_default=True)
+@click.option("--workdir", default="dlabel-demo", show_default=True, type=click.Path())
+def demo(n_requests: int, seed: int, scenario: str, workdir: str) -> None:
+    """End-to-end demo on an embedded broker: simulate, label, summarize."""
+    from streams.demo import run_demo
+    os.environ.setdefault("DLABEL_PII_KEY", "demo-key-not-secret")
+    try:
+        run_demo(scenario, n_requests, seed, workdir, echo=click.echo)
+    except DlabelError as e:
+        raise click.ClickException(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()

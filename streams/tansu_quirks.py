@@ -1,0 +1,82 @@
+"""Work-arounds for the embedded Tansu broker, switched on only for it.
+
+Tansu 0.6 answers ListOffsets(latest) with the first offset of the last record batch
+plus one, not the true end of the partition. Faust builds the end of each changelog
+partition it recovers from that answer, so after a restart it silently stops early and
+drops the tail of the table. The high watermark in a Fetch response is right, so we
+take the end from there. Real Kafka clusters never run this code.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Iterable, Mapping
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+from kafka import KafkaAdminClient
+
+log = logging.getLogger(__name__)
+
+_installed = False
+
+
+def is_tansu(bootstrap: str, timeout_s: float = 10.0) -> bool:
+    """True when the cluster at ``bootstrap`` is a Tansu broker (by its cluster id)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
+                             client_id="dlabel-probe")
+    try:
+        cluster = admin.describe_cluster()
+        return str(cluster.get("cluster_id") or "").startswith("tansu")
+    finally:
+        admin.close()
+
+
+async def fetch_end_offsets(bootstrap: str, tps: Iterable[TopicPartition],
+                            timeout_s: float = 10.0) -> dict[TopicPartition, int]:
+    """True end offsets, from the high watermark of a Fetch response."""
+    tps = list(tps)
+    if not tps:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                group_id=None, fetch_max_bytes=1024, max_partition_fetch_bytes=1024)
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        reported = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, max(0, reported[tp] - 1))
+        ends: dict[TopicPartition, int] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(ends) < len(tps) and loop.time() < deadline:
+            await consumer.getmany(timeout_ms=200, max_records=1)
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    ends[tp] = max(hw, reported[tp])
+        for tp in tps:
+            ends.setdefault(tp, reported[tp])
+        return ends
+    finally:
+        await consumer.stop()
+
+
+def install_faust_recovery_fix(bootstrap: str) -> None:
+    """Make Faust's table recovery read changelogs to their true end (Tansu only)."""
+    global _installed
+    if _installed:
+        return
+    from faust.tables.recovery import Recovery
+
+    async def _build_highwaters(self, consumer, tps, destination, title) -> None:
+        by_kafka_tp = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
+        ends: Mapping = await fetch_end_offsets(bootstrap, by_kafka_tp)
+        # Faust stores "last offset", i.e. end - 1 (see Recovery._build_highwaters).
+        destination.clear()
+        destination.update({by_kafka_tp[tp]: end - 1 for tp, end in ends.items()})
+        log.info("changelog ends for %s partitions from fetch high watermarks: %s",
+                 title, {f"{tp.topic}:{tp.partition}": end for tp, end in ends.items()})
+
+    Recovery._build_highwaters = _build_highwaters
+    _installed = True

@@ -1,0 +1,140 @@
+"""Create the Kafka topics of a pipeline, explicitly and idempotently.
+
+Create topics before any client looks them up: a broker with auto-creation enabled
+(Tansu always, Apache Kafka by default) creates an unknown topic on the first metadata
+request that names it, with the broker's default partition count (4 on Tansu) and no
+configs. Every topic here is created with explicit configs, because topics created
+without them describe with an empty config on Tansu, which breaks some clients.
+
+Uses kafka-python 3.0's ``KafkaAdminClient``, whose metadata requests set
+``allow_auto_topic_creation=False`` (so looking a topic up here never creates it).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+from kafka.admin import KafkaAdminClient
+import kafka.errors as kerr
+
+from schemas.errors import BrokerError
+
+if TYPE_CHECKING:
+    from schemas.config import PipelineConfig
+
+__all__ = ["ensure_topics", "partition_count", "topic_plan", "TOPIC_CONFIGS",
+           "WINDOWS_TOPIC_CONFIGS"]
+
+_WEEK_MS = 7 * 24 * 3600 * 1000
+# data topics: a week of history, like Kafka's default, but stated explicitly
+TOPIC_CONFIGS: dict[str, str] = {"retention.ms": str(_WEEK_MS), "cleanup.policy": "delete"}
+# the windows topic is tiny and replayed by the jobs runner: keep it forever
+WINDOWS_TOPIC_CONFIGS: dict[str, str] = {"retention.ms": "-1", "cleanup.policy": "delete"}
+_UNKNOWN_TOPIC = kerr.UnknownTopicOrPartitionError.errno
+
+
+def topic_plan(config: "PipelineConfig", extra: Iterable[str] = ()) -> dict[str, tuple[int, dict[str, str]]]:
+    """``{topic: (partitions, configs)}`` for every topic of ``config`` plus ``extra``.
+
+    requests, feedback, labeled, dead_letter and the ``extra`` topics get
+    ``config.topics.partitions`` partitions; the windows topic gets 1 (its events are
+    ordered).
+    """
+    t = config.topics
+    plan: dict[str, tuple[int, dict[str, str]]] = {}
+    for name in (t.requests, t.feedback, t.labeled, t.dead_letter, *extra):
+        plan[name] = (t.partitions, dict(TOPIC_CONFIGS))
+    plan[t.windows] = (1, dict(WINDOWS_TOPIC_CONFIGS))
+    return plan
+
+
+def _admin(bootstrap: str, timeout: float) -> KafkaAdminClient:
+    ms = max(1000, int(timeout * 1000))
+    try:
+        return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="dlabel-admin",
+                                bootstrap_timeout_ms=ms, request_timeout_ms=min(ms, 30000))
+    except kerr.KafkaError as e:
+        raise BrokerError(f"cannot reach the Kafka broker at {bootstrap} ({e}); start one "
+                          "with `dlabel broker` or fix --broker / DLABEL_BROKER") from None
+
+
+def _describe(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    """``{topic: partition count}`` for the topics that exist (never creates any)."""
+    found: dict[str, int] = {}
+    for info in admin.describe_topics(topics):
+        code = info.get("error_code", 0)
+        if code == _UNKNOWN_TOPIC:
+            continue
+        if code:
+            raise BrokerError(f"cannot describe topic {info.get('name')!r}: "
+                              f"{kerr.for_code(code).__name__}")
+        found[info["name"]] = len(info.get("partitions") or [])
+    return found
+
+
+def _check_counts(plan: dict[str, tuple[int, Any]], existing: dict[str, int]) -> None:
+    for name, have in existing.items():
+        want = plan[name][0]
+        if have != want:
+            raise BrokerError(
+                f"topic {name!r} exists with {have} partitions but the pipeline needs {want}; "
+                f"delete and recreate it with {want} partitions (its data is lost), or "
+                + (f"set topics.partitions: {have} in the config" if want != 1 else
+                   "use a fresh topic name for topics.windows")
+                + ". (A topic looked up before it was created is auto-created with the "
+                "broker's default partition count.)")
+
+
+def ensure_topics(bootstrap: str, config: "PipelineConfig", extra: Iterable[str] = (),
+                  timeout: float = 30) -> None:
+    """Create every topic of ``config`` (and ``extra``) that does not exist yet.
+
+    Existing topics are fine if their partition count matches; otherwise BrokerError
+    names the topic, both counts and the fix. Returns once all topics have a leader
+    for every partition. Raises BrokerError if the broker cannot be reached.
+    """
+    plan = topic_plan(config, extra)
+    names = list(plan)
+    admin = _admin(bootstrap, timeout)
+    try:
+        existing = _describe(admin, names)
+        _check_counts(plan, existing)
+        missing = {n: {"num_partitions": plan[n][0],
+                       "replication_factor": config.topics.replication_factor,
+                       "configs": plan[n][1]}
+                   for n in names if n not in existing}
+        if missing:
+            result = admin.create_topics(missing, timeout_ms=int(timeout * 1000),
+                                         raise_errors=False)
+            raced = []
+            for topic in result.get("topics", []):
+                code = topic.get("error_code", 0)
+                if code == kerr.TopicAlreadyExistsError.errno:
+                    raced.append(topic["name"])  # created concurrently by someone else
+                elif code:
+                    msg = topic.get("error_message") or kerr.for_code(code).__name__
+                    raise BrokerError(f"cannot create topic {topic['name']!r}: {msg}")
+            if raced:
+                _check_counts(plan, _describe(admin, raced))
+        admin.wait_for_topics(names, timeout_ms=int(timeout * 1000))
+    except kerr.KafkaError as e:
+        raise BrokerError(f"topic setup on {bootstrap} failed ({e})") from None
+    finally:
+        admin.close()
+
+
+def partition_count(bootstrap: str, topic: str, timeout: float = 30) -> int:
+    """The number of partitions of ``topic``; BrokerError if it does not exist.
+
+    Does not auto-create the topic.
+    """
+    admin = _admin(bootstrap, timeout)
+    try:
+        counts = _describe(admin, [topic])
+    except kerr.KafkaError as e:
+        raise BrokerError(f"cannot describe topic {topic!r} on {bootstrap} ({e})") from None
+    finally:
+        admin.close()
+    if topic not in counts:
+        raise BrokerError(f"topic {topic!r} does not exist on {bootstrap}; "
+                          "create the pipeline's topics first (ensure_topics)")
+    return counts[topic]

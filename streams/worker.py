@@ -1,0 +1,252 @@
+"""The join worker: a Faust app running the event-time join on changelog-backed state.
+
+One agent reads the requests and feedback topics together (so that one actor owns the
+join state), in batches. For each batch, in this order:
+
+1. run every record through the ``JoinProcessor`` (parse, watermark, join);
+2. send the labeled examples and dead letters, and wait until the broker acked them;
+3. write the state the batch changed to the changelog-backed table (with the input
+   partition of each key, so that state moves with its partition);
+4. let Faust acknowledge the batch; it flushes the producer before committing offsets.
+
+A crash anywhere before 4 replays the batch from the last committed offset; state
+written in 3 only ever reflects outputs already acked, so nothing is lost, and a
+replayed request whose label was already sent is sent again as an identical copy.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import faust
+
+from schemas.config import PipelineConfig
+from schemas.pii import PiiHasher
+from schemas.records import dead_letter, encode_labeled
+from streams.join import DONE, EARLY, PENDING, DeadLetterOut, LabeledOut
+from streams.processor import FEEDBACK, REQUESTS, JoinProcessor
+
+log = logging.getLogger("dlabel.worker")
+
+WATERMARK = "wm"
+_KIND_PREFIX = {PENDING: "p:", EARLY: "e:", DONE: "d:", WATERMARK: "w:"}
+
+
+@dataclass
+class WorkerOptions:
+    """Run-time knobs of the worker that are not part of the pipeline config."""
+
+    bootstrap: str
+    drain: bool = False            # exit once all input is consumed (bounded replay)
+    batch_size: int = 2000
+    batch_within_s: float = 0.1
+    session_timeout_s: float = 10.0
+    web_port: Optional[int] = None  # Faust starts its web server anyway: give it a port
+    tansu: bool = False             # embedded-broker work-arounds (tansu_quirks)
+
+
+def state_table_name(config: PipelineConfig) -> str:
+    return f"{config.pipeline}-join-state"
+
+
+def app_id(config: PipelineConfig) -> str:
+    return f"dlabel-{config.pipeline}"
+
+
+def changelog_topic(config: PipelineConfig) -> str:
+    """Name of the join state's changelog topic (create it before the worker starts)."""
+    return f"{app_id(config)}-{state_table_name(config)}-changelog"
+
+
+def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHasher],
+              clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> faust.App:
+    """Build the Faust app of the join worker for ``config``."""
+    if opts.tansu:
+        from streams.tansu_quirks import install_faust_recovery_fix
+        install_faust_recovery_fix(opts.bootstrap)
+    store = "rocksdb://" if config.store == "rocksdb" else "memory://"
+    app = faust.App(
+        app_id(config),
+        broker=f"kafka://{opts.bootstrap}",
+        store=store,
+        datadir=config.state_dir,
+        topic_partitions=config.topics.partitions,
+        topic_replication_factor=config.topics.replication_factor,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=opts.session_timeout_s,
+        broker_heartbeat_interval=max(0.3, opts.session_timeout_s / 10),
+        broker_rebalance_timeout=opts.session_timeout_s,
+        broker_commit_every=10_000,
+        broker_commit_interval=1.0,
+        broker_max_poll_records=opts.batch_size,
+        stream_buffer_maxsize=max(4096, opts.batch_size * 2),
+        producer_acks=-1,
+        web_enabled=False,
+        web_host="127.0.0.1",
+        web_port=opts.web_port or 0,
+        autodiscover=False,
+        processing_guarantee="at_least_once",
+    )
+    inputs = app.topic(config.topics.requests, config.topics.feedback,
+                       key_serializer="raw", value_serializer="raw")
+    labeled = app.topic(config.topics.labeled, key_serializer="raw", value_serializer="raw")
+    dead = app.topic(config.topics.dead_letter, key_serializer="raw", value_serializer="raw")
+    table = app.Table(state_table_name(config), partitions=config.topics.partitions,
+                      key_type=str, value_type=None)
+    runner = JoinRunner(config, opts, app, table, labeled, dead, pii, clock)
+    app.dlabel_runner = runner  # for tests and the CLI summary
+
+    @app.agent(inputs)
+    async def join_agent(stream):
+        async for events in stream.take_events(opts.batch_size, within=opts.batch_within_s):
+            await runner.on_batch(events)
+
+    @app.timer(interval=0.5)
+    async def watermark_timer():
+        await runner.on_timer()
+
+    @app.on_rebalance_complete.connect
+    async def on_rebalance(sender, **kwargs):
+        runner.needs_reload = True
+
+    return app
+
+
+class JoinRunner:
+    """Glue between Faust (records, table, topics) and the pure JoinProcessor."""
+
+    def __init__(self, config, opts, app, table, labeled_topic, dead_topic, pii, clock):
+        self.config, self.opts, self.app = config, opts, app
+        self.table, self.labeled_topic, self.dead_topic = table, labeled_topic, dead_topic
+        self.pii, self.clock = pii, clock
+        self.roles = {config.topics.requests: REQUESTS, config.topics.feedback: FEEDBACK}
+        self.proc = JoinProcessor(config, pii, clock)
+        self.lock = asyncio.Lock()
+        self.needs_reload = True
+        self.drained = False
+        self.last_offsets: dict[tuple[str, int], int] = {}
+        self.sent_labeled = 0
+        self.on_drained: Optional[Callable[[], None]] = None
+
+    # ------------------------------------------------------------- lifecycle
+    def _reload(self) -> None:
+        """Rebuild the in-memory join from the recovered table (after any rebalance)."""
+        self.proc = JoinProcessor(self.config, self.pii, self.clock)
+        # Faust warns and flushes synchronously past 100 buffered changelog sends;
+        # one batch of ours writes more than that.
+        self.app.producer.buffer.max_messages = max(10_000, 4 * self.opts.batch_size)
+        assigned = self._assigned_inputs()
+        self.proc.watermark.assign(assigned)
+        kinds = {v: k for k, v in _KIND_PREFIX.items()}
+        n = 0
+        for key, value in self.table.data.items():
+            kind = kinds.get(key[:2])
+            if kind == WATERMARK:
+                role, part = key[2:].rsplit(":", 1)
+                if (role, int(part)) in assigned:
+                    self.proc.watermark.restore(role, int(part), value)
+            elif kind is not None:
+                self.proc.join.restore(kind, key[2:], value)
+                n += 1
+        self.needs_reload = False
+        log.info("join state loaded: %d entries, inputs %s", n, sorted(assigned))
+
+    def _assigned_inputs(self) -> set[tuple[str, int]]:
+        out = set()
+        for tp in self.app.consumer.assignment():
+            role = self.roles.get(tp.topic)
+            if role:
+                out.add((role, tp.partition))
+        return out
+
+    # ------------------------------------------------------------- processing
+    async def on_batch(self, events) -> None:
+        async with self.lock:
+            if self.needs_reload:
+                self._reload()
+            outputs = []
+            process = self.proc.process
+            for event in events:
+                msg = event.message
+                role = self.roles[msg.topic]
+                self.last_offsets[(role, msg.partition)] = msg.offset
+                outputs.extend(process(role, msg.partition, msg.offset, msg.value))
+            self._update_caught_up()
+            outputs.extend(self.proc.tick())
+            await self._publish(outputs)
+            self._persist()
+
+    async def on_timer(self) -> None:
+        if self.needs_reload or not self.app.consumer.assignment():
+            return
+        async with self.lock:
+            if self.needs_reload:
+                return
+            self._update_caught_up()
+            outputs = self.proc.tick()
+            if self.opts.drain and self.proc.watermark.all_idle() and not self.drained:
+                outputs.extend(self.proc.drain())
+                self.drained = True
+            if outputs or self.proc.join._dirty:
+                await self._publish(outputs)
+                self._persist()
+        if self.drained:
+            log.info("drained: all input consumed, every pending request finalized")
+            await self.app.producer.flush()
+            await self.app.consumer.commit()
+            if self.on_drained is not None:
+                self.on_drained()
+
+    def _update_caught_up(self) -> None:
+        consumer = self.app.consumer
+        for tp in consumer.assignment():
+            role = self.roles.get(tp.topic)
+            if role is None:
+                continue
+            hw = consumer.highwater(tp)
+            last = self.last_offsets.get((role, tp.partition), -1)
+            self.proc.watermark.set_caught_up(role, tp.partition, hw is not None and last + 1 >= hw)
+
+    async def _publish(self, outputs) -> None:
+        futures = []
+        for o in outputs:
+            if isinstance(o, LabeledOut):
+                fut = await self.labeled_topic.send(
+                    key=o.example["request_id"].encode(), value=encode_labeled(o.example),
+                    partition=o.partition)
+                self.sent_labeled += 1
+            elif isinstance(o, DeadLetterOut):
+                src = o.source
+                topic = self.config.topics.requests if src.role == REQUESTS else self.config.topics.feedback
+                fut = await self.dead_topic.send(
+                    key=None, value=dead_letter(o.reason, o.detail, topic, src.partition,
+                                                src.offset, o.original))
+            else:
+                continue
+            futures.append(fut)
+        if futures:
+            await asyncio.gather(*futures)
+
+    def _persist(self) -> None:
+        """Write changed join state and input watermarks to the table (after outputs acked)."""
+        table, data = self.table, self.table.data
+        for (kind, key), (partition, value) in self.proc.join.take_dirty().items():
+            tkey = _KIND_PREFIX[kind] + key
+            if value is None:
+                if tkey in data:
+                    del data[tkey]
+                    table.send_changelog(partition, tkey, None)
+            else:
+                data[tkey] = value
+                table.send_changelog(partition, tkey, value)
+        wm = self.proc.watermark
+        for (role, partition) in list(self.last_offsets):
+            ts = wm.max_ts(role, partition)
+            tkey = f"w:{role}:{partition}"
+            if ts is not None and data.get(tkey) != ts:
+                data[tkey] = ts
+                table.send_changelog(partition, tkey, ts)

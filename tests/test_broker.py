@@ -1,0 +1,171 @@
+"""The embedded broker, topic creation and a produce/consume round trip."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from schemas.errors import BrokerError
+from streams.broker import EmbeddedBroker, probe
+from streams.topics import ensure_topics, partition_count, topic_plan
+
+pytestmark = pytest.mark.broker
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_dead(pid: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_start_stop_and_child_gone() -> None:
+    b = EmbeddedBroker()
+    assert b.pid is None
+    with b:
+        pid = b.pid
+        assert pid is not None and _alive(pid)
+        assert b.url == f"kafka://127.0.0.1:{b.port}"
+        assert b.bootstrap == f"127.0.0.1:{b.port}"
+        assert probe("127.0.0.1", b.port)
+    assert b.pid is None
+    assert _wait_dead(pid)
+    assert not probe("127.0.0.1", b.port, timeout=0.5)
+    b.stop()  # idempotent
+
+
+def test_answers_metadata(broker: EmbeddedBroker) -> None:
+    assert probe("127.0.0.1", broker.port)
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, allow_auto_create_topics=False)
+    try:
+        assert isinstance(consumer.topics(), set)
+    finally:
+        consumer.close()
+
+
+def test_port_in_use_raises(broker: EmbeddedBroker) -> None:
+    with pytest.raises(BrokerError, match="already in use"):
+        EmbeddedBroker(port=broker.port).start(timeout=3)
+
+
+def test_child_dies_with_killed_parent(tmp_path: Path) -> None:
+    script = ("import time\nfrom streams.broker import EmbeddedBroker\n"
+              "b = EmbeddedBroker().start()\nprint(b.pid, flush=True)\ntime.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.kill()  # SIGKILL: no atexit, no cleanup in Python
+        parent.wait()
+        assert _wait_dead(child), "the broker outlived its killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_ensure_topics_partitions_and_idempotent(broker: EmbeddedBroker, make_config) -> None:
+    cfg = make_config("ctr", broker=broker.url, partitions=3)
+    extra = f"{cfg.pipeline}.extra"
+    ensure_topics(broker.bootstrap, cfg, extra=[extra])
+    t = cfg.topics
+    for name in (t.requests, t.feedback, t.labeled, t.dead_letter, extra):
+        assert partition_count(broker.bootstrap, name) == 3
+    assert partition_count(broker.bootstrap, t.windows) == 1
+    ensure_topics(broker.bootstrap, cfg, extra=[extra])  # again: no error, nothing changes
+    assert partition_count(broker.bootstrap, t.requests) == 3
+    assert set(topic_plan(cfg, [extra])) == {t.requests, t.feedback, t.labeled, t.dead_letter,
+                                             t.windows, extra}
+
+
+def test_topics_have_explicit_configs(broker: EmbeddedBroker, make_config) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+    cfg = make_config("ctr", broker=broker.url)
+    ensure_topics(broker.bootstrap, cfg)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, cfg.topics.requests)],
+                                     config_filter="all")
+    finally:
+        admin.close()
+    configs = res["topic"][cfg.topics.requests]
+    assert "retention.ms" in configs and configs["cleanup.policy"]["value"] == "delete"
+
+
+def test_partition_mismatch_raises(broker: EmbeddedBroker, make_config) -> None:
+    ensure_topics(broker.bootstrap, make_config("ctr", broker=broker.url, partitions=2))
+    cfg = make_config("ctr", broker=broker.url, partitions=4)
+    with pytest.raises(BrokerError) as err:
+        ensure_topics(broker.bootstrap, cfg)
+    msg = str(err.value)
+    assert cfg.topics.requests in msg and "2 partitions" in msg and "4" in msg
+    assert "topics.partitions" in msg
+
+
+def test_auto_created_topic_is_detected(broker: EmbeddedBroker, make_config) -> None:
+    """A topic looked up before creation gets the broker default (4): a 2-partition config fails."""
+    cfg = make_config("ctr", broker=broker.url, partitions=2)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False)
+    try:
+        assert len(producer.partitions_for(cfg.topics.requests)) == 4  # auto-created
+    finally:
+        producer.close()
+    with pytest.raises(BrokerError, match="4 partitions"):
+        ensure_topics(broker.bootstrap, cfg)
+
+
+def test_missing_topic_and_unreachable_broker(broker: EmbeddedBroker, unique_name: str) -> None:
+    with pytest.raises(BrokerError, match="does not exist"):
+        partition_count(broker.bootstrap, f"{unique_name}.nope")
+    with pytest.raises(BrokerError, match="does not exist"):  # and it was not auto-created
+        partition_count(broker.bootstrap, f"{unique_name}.nope")
+    with pytest.raises(BrokerError, match="cannot reach"):
+        partition_count("127.0.0.1:1", "x", timeout=1)
+
+
+def test_round_trip_across_partitions(broker: EmbeddedBroker, make_config) -> None:
+    cfg = make_config("ctr", broker=broker.url, partitions=4)
+    ensure_topics(broker.bootstrap, cfg)
+    topic, n = cfg.topics.requests, 2000
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all",
+                             enable_idempotence=False, linger_ms=5)
+    try:
+        for i in range(n):
+            producer.send(topic, key=b"k%d" % i, value=b"v%d" % i)
+        producer.flush()
+    finally:
+        producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
+                             session_timeout_ms=6000, heartbeat_interval_ms=1000,
+                             allow_auto_create_topics=False)
+    tps = [TopicPartition(topic, p) for p in range(4)]
+    got: dict[bytes, tuple[bytes, int]] = {}
+    try:
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + 30
+        while len(got) < n and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for r in records:
+                    got[r.key] = (r.value, tp.partition)
+    finally:
+        consumer.close()
+    assert len(got) == n
+    assert all(got[b"k%d" % i][0] == b"v%d" % i for i in range(n))
+    assert {p for _, p in got.values()} == {0, 1, 2, 3}
