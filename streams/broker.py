@@ -66,26 +66,15 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed by the broker")
-        buf += chunk
-    return buf
-
-
 def _request(sock: socket.socket, api_key: int, version: int, corr: int, body: bytes) -> bytes:
     """Send one Kafka request (header v1) and return the response after its correlation id."""
-    client_id = b"dlabel-probe"
-    msg = struct.pack(">hhih", api_key, version, corr, len(client_id)) + client_id + body
+    msg = struct.pack(">hhih", api_key, version, corr, 12) + b"dlabel-probe" + body
     sock.sendall(struct.pack(">i", len(msg)) + msg)
-    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-    data = _recv_exact(sock, size)
-    (got,) = struct.unpack(">i", data[:4])
-    if got != corr:
-        raise ConnectionError(f"correlation id mismatch ({got} != {corr})")
+    reader = sock.makefile("rb")
+    (size,) = struct.unpack(">i", reader.read(4))
+    data = reader.read(size)
+    if len(data) != size or struct.unpack(">i", data[:4])[0] != corr:
+        raise ConnectionError("short or mismatched response")
     return data[4:]
 
 

@@ -22,6 +22,7 @@ import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from schemas.errors import BrokerError, ConfigError
@@ -235,9 +236,10 @@ def generate(config: "PipelineConfig", scenario: str, n_requests: int, seed: int
     key, window = config.join.key, config.join.label_window_ms
     cap = max(1000, min(60_000, config.join.allowed_lateness_ms // 2))
     jit = min(200, config.join.allowed_lateness_ms // 4)
-    rows: list[tuple[int, int, SimEvent]] = []
-    add = rows.append
-    seq = 0
+    out: list[SimEvent] = []
+    add = out.append
+    rand = rng.random
+    type_json: dict[str, str] = {}
     t = float(start_ms)
     for _ in range(n_requests):
         t += rng.expovariate(rate_per_s) * 1000.0
@@ -245,50 +247,48 @@ def generate(config: "PipelineConfig", scenario: str, n_requests: int, seed: int
         rid = _rid(rng)
         kb = rid.encode()
         feats, pred, fbs = make(rng, ts, window, config)
-        req = {key: rid, "ts": fmt_ts(ts, rng.random()), "features": feats,
+        req = {key: rid, "ts": fmt_ts(ts, rand()), "features": feats,
                "prediction": pred, "model_version": "v1"}
         arrival = ts + (_ri(rng, 0, jit) if jit else 0)
-        early = bool(fbs) and rng.random() < early_fraction
-        if early:  # the request is uploaded late, after its first (quick) feedback
+        if fbs and rand() < early_fraction:
+            # the request is uploaded late, after its first (quick) feedback
             d0, ftype, extra = fbs[0]
             if not 0 <= d0 <= cap // 2:
                 d0 = _ri(rng, 20, cap // 2)
                 fbs[0] = (d0, ftype, {k: round(d0 / 1000, 3) for k in extra})
                 fbs.sort(key=lambda f: f[0])
             arrival = ts + d0 + jit + _ri(rng, 1, cap // 2 - jit)
-        seq += 1
-        add((arrival, seq, SimEvent("requests", kb, _encode(req).encode(), ts, "request", arrival)))
-        if rng.random() < duplicate_fraction:
-            dup = req if rng.random() < 0.5 else dict(req, prediction=0.5)
+        add(SimEvent("requests", kb, _encode(req).encode(), ts, "request", arrival))
+        if rand() < duplicate_fraction:
+            dup = req if rand() < 0.5 else dict(req, prediction=0.5)
             at = max(arrival + 1, ts + _ri(rng, 1000, cap))  # lags its topic <= cap
-            seq += 1
-            add((at, seq, SimEvent("requests", kb, _encode(dup).encode(), ts, "duplicate", at)))
-        if rng.random() < bad_fraction:
+            add(SimEvent("requests", kb, _encode(dup).encode(), ts, "duplicate", at))
+        if rand() < bad_fraction:
             how, k, v = _malformed(rng, "requests", req, key, ts)
-            seq += 1
-            add((arrival, seq, SimEvent("requests", k, v, ts, "malformed:" + how, arrival)))
-        for i, (delay, ftype, extra) in enumerate(fbs):
+            add(SimEvent("requests", k, v, ts, "malformed:" + how, arrival))
+        for delay, ftype, extra in fbs:
             fts = ts + delay
-            fb = {key: rid, "ts": fmt_ts(fts, rng.random()), "type": ftype, "value": None}
-            fb.update(extra)
+            tsv = fmt_ts(fts, rand())
+            tj = type_json.get(ftype) or type_json.setdefault(ftype, json.dumps(ftype))
+            tail = "," + _encode(extra)[1:-1] if extra else ""
+            # small fixed shape: formatted directly (ids are hex, times have no escapes)
+            text = (f'{{"{key}":"{rid}","ts":{tsv if type(tsv) is int else chr(34) + tsv + chr(34)}'
+                    f',"type":{tj},"value":null{tail}}}')
             fa = fts + (_ri(rng, 0, jit) if jit else 0)
-            what = "early_feedback" if fa < arrival else "feedback"
-            seq += 1
-            add((fa, seq, SimEvent("feedback", kb, _encode(fb).encode(), fts, what, fa)))
-            if rng.random() < bad_fraction:
+            add(SimEvent("feedback", kb, text.encode(), fts,
+                         "early_feedback" if fa < arrival else "feedback", fa))
+            if rand() < bad_fraction:
+                fb = {key: rid, "ts": tsv, "type": ftype, "value": None, **extra}
                 how, k, v = _malformed(rng, "feedback", fb, key, fts)
-                seq += 1
-                add((fa, seq, SimEvent("feedback", k, v, fts, "malformed:" + how, fa)))
-        if rng.random() < orphan_fraction:
+                add(SimEvent("feedback", k, v, fts, "malformed:" + how, fa))
+        if rand() < orphan_fraction:
             oid = _rid(rng)
             fts = ts + _ri(rng, 100, 60_000)
             ftype = (config.label.positive or config.label.feedback or ("click",))[0]
-            fb = {key: oid, "ts": fmt_ts(fts, rng.random()), "type": ftype, "value": None}
-            seq += 1
-            add((fts, seq, SimEvent("feedback", oid.encode(), _encode(fb).encode(), fts,
-                                    "orphan", fts)))
-    rows.sort(key=lambda r: (r[0], r[1]))
-    return [r[2] for r in rows]
+            fb = {key: oid, "ts": fmt_ts(fts, rand()), "type": ftype, "value": None}
+            add(SimEvent("feedback", oid.encode(), _encode(fb).encode(), fts, "orphan", fts))
+    out.sort(key=attrgetter("arrival_ms"))  # stable: ties keep generation order
+    return out
 
 
 async def produce_async(bootstrap: str, config: "PipelineConfig", events: Iterable[SimEvent],
@@ -311,6 +311,7 @@ async def produce_async(bootstrap: str, config: "PipelineConfig", events: Iterab
         topics = {"requests": config.topics.requests, "feedback": config.topics.feedback}
         parts = {role: sorted(await producer.partitions_for(t)) for role, t in topics.items()}
         hash_partition = DefaultPartitioner()
+        hashed: dict[tuple[bytes, int], int] = {}
         open_batches: dict[tuple[str, int], Any] = {}
         pending = []
         n = rr = 0
@@ -318,8 +319,10 @@ async def produce_async(bootstrap: str, config: "PipelineConfig", events: Iterab
             topic, ps = topics[ev.role], parts[ev.role]
             if ev.key is None:
                 p, rr = ps[rr % len(ps)], rr + 1
-            else:
-                p = hash_partition(ev.key, ps, ps)
+            else:  # murmur2 is pure Python in aiokafka: remember it per (key, count)
+                p = hashed.get((ev.key, len(ps)))
+                if p is None:
+                    p = hashed[(ev.key, len(ps))] = hash_partition(ev.key, ps, ps)
             batch = open_batches.get((topic, p))
             stamp = ev.arrival_ms or ev.ts
             if batch is None or batch.append(key=ev.key, value=ev.value, timestamp=stamp) is None:
