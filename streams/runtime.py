@@ -7,6 +7,7 @@ import socket
 from typing import Optional
 
 from schemas.config import PipelineConfig
+from schemas.errors import DlabelError
 from schemas.pii import PiiHasher, load_pii_key
 from streams.topics import ensure_topics
 from streams.worker import WorkerOptions, build_app, changelog_topic
@@ -53,6 +54,8 @@ def run_worker(config: PipelineConfig, drain: bool = False, loglevel: str = "WAR
         worker.execute_from_commandline()
     except SystemExit:
         pass
+    if app.crash_reason is not None:
+        raise DlabelError(f"the join worker stopped on an error: {app.crash_reason!r}")
     proc = runner.proc
     return {
         "requests": proc.records_in["requests"],

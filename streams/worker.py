@@ -7,7 +7,8 @@ join state), in batches. For each batch, in this order:
 2. send the labeled examples and dead letters, and wait until the broker acked them;
 3. write the state the batch changed to the changelog-backed table (with the input
    partition of each key, so that state moves with its partition);
-4. let Faust acknowledge the batch; it flushes the producer before committing offsets.
+4. acknowledge the batch's events to Faust, which flushes the producer before it
+   commits their offsets.
 
 A crash anywhere before 4 replays the batch from the last committed offset; state
 written in 3 only ever reflects outputs already acked, so nothing is lost, and a
@@ -31,8 +32,7 @@ from streams.processor import FEEDBACK, REQUESTS, JoinProcessor
 
 log = logging.getLogger("dlabel.worker")
 
-WATERMARK = "wm"
-_KIND_PREFIX = {PENDING: "p:", EARLY: "e:", DONE: "d:", WATERMARK: "w:"}
+_KIND_PREFIX = {PENDING: "p:", EARLY: "e:", DONE: "d:"}
 
 
 @dataclass
@@ -102,12 +102,26 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
 
     @app.agent(inputs)
     async def join_agent(stream):
-        async for events in stream.take_events(opts.batch_size, within=opts.batch_within_s):
-            await runner.on_batch(events)
+        try:
+            # noack_take: Faust must not commit a batch's offsets before step 3 is done
+            # (take_events acks each event as it enters the buffer).
+            async for events in stream.noack_take(opts.batch_size, within=opts.batch_within_s):
+                await runner.on_batch(events)
+                for event in events:
+                    await stream.ack(event)
+        except Exception as exc:  # Faust would log and go on without its agent: stop instead
+            log.exception("join agent failed; stopping the worker")
+            await app.crash(exc)
+            raise
 
     @app.timer(interval=0.5)
     async def watermark_timer():
-        await runner.on_timer()
+        try:
+            await runner.on_timer()
+        except Exception as exc:
+            log.exception("watermark timer failed; stopping the worker")
+            await app.crash(exc)
+            raise
 
     @app.on_rebalance_complete.connect
     async def on_rebalance(sender, **kwargs):
@@ -145,11 +159,7 @@ class JoinRunner:
         n = 0
         for key, value in self.table.data.items():
             kind = kinds.get(key[:2])
-            if kind == WATERMARK:
-                role, part = key[2:].rsplit(":", 1)
-                if (role, int(part)) in assigned:
-                    self.proc.watermark.restore(role, int(part), value)
-            elif kind is not None:
+            if kind is not None and value is not None:  # None: a deleted key
                 self.proc.join.restore(kind, key[2:], value)
                 n += 1
         self.needs_reload = False
@@ -202,14 +212,22 @@ class JoinRunner:
                 self.on_drained()
 
     def _update_caught_up(self) -> None:
+        """Tell the watermark which inputs have reached their end (only those may idle).
+
+        The end is the high watermark of the last fetch response (right on every broker,
+        unlike ListOffsets on Tansu); the position is the fetcher's, which also covers a
+        partition that had nothing left to read after a restart.
+        """
         consumer = self.app.consumer
+        positions = _fetch_positions(consumer)
         for tp in consumer.assignment():
             role = self.roles.get(tp.topic)
             if role is None:
                 continue
             hw = consumer.highwater(tp)
             last = self.last_offsets.get((role, tp.partition), -1)
-            self.proc.watermark.set_caught_up(role, tp.partition, hw is not None and last + 1 >= hw)
+            position = max(last + 1, positions.get((tp.topic, tp.partition), 0) or 0)
+            self.proc.watermark.set_caught_up(role, tp.partition, hw is not None and position >= hw)
 
     async def _publish(self, outputs) -> None:
         futures = []
@@ -232,7 +250,12 @@ class JoinRunner:
             await asyncio.gather(*futures)
 
     def _persist(self) -> None:
-        """Write changed join state and input watermarks to the table (after outputs acked)."""
+        """Write changed join state to the table (after the outputs it reflects were acked).
+
+        The watermark is not persisted: after a restart it is rebuilt from the replayed
+        input, so a record read again is never judged late against a watermark that its
+        first reading had already moved.
+        """
         table, data = self.table, self.table.data
         for (kind, key), (partition, value) in self.proc.join.take_dirty().items():
             tkey = _KIND_PREFIX[kind] + key
@@ -243,10 +266,14 @@ class JoinRunner:
             else:
                 data[tkey] = value
                 table.send_changelog(partition, tkey, value)
-        wm = self.proc.watermark
-        for (role, partition) in list(self.last_offsets):
-            ts = wm.max_ts(role, partition)
-            tkey = f"w:{role}:{partition}"
-            if ts is not None and data.get(tkey) != ts:
-                data[tkey] = ts
-                table.send_changelog(partition, tkey, ts)
+
+
+def _fetch_positions(consumer) -> dict[tuple[str, int], int]:
+    """Fetch positions of the aiokafka consumer inside Faust's consumer (empty if unknown)."""
+    try:
+        aio = consumer._thread._ensure_consumer()
+        assignment = aio._subscription.subscription.assignment
+        return {(tp.topic, tp.partition): assignment.state_value(tp).position
+                for tp in assignment.tps if assignment.state_value(tp).has_valid_position}
+    except Exception:  # private API moved: fall back to offsets we processed
+        return {}

@@ -95,6 +95,6 @@ def assert_matches_oracle(expected: pd.DataFrame, labeled: dict[str, dict]) -> N
         assert got["label"] == row.label, f"{rid}: label {got['label']} != {row.label}"
         assert got["request_ts"] == row.request_ts
         if isinstance(row.positive_ts, frozenset):
-            assert got["label_ts"] in row.positive_ts, rid
+            assert got["label_ts"] in row.positive_ts, f"{rid}: label_ts {got['label_ts']} not in {sorted(row.positive_ts)}"
         else:
             assert got["label_ts"] == row.label_ts, f"{rid}: label_ts {got['label_ts']} != {row.label_ts}"
