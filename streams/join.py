@@ -180,7 +180,14 @@ class EventTimeJoin:
         pending = self.pending.get(rid)
         if pending is not None:
             return self._attach(pending, fb.ts, fb.type, fb.value, fb.fields, src.offset)
-        if rid in self.done:
+        marker = self.done.get(rid)
+        if marker is not None:
+            if self._would_change(marker, fb):
+                # It counts by the label rules, but the label is final and written:
+                # late (after a restart the watermark may not show it, the state does).
+                self._count("late")
+                return [DeadLetterOut("late", f"feedback at ts {fb.ts} arrived after request "
+                                      f"{rid!r} was finalized", src, raw)]
             self._count("feedback_after_final")
             return []
         entries = self.early.setdefault(rid, [])
@@ -319,6 +326,15 @@ class EventTimeJoin:
             best = min(pending.candidates, key=lambda c: (c[0], c[1]))
             return [self._finalize(pending, best[2], best[0])]
         return []
+
+    def _would_change(self, marker: DoneMarker, fb: Feedback) -> bool:
+        """Whether feedback for a finalized request would have changed its label."""
+        if not (marker.ts <= fb.ts < marker.ts + self.label_window):
+            return False
+        if self.binary:
+            return fb.type in self.positive and marker.label == 0
+        return fb.type in self.outcome_types and (marker.label is None
+                                                  or fb.ts < marker.label_ts)
 
     def _outcome(self, r: Request, ts: int, value, fields) -> Optional[float]:
         if self.value_field is None:

@@ -95,8 +95,8 @@ class WatermarkTracker:
             self._watermark = candidate
         return self._watermark
 
-    def all_idle(self) -> bool:
-        """True when every tracked input is caught up and quiet for the idle timeout."""
+    def all_caught_up(self, quiet_ms: int) -> bool:
+        """True when every tracked input is at its end and has been quiet for ``quiet_ms``."""
         now = self.clock()
-        return all(s.caught_up and now - s.last_active >= self.idle_timeout_ms
+        return all(s.caught_up and now - s.last_active >= quiet_ms
                    for s in self._parts.values())

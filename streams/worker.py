@@ -41,6 +41,7 @@ class WorkerOptions:
 
     bootstrap: str
     drain: bool = False            # exit once all input is consumed (bounded replay)
+    drain_quiet_ms: int = 1500     # ... and every input has been quiet this long
     batch_size: int = 2000
     batch_within_s: float = 0.1
     session_timeout_s: float = 10.0
@@ -198,7 +199,8 @@ class JoinRunner:
                 return
             self._update_caught_up()
             outputs = self.proc.tick()
-            if self.opts.drain and self.proc.watermark.all_idle() and not self.drained:
+            if (self.opts.drain and not self.drained
+                    and self.proc.watermark.all_caught_up(self.opts.drain_quiet_ms)):
                 outputs.extend(self.proc.drain())
                 self.drained = True
             if outputs or self.proc.join._dirty:
