@@ -145,6 +145,8 @@ class JoinRunner:
         self.drained = False
         self.last_offsets: dict[tuple[str, int], int] = {}
         self.sent_labeled = 0
+        self.first_event_at: Optional[float] = None  # monotonic, for throughput figures
+        self.last_event_at: Optional[float] = None
         self.on_drained: Optional[Callable[[], None]] = None
 
     # ------------------------------------------------------------- lifecycle
@@ -176,6 +178,10 @@ class JoinRunner:
 
     # ------------------------------------------------------------- processing
     async def on_batch(self, events) -> None:
+        now = time.monotonic()
+        if self.first_event_at is None:
+            self.first_event_at = now
+        self.last_event_at = now
         async with self.lock:
             if self.needs_reload:
                 self._reload()
