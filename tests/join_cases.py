@@ -70,9 +70,9 @@ class Run:
 
 
 def drive(config: PipelineConfig, arrivals: list[tuple[str, bytes]], drain: bool = True,
-          partitions: int = 1) -> Run:
+          partitions: int = 1, pii=None) -> Run:
     """Feed ``(role, raw)`` arrivals in order; partition = hash of arrival key, offsets per partition."""
-    proc = JoinProcessor(config, None, clock=lambda: 0)
+    proc = JoinProcessor(config, pii, clock=lambda: 0)
     offsets: dict[tuple[str, int], int] = {}
     run = Run()
     for role, raw in arrivals:
