@@ -47,10 +47,9 @@ class JoinProcessor:
             out = self.join.on_request(event, src, value)
         else:
             out = self.join.on_feedback(event, src, value)
-        more = self.tick()
-        if more:
-            out = out + more
-        return self._counted(out) if out else out
+        out = self._counted(out) if out else out
+        more = self.tick()  # counted by tick
+        return out + more if more else out
 
     def tick(self) -> list[Output]:
         """Recompute the watermark (idle inputs may have moved it) and finalize."""

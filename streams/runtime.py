@@ -25,7 +25,7 @@ def free_port() -> int:
 def prepare(config: PipelineConfig, bootstrap: str) -> bool:
     """Create every topic the worker uses; return True when the broker is Tansu."""
     from streams.tansu_quirks import is_tansu
-    ensure_topics(bootstrap, config, extra=[changelog_topic(config)])
+    ensure_topics(bootstrap, config, compacted=[changelog_topic(config)])
     return is_tansu(bootstrap)
 
 

@@ -29,10 +29,13 @@ _WEEK_MS = 7 * 24 * 3600 * 1000
 TOPIC_CONFIGS: dict[str, str] = {"retention.ms": str(_WEEK_MS), "cleanup.policy": "delete"}
 # the windows topic is tiny and replayed by the jobs runner: keep it forever
 WINDOWS_TOPIC_CONFIGS: dict[str, str] = {"retention.ms": "-1", "cleanup.policy": "delete"}
+# changelogs of join state: compacted, never deleted by age (recovery reads them whole)
+CHANGELOG_TOPIC_CONFIGS: dict[str, str] = {"retention.ms": "-1", "cleanup.policy": "compact"}
 _UNKNOWN_TOPIC = kerr.UnknownTopicOrPartitionError.errno
 
 
-def topic_plan(config: "PipelineConfig", extra: Iterable[str] = ()) -> dict[str, tuple[int, dict[str, str]]]:
+def topic_plan(config: "PipelineConfig", extra: Iterable[str] = (),
+               compacted: Iterable[str] = ()) -> dict[str, tuple[int, dict[str, str]]]:
     """``{topic: (partitions, configs)}`` for every topic of ``config`` plus ``extra``.
 
     requests, feedback, labeled, dead_letter and the ``extra`` topics get
@@ -43,6 +46,8 @@ def topic_plan(config: "PipelineConfig", extra: Iterable[str] = ()) -> dict[str,
     plan: dict[str, tuple[int, dict[str, str]]] = {}
     for name in (t.requests, t.feedback, t.labeled, t.dead_letter, *extra):
         plan[name] = (t.partitions, dict(TOPIC_CONFIGS))
+    for name in compacted:
+        plan[name] = (t.partitions, dict(CHANGELOG_TOPIC_CONFIGS))
     plan[t.windows] = (1, dict(WINDOWS_TOPIC_CONFIGS))
     return plan
 
@@ -85,6 +90,7 @@ def _check_counts(plan: dict[str, tuple[int, Any]], existing: dict[str, int]) ->
 
 
 def ensure_topics(bootstrap: str, config: "PipelineConfig", extra: Iterable[str] = (),
+                  compacted: Iterable[str] = (),
                   timeout: float = 30) -> None:
     """Create every topic of ``config`` (and ``extra``) that does not exist yet.
 
@@ -92,7 +98,7 @@ def ensure_topics(bootstrap: str, config: "PipelineConfig", extra: Iterable[str]
     names the topic, both counts and the fix. Returns once all topics have a leader
     for every partition. Raises BrokerError if the broker cannot be reached.
     """
-    plan = topic_plan(config, extra)
+    plan = topic_plan(config, extra, compacted)
     names = list(plan)
     admin = _admin(bootstrap, timeout)
     try:
