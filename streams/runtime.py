@@ -64,5 +64,6 @@ def run_worker(config: PipelineConfig, drain: bool = False, loglevel: str = "WAR
         "dead_letters": dict(sorted(proc.dead_letters.items())),
         "pending": len(proc.join.pending),
         "counts": dict(sorted(proc.join.counts.items())),
+        "batches": runner.batches,
         "busy_seconds": round((runner.last_event_at or 0) - (runner.first_event_at or 0), 3),
     }

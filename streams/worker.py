@@ -84,7 +84,7 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         broker_max_poll_records=opts.batch_size,
-        stream_buffer_maxsize=max(4096, opts.batch_size * 2),
+        stream_buffer_maxsize=max(16_384, opts.batch_size * 4),
         producer_acks=-1,
         web_enabled=False,
         web_host="127.0.0.1",
@@ -145,6 +145,7 @@ class JoinRunner:
         self.drained = False
         self.last_offsets: dict[tuple[str, int], int] = {}
         self.sent_labeled = 0
+        self.batches = 0
         self.first_event_at: Optional[float] = None  # monotonic, for throughput figures
         self.last_event_at: Optional[float] = None
         self.on_drained: Optional[Callable[[], None]] = None
@@ -179,6 +180,7 @@ class JoinRunner:
     # ------------------------------------------------------------- processing
     async def on_batch(self, events) -> None:
         now = time.monotonic()
+        self.batches += 1
         if self.first_event_at is None:
             self.first_event_at = now
         self.last_event_at = now
@@ -198,17 +200,26 @@ class JoinRunner:
             self._persist()
 
     async def on_timer(self) -> None:
-        if self.needs_reload or not self.app.consumer.assignment():
+        if not self.app.consumer.assignment():
             return
         async with self.lock:
             if self.needs_reload:
-                return
+                # An input with nothing left to read brings no batch to reload on.
+                if not self.app.tables.actives_ready:
+                    return  # table recovery still under way
+                self._reload()
             self._update_caught_up()
             outputs = self.proc.tick()
             if (self.opts.drain and not self.drained
                     and self.proc.watermark.all_caught_up(self.opts.drain_quiet_ms)):
                 outputs.extend(self.proc.drain())
                 self.drained = True
+                consumer = self.app.consumer
+                log.info("draining at input ends %s", {
+                    f"{tp.topic}:{tp.partition}": (consumer.highwater(tp),
+                                                   self.last_offsets.get((self.roles[tp.topic], tp.partition)),
+                                                   consumer._committed_offset.get(tp))
+                    for tp in consumer.assignment() if tp.topic in self.roles})
             if outputs or self.proc.join._dirty:
                 await self._publish(outputs)
                 self._persist()
@@ -223,18 +234,19 @@ class JoinRunner:
         """Tell the watermark which inputs have reached their end (only those may idle).
 
         The end is the high watermark of the last fetch response (right on every broker,
-        unlike ListOffsets on Tansu); the position is the fetcher's, which also covers a
-        partition that had nothing left to read after a restart.
+        unlike ListOffsets on Tansu). The position is what this worker has *processed*
+        (the last offset it handled, or the committed offset it resumed from), never
+        the fetcher's position, which runs ahead into Faust's buffers.
         """
         consumer = self.app.consumer
-        positions = _fetch_positions(consumer)
+        committed = consumer._committed_offset  # Faust: next offset to read, per TP
         for tp in consumer.assignment():
             role = self.roles.get(tp.topic)
             if role is None:
                 continue
             hw = consumer.highwater(tp)
             last = self.last_offsets.get((role, tp.partition), -1)
-            position = max(last + 1, positions.get((tp.topic, tp.partition), 0) or 0)
+            position = max(last + 1, committed.get(tp) or 0)
             self.proc.watermark.set_caught_up(role, tp.partition, hw is not None and position >= hw)
 
     async def _publish(self, outputs) -> None:
@@ -275,13 +287,3 @@ class JoinRunner:
                 data[tkey] = value
                 table.send_changelog(partition, tkey, value)
 
-
-def _fetch_positions(consumer) -> dict[tuple[str, int], int]:
-    """Fetch positions of the aiokafka consumer inside Faust's consumer (empty if unknown)."""
-    try:
-        aio = consumer._thread._ensure_consumer()
-        assignment = aio._subscription.subscription.assignment
-        return {(tp.topic, tp.partition): assignment.state_value(tp).position
-                for tp in assignment.tps if assignment.state_value(tp).has_valid_position}
-    except Exception:  # private API moved: fall back to offsets we processed
-        return {}
