@@ -37,7 +37,7 @@ def _wait_for_output(bootstrap, topic, proc, at_least: int, timeout: float = 90)
     raise AssertionError(f"no {at_least} labeled records within {timeout}s")
 
 
-@pytest.mark.parametrize("kills", [1, 2])
+@pytest.mark.parametrize("kills", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_sigkill_and_restart_loses_nothing(broker, tmp_path, unique_name, kills):
     path = write_pipeline(tmp_path, "ctr", broker.url, unique_name, partitions=4)
     cfg = load(path)
