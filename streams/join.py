@@ -13,6 +13,7 @@ must count still finds its request pending.
 """
 from __future__ import annotations
 
+import base64
 import heapq
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -90,13 +91,11 @@ class EarlyFeedback:
     original: bytes
 
     def to_json(self) -> list:
-        import base64
         return [self.ts, self.type, self.value, self.fields, self.partition, self.offset,
                 base64.b64encode(self.original).decode("ascii")]
 
     @classmethod
     def from_json(cls, d: list) -> "EarlyFeedback":
-        import base64
         return cls(d[0], d[1], d[2], d[3], d[4], d[5], base64.b64decode(d[6]))
 
 
