@@ -52,6 +52,7 @@ class Run:
         self.labeled: dict[str, dict] = {}
         self.emitted: list[dict] = []
         self.dead: list[dict] = []
+        self.positions: list[tuple[str, int, int]] = []  # (role, partition, offset) per arrival
 
     def take(self, outputs) -> None:
         for o in outputs:
@@ -68,6 +69,10 @@ class Run:
     def reasons(self) -> list[str]:
         return [d["reason"] for d in self.dead]
 
+    def late_positions(self) -> set[tuple[str, int, int]]:
+        """Where the events dead-lettered as late were read (identical bytes may repeat)."""
+        return {(d["topic"], d["partition"], d["offset"]) for d in self.dead if d["reason"] == "late"}
+
 
 def drive(config: PipelineConfig, arrivals: list[tuple[str, bytes]], drain: bool = True,
           partitions: int = 1, pii=None) -> Run:
@@ -79,6 +84,7 @@ def drive(config: PipelineConfig, arrivals: list[tuple[str, bytes]], drain: bool
         part = _partition(raw, partitions)
         off = offsets.get((role, part), 0)
         offsets[(role, part)] = off + 1
+        run.positions.append((role, part, off))
         run.take(proc.process(role, part, off, raw))
     if drain:
         run.take(proc.drain())

@@ -44,16 +44,12 @@ def scenarios(draw, kind: str):
     return [(role, raw) for _, _, role, raw in keyed], disorder
 
 
-def _late_originals(run):
-    return {d["original"] for d in run.dead if d["reason"] == "late"}
-
-
 def _check(kind, scenario, partitions, lateness_min):
     arrivals, _ = scenario
     cfg = make_config(kind, lateness=f"{lateness_min}m" if lateness_min else "0s")
     run = drive(cfg, arrivals, partitions=partitions)
-    late = _late_originals(run)
-    kept = [(role, raw) for role, raw in arrivals if raw not in late]
+    late = run.late_positions()
+    kept = [a for a, pos in zip(arrivals, run.positions) if pos not in late]
     expected = oracle_labels(cfg, [r for role, r in kept if role == "requests"],
                              [r for role, r in kept if role == "feedback"])
     assert_matches_oracle(expected, run.labeled)
