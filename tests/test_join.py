@@ -66,6 +66,10 @@ REGRESSION_CASES = [
       ("feedback", fb("a", T0 + 60_000, "exit"))], {"a": (60.0, T0 + 60_000)}, []),
     ("exit before entry arrives", [("feedback", fb("a", T0 + 60_000, "exit")), ("requests", req("a", T0))],
      {"a": (60.0, T0 + 60_000)}, []),
+    ("identical exit read again after the label is final: late, label unchanged",
+     [("requests", req("a", T0)), ("feedback", fb("a", T0, "exit")), ("requests", req("b", T0 + 40 * MIN)),
+      ("feedback", fb("b", T0 + 40 * MIN, "exit")), ("feedback", fb("a", T0, "exit"))],
+     {"a": (0.0, T0), "b": (0.0, T0 + 40 * MIN)}, ["late"]),
     ("no exit in window -> unlabeled, not emitted", [("requests", req("a", T0)),
                                                       ("feedback", fb("a", T0 + W + 1, "exit"))], {}, []),
 ]
