@@ -276,14 +276,36 @@ class JoinRunner:
         input, so a record read again is never judged late against a watermark that its
         first reading had already moved.
         """
-        table, data = self.table, self.table.data
+        table = self.table
+        write = _store_writer(table.data)
         for (kind, key), (partition, value) in self.proc.join.take_dirty().items():
             tkey = _KIND_PREFIX[kind] + key
+            write(partition, tkey, value)
+            table.send_changelog(partition, tkey, value)
+
+
+def _store_writer(store):
+    """``write(partition, key, value_or_None)`` into a Faust store outside an event.
+
+    Faust's own ``store[key] = value`` takes the partition from the current event,
+    which a batch does not have; the memory store is a plain mapping, the RocksDB
+    store keeps one database per partition.
+    """
+    db_for_partition = getattr(store, "_db_for_partition", None)
+    if db_for_partition is None:
+        def write(partition: int, key: str, value) -> None:
             if value is None:
-                if tkey in data:
-                    del data[tkey]
-                    table.send_changelog(partition, tkey, None)
+                store.pop(key, None)
             else:
-                data[tkey] = value
-                table.send_changelog(partition, tkey, value)
+                store[key] = value
+        return write
+
+    def write_rocksdb(partition: int, key: str, value) -> None:
+        db = db_for_partition(partition)
+        raw_key = store._encode_key(key)
+        if value is None:
+            db.delete(raw_key)
+        else:
+            db.put(raw_key, store._encode_value(value))
+    return write_rocksdb
 

@@ -19,7 +19,7 @@ PII_KEY = "test-pii-key"
 
 
 def write_pipeline(tmp_path: Path, scenario: str, broker_url: str, name: str,
-                   partitions: int = 4, **join) -> Path:
+                   partitions: int = 4, store: str = "memory", **join) -> Path:
     """Write a pipeline YAML for ``scenario`` with unique topics under ``tmp_path``."""
     data = yaml.safe_load((EXAMPLES / f"{scenario}.yaml").read_text())
     data["pipeline"] = name
@@ -33,6 +33,7 @@ def write_pipeline(tmp_path: Path, scenario: str, broker_url: str, name: str,
     data["dataset"]["path"] = str(tmp_path / "data")
     data["model"]["path"] = str(tmp_path / "models")
     data["state_dir"] = str(tmp_path / "state")
+    data["store"] = store
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -37,9 +37,10 @@ def _wait_for_output(bootstrap, topic, proc, at_least: int, timeout: float = 90)
     raise AssertionError(f"no {at_least} labeled records within {timeout}s")
 
 
-@pytest.mark.parametrize("kills", [1, pytest.param(2, marks=pytest.mark.slow)])
-def test_sigkill_and_restart_loses_nothing(broker, tmp_path, unique_name, kills):
-    path = write_pipeline(tmp_path, "ctr", broker.url, unique_name, partitions=4)
+@pytest.mark.parametrize("kills,store", [(1, "memory"), (1, "rocksdb"),
+                                         pytest.param(2, "memory", marks=pytest.mark.slow)])
+def test_sigkill_and_restart_loses_nothing(broker, tmp_path, unique_name, kills, store):
+    path = write_pipeline(tmp_path, "ctr", broker.url, unique_name, partitions=4, store=store)
     cfg = load(path)
     events = generate(cfg, "ctr", 6000, seed=11, rate_per_s=0.5)  # ~200 min of event time
     half = len(events) // 2
