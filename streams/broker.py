@@ -30,7 +30,7 @@ from types import FrameType, TracebackType
 
 from schemas.errors import BrokerError
 
-__all__ = ["EmbeddedBroker", "run_foreground", "broker_binary", "probe"]
+__all__ = ["EmbeddedBroker", "run_foreground", "broker_binary", "probe", "free_port"]
 
 _PR_SET_PDEATHSIG = 1
 _LIVE: "weakref.WeakSet[EmbeddedBroker]" = weakref.WeakSet()
@@ -48,7 +48,7 @@ def broker_binary() -> str:
                           "$CALF_TANSU_BIN at a tansu executable") from None
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     """A TCP port that is free on ``host`` right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -133,7 +133,7 @@ class EmbeddedBroker:
                  log_path: str | None = None, advertised_host: str | None = None) -> None:
         self.host = host
         self._auto_port = port is None
-        self.port: int = _free_port(host) if port is None else int(port)
+        self.port: int = free_port(host) if port is None else int(port)
         self.advertised_host = advertised_host or (
             "localhost" if host in ("0.0.0.0", "::", "") else host)
         self._log_path_arg = log_path
@@ -212,7 +212,7 @@ class EmbeddedBroker:
             for attempt in range(3):
                 if _port_in_use(self.host, self.port):
                     if self._auto_port and attempt < 2:
-                        self.port = _free_port(self.host)
+                        self.port = free_port(self.host)
                         continue
                     raise BrokerError(
                         f"cannot start the embedded broker: port {self.port} on {self.host} is "
@@ -230,7 +230,7 @@ class EmbeddedBroker:
                     tail = self.log_tail()
                     self._stop_locked()
                     if self._auto_port and attempt < 2 and "in use" in tail.lower():
-                        self.port = _free_port(self.host)  # lost a race for the port
+                        self.port = free_port(self.host)  # lost a race for the port
                         continue
                     raise
             raise BrokerError("cannot start the embedded broker: no free port found")

@@ -3,23 +3,16 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 from typing import Optional
 
 from schemas.config import PipelineConfig
 from schemas.errors import DlabelError
 from schemas.pii import PiiHasher, load_pii_key
+from streams.broker import free_port
 from streams.topics import ensure_topics
 from streams.worker import WorkerOptions, build_app, changelog_topic
 
 log = logging.getLogger("dlabel.runtime")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare(config: PipelineConfig, bootstrap: str) -> bool:
@@ -44,7 +37,7 @@ def run_worker(config: PipelineConfig, drain: bool = False, loglevel: str = "WAR
     tansu = prepare(config, bootstrap)
     opts = WorkerOptions(bootstrap=bootstrap, drain=drain, tansu=tansu, batch_size=batch_size,
                          session_timeout_s=session_timeout_s,
-                         web_port=web_port or free_port())
+                         web_port=web_port or free_port("127.0.0.1"))
     app = build_app(config, opts, pii)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
                           override_logging=False)

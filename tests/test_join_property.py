@@ -7,7 +7,6 @@ on the full input.
 """
 from __future__ import annotations
 
-import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
