@@ -53,6 +53,12 @@ class TopicsSpec:
     windows: str
     partitions: int = 4
     replication_factor: int = 1
+    watermarks: str = ""        # the join's watermark reports for the dataset sink
+
+
+def default_watermarks_topic(labeled: str) -> str:
+    """Name of the watermark-report topic when ``topics.watermarks`` is not set."""
+    return f"{labeled}.watermarks"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,9 +86,11 @@ class LabelSpec:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where the Parquet dataset goes and how long a window is (ms)."""
+    """Where the Parquet dataset goes, how long a window is (ms), when the sink flushes."""
     path: str
     window_ms: int
+    flush_rows: int = 50_000
+    flush_interval_ms: int = 30_000
 
 
 @dataclass(frozen=True)
@@ -298,10 +306,11 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
         broker = top.get("broker", validate_broker, DEFAULT_BROKER)
 
     t = top.sub("topics", ("requests", "feedback", "labeled", "dead_letter", "windows",
-                           "partitions", "replication_factor"))
+                           "watermarks", "partitions", "replication_factor"))
     topic = _pattern(_TOPIC_RE, "kafka topic names use 1-249 letters, digits, '.', '_', '-'")
     names = {k: t.get(k, topic) for k in ("requests", "feedback", "labeled", "dead_letter",
                                           "windows")}
+    names["watermarks"] = t.get("watermarks", topic, default_watermarks_topic(names["labeled"]))
     for key, value in names.items():
         other = next((k for k, v in names.items() if v == value and k != key), None)
         if other:
@@ -331,8 +340,10 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
             raise _fail(f"slices[{i}]", f"{s!r} is not a declared feature (or is dropped PII); "
                                         f"slice by one of {', '.join(sorted(kept))}")
 
-    d = top.sub("dataset", ("path", "window"))
-    dataset = DatasetSpec(d.get("path", _str), d.get("window", _duration(True)))
+    d = top.sub("dataset", ("path", "window", "flush_rows", "flush_interval"))
+    dataset = DatasetSpec(d.get("path", _str), d.get("window", _duration(True)),
+                          flush_rows=d.get("flush_rows", _positive_int, 50_000),
+                          flush_interval_ms=d.get("flush_interval", _duration(True), 30_000))
 
     m = top.sub("model", ("path", "estimator"))
     default_est = next(e for e, k in ESTIMATORS.items() if k == label.kind)

@@ -43,15 +43,19 @@ def broker(port: int, host: str) -> None:
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True))
 @click.option("--broker", envvar="DLABEL_BROKER", help=BROKER_HELP)
 @click.option("--drain", is_flag=True, help="exit once all input is consumed and finalized")
+@click.option("--only", type=click.Choice(["join", "sink"]), default=None,
+              help="run only the join worker or only the dataset sink (default: both)")
 @click.option("--batch-size", default=2000, show_default=True)
 @click.option("--loglevel", default="WARNING", show_default=True)
-def worker(config_path: str, broker: Optional[str], drain: bool, batch_size: int,
-           loglevel: str) -> None:
-    """Run the join worker (requests + feedback -> labeled examples)."""
-    from streams.runtime import run_worker
+def worker(config_path: str, broker: Optional[str], drain: bool, only: Optional[str],
+           batch_size: int, loglevel: str) -> None:
+    """Run the join worker (requests + feedback -> labeled) and the dataset sink
+    (labeled -> Parquet windows -> windows topic)."""
+    from streams.runtime import run_pipeline
     cfg = _config(config_path, broker)
     try:
-        summary = run_worker(cfg, drain=drain, batch_size=batch_size, loglevel=loglevel)
+        summary = run_pipeline(cfg, only=only, drain=drain, batch_size=batch_size,
+                               loglevel=loglevel)
     except DlabelError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(summary))

@@ -15,6 +15,51 @@ from streams.worker import WorkerOptions, build_app, changelog_topic
 log = logging.getLogger("dlabel.runtime")
 
 
+def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool = False,
+                 loglevel: str = "WARNING", batch_size: int = 2000,
+                 session_timeout_s: float = 10.0) -> dict:
+    """Run the join worker and the dataset sink (``only``: "join" or "sink" alone).
+
+    The sink runs in a child process (the join keeps one core busy). With ``drain``
+    both stop when the input is consumed and every window is closed. Returns the join's
+    summary with the sink's under ``"sink"``.
+    """
+    import multiprocessing
+    from streams.sink import run_sink, sink_process_main
+
+    if only == "sink":
+        prepare(config, config.bootstrap_servers)
+        return {"sink": run_sink(config, drain=drain)}
+    load_pii_key(config)  # refuse to start without a PII key before touching the broker
+    if only == "join":
+        return run_worker(config, drain=drain, loglevel=loglevel, batch_size=batch_size,
+                          session_timeout_s=session_timeout_s)
+    prepare(config, config.bootstrap_servers)
+    ctx = multiprocessing.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    sink = ctx.Process(target=sink_process_main, args=(config, drain, level, child_conn),
+                       name="dlabel-sink", daemon=False)
+    sink.start()
+    child_conn.close()
+    try:
+        summary = run_worker(config, drain=drain, loglevel=loglevel, batch_size=batch_size,
+                             session_timeout_s=session_timeout_s)
+    except BaseException:
+        sink.terminate()
+        sink.join(10)
+        raise
+    if not drain:
+        sink.terminate()  # SIGTERM: the sink finishes its poll and exits
+    result = parent_conn.recv() if parent_conn.poll(None if drain else 30) else None
+    sink.join(30)
+    if result is None or not result.get("ok"):
+        raise DlabelError(f"the dataset sink stopped on an error: "
+                          f"{(result or {}).get('error', 'it exited without a summary')}")
+    summary["sink"] = result["summary"]
+    return summary
+
+
 def prepare(config: PipelineConfig, bootstrap: str) -> bool:
     """Create every topic the worker uses; return True when the broker is Tansu."""
     from streams.tansu_quirks import is_tansu

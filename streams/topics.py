@@ -40,7 +40,7 @@ def topic_plan(config: "PipelineConfig", extra: Iterable[str] = (),
 
     requests, feedback, labeled, dead_letter and the ``extra`` topics get
     ``config.topics.partitions`` partitions; the windows topic gets 1 (its events are
-    ordered).
+    ordered), and so does the compacted topic of watermark reports.
     """
     t = config.topics
     plan: dict[str, tuple[int, dict[str, str]]] = {}
@@ -49,6 +49,8 @@ def topic_plan(config: "PipelineConfig", extra: Iterable[str] = (),
     for name in compacted:
         plan[name] = (t.partitions, dict(CHANGELOG_TOPIC_CONFIGS))
     plan[t.windows] = (1, dict(WINDOWS_TOPIC_CONFIGS))
+    if t.watermarks:  # the join's watermark reports: latest per input partition matters
+        plan[t.watermarks] = (1, dict(CHANGELOG_TOPIC_CONFIGS))
     return plan
 
 

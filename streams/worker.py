@@ -5,13 +5,15 @@ join state), in batches. For each batch, in this order:
 
 1. run every record through the ``JoinProcessor`` (parse, watermark, join);
 2. send the labeled examples and dead letters, and wait until the broker acked them;
-3. write the state the batch changed to the changelog-backed table (with the input
+3. report the join's watermark for the dataset sink (``watermark_reports``), at most
+   about once a second, once the examples it covers were acked;
+4. write the state the batch changed to the changelog-backed table (with the input
    partition of each key, so that state moves with its partition);
-4. acknowledge the batch's events to Faust, which flushes the producer before it
+5. acknowledge the batch's events to Faust, which flushes the producer before it
    commits their offsets.
 
-A crash anywhere before 4 replays the batch from the last committed offset; state
-written in 3 only ever reflects outputs already acked, so nothing is lost, and a
+A crash anywhere before 5 replays the batch from the last committed offset; state
+written in 4 only ever reflects outputs already acked, so nothing is lost, and a
 replayed request whose label was already sent is sent again as an identical copy.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from schemas.pii import PiiHasher
 from schemas.records import dead_letter, encode_labeled
 from streams.join import DONE, EARLY, PENDING, DeadLetterOut, LabeledOut
 from streams.processor import FEEDBACK, REQUESTS, JoinProcessor
+from streams.watermark_reports import DRAINED, encode_report
 
 log = logging.getLogger("dlabel.worker")
 
@@ -47,6 +50,7 @@ class WorkerOptions:
     session_timeout_s: float = 10.0
     web_port: Optional[int] = None  # Faust starts its web server anyway: give it a port
     tansu: bool = False             # embedded-broker work-arounds (tansu_quirks)
+    report_every_s: float = 1.0     # watermark reports for the dataset sink, at most this often
 
 
 def state_table_name(config: PipelineConfig) -> str:
@@ -96,9 +100,10 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
                        key_serializer="raw", value_serializer="raw")
     labeled = app.topic(config.topics.labeled, key_serializer="raw", value_serializer="raw")
     dead = app.topic(config.topics.dead_letter, key_serializer="raw", value_serializer="raw")
+    reports = app.topic(config.topics.watermarks, key_serializer="raw", value_serializer="raw")
     table = app.Table(state_table_name(config), partitions=config.topics.partitions,
                       key_type=str, value_type=None)
-    runner = JoinRunner(config, opts, app, table, labeled, dead, pii, clock)
+    runner = JoinRunner(config, opts, app, table, labeled, dead, pii, clock, reports)
     app.dlabel_runner = runner  # for tests and the CLI summary
 
     @app.agent(inputs)
@@ -134,8 +139,13 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
 class JoinRunner:
     """Glue between Faust (records, table, topics) and the pure JoinProcessor."""
 
-    def __init__(self, config, opts, app, table, labeled_topic, dead_topic, pii, clock):
+    def __init__(self, config, opts, app, table, labeled_topic, dead_topic, pii, clock,
+                 reports_topic=None):
         self.config, self.opts, self.app = config, opts, app
+        self.reports_topic = reports_topic
+        self.labeled_ends: dict[int, int] = {}  # labeled partition -> last acked offset + 1
+        self.reported: Optional[int] = None
+        self.reported_at = 0.0
         self.table, self.labeled_topic, self.dead_topic = table, labeled_topic, dead_topic
         self.pii, self.clock = pii, clock
         self.roles = {config.topics.requests: REQUESTS, config.topics.feedback: FEEDBACK}
@@ -197,6 +207,7 @@ class JoinRunner:
             self._update_caught_up()
             outputs.extend(self.proc.tick())
             await self._publish(outputs)
+            await self._report_watermark()
             self._persist()
 
     async def on_timer(self) -> None:
@@ -222,7 +233,8 @@ class JoinRunner:
                     for tp in consumer.assignment() if tp.topic in self.roles})
             if outputs or self.proc.join._dirty:
                 await self._publish(outputs)
-                self._persist()
+            await self._report_watermark()
+            self._persist()
         if self.drained:
             log.info("drained: all input consumed, every pending request finalized")
             await self.app.producer.flush()
@@ -249,14 +261,34 @@ class JoinRunner:
             position = max(last + 1, committed.get(tp) or 0)
             self.proc.watermark.set_caught_up(role, tp.partition, hw is not None and position >= hw)
 
+    async def _report_watermark(self) -> None:
+        """Tell the dataset sink how far the join has labeled (see ``watermark_reports``)."""
+        closed = DRAINED if self.drained else self.proc.join.closed_time
+        if self.reports_topic is None or closed is None or closed == self.reported:
+            return
+        now = time.monotonic()
+        if not self.drained and now - self.reported_at < self.opts.report_every_s:
+            return
+        futures = []
+        for role, partition in sorted(self._assigned_inputs()):
+            name = f"{role}:{partition}"
+            futures.append(await self.reports_topic.send(
+                key=name.encode(), value=encode_report(name, closed, self.labeled_ends),
+                partition=0))
+        if futures:
+            await asyncio.gather(*futures)
+        self.reported, self.reported_at = closed, now
+
     async def _publish(self, outputs) -> None:
         futures = []
+        labeled = []
         for o in outputs:
             if isinstance(o, LabeledOut):
                 fut = await self.labeled_topic.send(
                     key=o.example["request_id"].encode(), value=encode_labeled(o.example),
                     partition=o.partition)
                 self.sent_labeled += 1
+                labeled.append(fut)
             elif isinstance(o, DeadLetterOut):
                 src = o.source
                 topic = self.config.topics.requests if src.role == REQUESTS else self.config.topics.feedback
@@ -268,6 +300,11 @@ class JoinRunner:
             futures.append(fut)
         if futures:
             await asyncio.gather(*futures)
+        ends = self.labeled_ends
+        for fut in labeled:
+            meta = fut.result()
+            if meta.offset + 1 > ends.get(meta.partition, 0):
+                ends[meta.partition] = meta.offset + 1
 
     def _persist(self) -> None:
         """Write changed join state to the table (after the outputs it reflects were acked).

@@ -55,7 +55,8 @@ def make_config(unique_name: str) -> Callable[..., PipelineConfig]:
         name = f"{unique_name}{suffix}"
         topics = TopicsSpec(requests=f"{name}.requests", feedback=f"{name}.feedback",
                             labeled=f"{name}.labeled", dead_letter=f"{name}.dead-letter",
-                            windows=f"{name}.windows", partitions=partitions,
+                            windows=f"{name}.windows", watermarks=f"{name}.watermarks",
+                            partitions=partitions,
                             replication_factor=cfg.topics.replication_factor)
         return dataclasses.replace(cfg, pipeline=name, topics=topics, **fields)
     return make

@@ -19,7 +19,8 @@ PII_KEY = "test-pii-key"
 
 
 def write_pipeline(tmp_path: Path, scenario: str, broker_url: str, name: str,
-                   partitions: int = 4, store: str = "memory", **join) -> Path:
+                   partitions: int = 4, store: str = "memory", dataset: dict | None = None,
+                   **join) -> Path:
     """Write a pipeline YAML for ``scenario`` with unique topics under ``tmp_path``."""
     data = yaml.safe_load((EXAMPLES / f"{scenario}.yaml").read_text())
     data["pipeline"] = name
@@ -31,6 +32,7 @@ def write_pipeline(tmp_path: Path, scenario: str, broker_url: str, name: str,
     # and nothing the simulator makes is late (its disorder is under the allowed lateness).
     data["join"].update({"idle_timeout": "1h", **join})
     data["dataset"]["path"] = str(tmp_path / "data")
+    data["dataset"].update(dataset or {})
     data["model"]["path"] = str(tmp_path / "models")
     data["state_dir"] = str(tmp_path / "state")
     data["store"] = store

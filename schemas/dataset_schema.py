@@ -1,0 +1,91 @@
+"""The Arrow schema of a labeled dataset, and the names of its window directories.
+
+One schema comes from the config: the base columns of DESIGN.md, then one typed column
+per kept feature. A window whose feature is null on every row still has the column, with
+its declared type. Adding a feature to the config adds a nullable column at the end, so
+older windows read together with newer ones through ``pyarrow.dataset`` schema
+unification (see ``read_dataset``).
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from schemas.config import PipelineConfig
+
+TS = pa.timestamp("ms", tz="UTC")
+FEATURE_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(),
+                 "bool": pa.bool_()}
+WINDOW_DIR_PREFIX = "window_start="
+_DIR_FORMAT = "%Y-%m-%dT%H-%M-%SZ"
+_DIR_RE = re.compile(r"^window_start=(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ)$")
+
+
+def arrow_schema(config: PipelineConfig) -> pa.Schema:
+    """The dataset's Arrow schema for ``config`` (base columns, then features in order)."""
+    label = pa.int64() if config.label.kind == "binary" else pa.float64()
+    fields = [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("request_ts", TS, nullable=False),
+        pa.field("window_start", TS, nullable=False),
+        pa.field("label", label, nullable=False),
+        pa.field("label_ts", TS, nullable=False),
+        pa.field("prediction", pa.float64()),
+        pa.field("model_version", pa.string()),
+    ]
+    for f in config.kept_features:
+        # hashed PII is a hex digest, whatever the declared type
+        fields.append(pa.field(f.name, pa.string() if f.pii == "hash" else FEATURE_TYPES[f.type]))
+    return pa.schema(fields)
+
+
+def examples_to_table(examples: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """A table of labeled examples (dicts as published on the labeled topic)."""
+    columns = {name: [e.get(name) for e in examples] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def iso_utc(ms: int) -> str:
+    """``2026-11-27T10:00:00Z`` for an epoch-ms time (second precision)."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def window_dir(start_ms: int) -> str:
+    """The directory name of the window starting at ``start_ms``."""
+    dt = datetime.fromtimestamp(start_ms / 1000, tz=timezone.utc)
+    return WINDOW_DIR_PREFIX + dt.strftime(_DIR_FORMAT)
+
+
+def parse_window_dir(name: str) -> int | None:
+    """The start (ms) of a window directory name, or None if ``name`` is not one."""
+    m = _DIR_RE.match(name)
+    if not m:
+        return None
+    dt = datetime.strptime(m.group(1), _DIR_FORMAT).replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def parse_window_arg(text: str) -> int:
+    """A window start given by a user: ISO-8601 with a zone, a directory name, or epoch ms."""
+    text = text.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    from_dir = parse_window_dir(text if text.startswith(WINDOW_DIR_PREFIX)
+                                else WINDOW_DIR_PREFIX + text)
+    if from_dir is not None:
+        return from_dir
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        dt = None
+    if dt is None or dt.tzinfo is None:
+        raise ValueError(f"window {text!r} is not a zoned time; write e.g. 2026-11-27T10:00:00Z")
+    return int(dt.timestamp() * 1000)
+
+
+def unify(schemas: Iterable[pa.Schema]) -> pa.Schema:
+    """One schema for windows written under different configs (new features are added)."""
+    return pa.unify_schemas(list(schemas), promote_options="default")

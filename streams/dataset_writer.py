@@ -1,0 +1,259 @@
+"""Labeled examples in, event-time-windowed Parquet files out; no Kafka in here.
+
+The writer is fed the labeled topic record by record (partition, offset, value) and
+keeps, per labeled partition, the range of offsets read since its last commit. Commit
+state lives *in the dataset itself*, under ``_sink/`` (hidden from pyarrow, pandas, DuckDB
+and Spark by its leading underscore), like Kafka Connect's HDFS sink: the Kafka
+consumer-group offsets are committed too, but only for monitoring; a restart resumes
+from ``_sink/``.
+
+A file's name says exactly what was consumed to make it:
+``window_start=<start>/part-<partition>-<first offset>-<last offset>.parquet``. See
+``DatasetWriter.commit_partition`` for the protocol that makes a crash at any point and
+a restart give the same files.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from schemas.config import PipelineConfig
+from schemas.dataset_schema import arrow_schema, examples_to_table, parse_window_dir, window_dir
+from streams.window_manifest import build_manifest, manifest_exists, write_manifest
+
+log = logging.getLogger("dlabel.sink")
+
+STATE_DIR = "_sink"
+_PART_RE = re.compile(r"^part-(\d{3,})-(\d{12,})-(\d{12,})\.parquet$")
+
+
+def part_name(partition: int, first: int, last: int) -> str:
+    """The deterministic name of the file made from offsets ``first..last`` of a partition."""
+    return f"part-{partition:03d}-{first:012d}-{last:012d}.parquet"
+
+
+def parse_part_name(name: str) -> Optional[tuple[int, int, int]]:
+    """``(partition, first, last)`` of a data file name, or None."""
+    m = _PART_RE.match(name)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+@dataclass
+class Rejected:
+    """A labeled record the writer did not take (goes to the dead-letter topic)."""
+    reason: str
+    detail: str
+    partition: int
+    offset: int
+    original: bytes
+
+
+class DatasetWriter:
+    """Buffers labeled examples per window and commits them as Parquet files."""
+
+    def __init__(self, config: PipelineConfig, storage, clock: Callable[[], int],
+                 closed_cache: int = 4) -> None:
+        self.config = config
+        self.storage = storage
+        self.clock = clock
+        self.schema = arrow_schema(config)
+        self.window_ms = config.dataset.window_ms
+        self.positions: dict[int, int] = {}        # partition -> next offset to read
+        self.committed: dict[int, int] = {}        # partition -> next offset in _sink/
+        self.redo: dict[int, int] = {}             # partition -> last offset of an unfinished commit
+        self.buffers: dict[int, dict[int, list[dict]]] = {}  # partition -> window -> rows
+        self.buffered_rows = 0
+        self.first_buffered_at: Optional[int] = None
+        self.open_ids: dict[int, set[str]] = {}    # window -> request ids (committed + buffered)
+        self.closed: set[int] = set()
+        self._closed_ids: OrderedDict[int, set[str]] = OrderedDict()
+        self._closed_cache = closed_cache
+        self.counts = {"rows": 0, "duplicates": 0, "late": 0, "invalid": 0, "files": 0,
+                       "windows_closed": 0}
+
+    # ------------------------------------------------------------------ recovery
+    def recover(self, partitions: list[int]) -> dict[int, int]:
+        """Load commit state from ``_sink/`` and the window directories.
+
+        Returns the offset to resume from for each labeled partition.
+        """
+        for p in partitions:
+            state = self._read_json(f"{STATE_DIR}/p{p:03d}.json") or {}
+            self.committed[p] = self.positions[p] = int(state.get("next", 0))
+            intent = self._read_json(f"{STATE_DIR}/p{p:03d}.intent.json")
+            if intent and int(intent["first"]) >= self.committed[p]:
+                if int(intent["first"]) != self.committed[p]:
+                    raise RuntimeError(f"_sink state of partition {p} is inconsistent: "
+                                       f"intent {intent} vs next {self.committed[p]}")
+                self.redo[p] = int(intent["last"])
+        for name in self.storage.list_dir():
+            start = parse_window_dir(name)
+            if start is None:
+                continue
+            if manifest_exists(self.storage, name):
+                self.closed.add(start)
+            else:
+                self.open_ids[start] = self._committed_ids(name)
+        if self.redo:
+            log.info("sink: finishing interrupted commits %s", self.redo)
+        return dict(self.positions)
+
+    def _committed_ids(self, dirname: str) -> set[str]:
+        """Request ids in the committed files of a window (files of an unfinished commit
+        are left out: the commit is redone and rewrites them)."""
+        ids: set[str] = set()
+        for name in self.storage.list_dir(dirname):
+            part = parse_part_name(name)
+            if part is None or part[1] >= self.committed.get(part[0], 0):
+                continue
+            data = self.storage.read(f"{dirname}/{name}")
+            table = pq.read_table(io.BytesIO(data), columns=["request_id"])
+            ids.update(table.column("request_id").to_pylist())
+        return ids
+
+    def _read_json(self, rel: str) -> Optional[dict]:
+        raw = self.storage.read(rel)
+        return json.loads(raw) if raw else None
+
+    # ------------------------------------------------------------------ input
+    def add(self, partition: int, offset: int, value: bytes) -> Optional[Rejected]:
+        """Take one record of the labeled topic; a rejected record is returned."""
+        redo = self.redo.get(partition)
+        if redo is not None and offset > redo:  # the interrupted range ended in a gap
+            self.positions[partition] = redo + 1
+            self.commit_partition(partition)
+        self.positions[partition] = offset + 1
+        rejected = self._take(partition, offset, value)
+        if self.redo.get(partition) == offset:
+            self.commit_partition(partition)
+        return rejected
+
+    def _take(self, partition: int, offset: int, value: bytes) -> Optional[Rejected]:
+        try:
+            example = json.loads(value)
+            rid, ts = example["request_id"], int(example["request_ts"])
+        except (ValueError, TypeError, KeyError) as e:
+            self.counts["invalid"] += 1
+            return Rejected("malformed_json", f"not a labeled example: {e}", partition, offset,
+                            value)
+        window = ts - ts % self.window_ms
+        if window in self.closed:
+            if rid in self._ids_of_closed(window):
+                self.counts["duplicates"] += 1
+                return None
+            self.counts["late"] += 1
+            return Rejected("late", f"window {window_dir(window)} is already closed",
+                            partition, offset, value)
+        ids = self.open_ids.setdefault(window, set())
+        if rid in ids:  # at-least-once upstream: an identical copy
+            self.counts["duplicates"] += 1
+            return None
+        ids.add(rid)
+        self.buffers.setdefault(partition, {}).setdefault(window, []).append(example)
+        self.buffered_rows += 1
+        if self.first_buffered_at is None:
+            self.first_buffered_at = self.clock()
+        return None
+
+    def _ids_of_closed(self, window: int) -> set[str]:
+        ids = self._closed_ids.get(window)
+        if ids is None:
+            ids = self._committed_ids(window_dir(window))
+            self._closed_ids[window] = ids
+            while len(self._closed_ids) > self._closed_cache:
+                self._closed_ids.popitem(last=False)
+        self._closed_ids.move_to_end(window)
+        return ids
+
+    # ------------------------------------------------------------------ commits
+    def due(self) -> bool:
+        """True when the buffers should be committed (size or age)."""
+        if self.buffered_rows >= self.config.dataset.flush_rows:
+            return True
+        return (self.first_buffered_at is not None and
+                self.clock() - self.first_buffered_at >= self.config.dataset.flush_interval_ms)
+
+    def commit_all(self) -> None:
+        """Commit every partition read past its last commit (except unfinished redos)."""
+        for p in sorted(self.positions):
+            if p not in self.redo and self.positions[p] > self.committed.get(p, 0):
+                self.commit_partition(p)
+        if not any(self.buffers.values()):
+            self.buffered_rows, self.first_buffered_at = 0, None
+
+    def commit_partition(self, partition: int) -> None:
+        """Commit what was read from ``partition``: the one function that writes data.
+
+        Protocol, for offsets ``first..last`` read since the previous commit:
+
+        1. write ``_sink/p<partition>.intent.json`` = ``{first, last}`` (atomically);
+        2. for each window with rows from that range, write
+           ``window_start=<w>/part-<partition>-<first>-<last>.parquet`` atomically
+           (hidden temp name, fsync, rename; one PUT on S3);
+        3. write ``_sink/p<partition>.json`` = ``{"next": last + 1}`` (atomically).
+
+        The caller commits the consumer-group offset afterwards, for monitoring only.
+        A crash before 1 re-reads the range on restart, and may cut it differently, but
+        nothing of it was visible. A crash after 1 and before 3 leaves an intent: the
+        restart re-reads from ``first`` and commits again exactly at ``last``, which
+        rewrites the same files with the same rows (deduplication only counts files
+        committed before ``first``). Files are only ever replaced by identical ones.
+        """
+        first, last = self.committed.get(partition, 0), self.positions[partition] - 1
+        if last < first:
+            return
+        windows = self.buffers.pop(partition, {})
+        prefix = f"{STATE_DIR}/p{partition:03d}"
+        self.storage.write_atomic(f"{prefix}.intent.json", _json({"first": first, "last": last}))
+        for window, rows in sorted(windows.items()):
+            table = examples_to_table(rows, self.schema)
+            self.storage.write_atomic(f"{window_dir(window)}/{part_name(partition, first, last)}",
+                                      _parquet_bytes(table))
+            self.counts["rows"] += len(rows)
+            self.counts["files"] += 1
+            self.buffered_rows -= len(rows)
+        self.storage.write_atomic(f"{prefix}.json", _json({"next": last + 1}))
+        self.committed[partition] = last + 1
+        self.redo.pop(partition, None)
+        if self.buffered_rows <= 0:
+            self.buffered_rows, self.first_buffered_at = 0, None
+
+    # ------------------------------------------------------------------ windows
+    def ready_windows(self, watermark: Optional[int]) -> list[int]:
+        """Open windows the join's closed time has passed (``end + label_window``)."""
+        if watermark is None or self.redo:
+            return []
+        lw = self.config.join.label_window_ms
+        return sorted(w for w in self.open_ids if w + self.window_ms + lw <= watermark)
+
+    def close(self, window: int, topic: str) -> dict[str, Any]:
+        """Write a ready window's manifest (after ``commit_all``); return the manifest."""
+        if any(window in b for b in self.buffers.values()):
+            raise RuntimeError(f"window {window_dir(window)} still has uncommitted rows")
+        name = window_dir(window)
+        manifest = build_manifest(self.config, self.storage, name, window, self.schema, topic)
+        write_manifest(self.storage, name, manifest)
+        self.closed.add(window)
+        self._closed_ids[window] = self.open_ids.pop(window)
+        while len(self._closed_ids) > self._closed_cache:
+            self._closed_ids.popitem(last=False)
+        self.counts["windows_closed"] += 1
+        return manifest
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue().to_pybytes()

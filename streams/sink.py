@@ -1,0 +1,212 @@
+"""The dataset sink process: labeled topic -> Parquet windows -> windows topic.
+
+A plain kafka-python loop (no Faust: the sink keeps no table, its state is the dataset).
+It reads every partition of the labeled topic from the positions recorded in the
+dataset's ``_sink/`` state, and the whole (tiny, compacted) watermark-report topic. Per
+poll: feed the ``DatasetWriter``; trust the reports it has read past; commit on size or
+age; close the windows the join's watermark has passed (commit, manifest, then the
+windows event); and send rejected records to the dead-letter topic.
+
+One sink serves the whole labeled topic (Parquet writing is cheap next to the join);
+a second one would write the same files, so run one per pipeline.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from schemas.config import PipelineConfig
+from schemas.dataset_schema import window_dir
+from schemas.records import dead_letter
+from streams.dataset_writer import STATE_DIR, DatasetWriter
+from streams.storage import open_storage
+from streams.watermark_reports import DRAINED, SinkWatermark, decode_report, input_names
+from streams.window_manifest import MANIFEST, read_manifest, window_event
+
+log = logging.getLogger("dlabel.sink")
+
+SENT_STATE = f"{STATE_DIR}/windows-sent.json"
+
+
+@dataclass
+class SinkOptions:
+    """Run-time knobs of the sink that are not part of the pipeline config."""
+    bootstrap: str
+    drain: bool = False          # exit once the join drained and every window is closed
+    poll_ms: int = 200
+    max_records: int = 5000
+
+
+def sink_group(config: PipelineConfig) -> str:
+    """The consumer group the sink commits its positions to (for lag monitoring)."""
+    return f"dlabel-{config.pipeline}-sink"
+
+
+class DatasetSink:
+    """Runs the dataset sink until stopped (or drained)."""
+
+    def __init__(self, config: PipelineConfig, opts: SinkOptions,
+                 clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> None:
+        self.config, self.opts, self.clock = config, opts, clock
+        self.storage = open_storage(config.dataset.path)
+        self.writer = DatasetWriter(config, self.storage, clock)
+        self.watermark = SinkWatermark(input_names(config))
+        self.sent: list[str] = []
+        self.close_latency_ms: list[int] = []
+        self._wm_passed_at: dict[int, int] = {}
+        self.stopping = False
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> dict:
+        """Consume until ``stop()`` (or until drained); return a summary."""
+        t = self.config.topics
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=self.opts.bootstrap, group_id=sink_group(self.config),
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            client_id=f"dlabel-{self.config.pipeline}-sink", max_poll_records=self.opts.max_records)
+        self.producer = KafkaProducer(bootstrap_servers=self.opts.bootstrap, acks="all",
+                                      enable_idempotence=False, linger_ms=5,
+                                      client_id=f"dlabel-{self.config.pipeline}-sink")
+        try:
+            labeled = [TopicPartition(t.labeled, p) for p in range(t.partitions)]
+            reports = TopicPartition(t.watermarks, 0)
+            self.consumer.assign(labeled + [reports])
+            resume = self.writer.recover(list(range(t.partitions)))
+            for tp in labeled:
+                self.consumer.seek(tp, resume[tp.partition])
+            self.consumer.seek_to_beginning(reports)
+            self.sent = json.loads(self.storage.read(SENT_STATE) or b"[]")
+            self._send_unsent_events()
+            log.info("sink started at %s", {f"{t.labeled}:{p}": o for p, o in resume.items()})
+            while not self.stopping:
+                self._poll_once()
+                if self.opts.drain and self._drained():
+                    log.info("sink drained: every window closed")
+                    break
+        finally:
+            self.producer.flush()
+            self.producer.close()
+            self.consumer.close(autocommit=False)
+        return self.summary()
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def summary(self) -> dict:
+        lat = sorted(self.close_latency_ms)
+        return {**self.writer.counts, "windows_sent": len(self.sent),
+                "close_latency_ms_max": lat[-1] if lat else None,
+                "close_latency_ms_median": lat[len(lat) // 2] if lat else None}
+
+    # ------------------------------------------------------------------ one step
+    def _poll_once(self) -> None:
+        t = self.config.topics
+        batches = self.consumer.poll(timeout_ms=self.opts.poll_ms,
+                                     max_records=self.opts.max_records)
+        rejected = []
+        for tp, records in batches.items():
+            if tp.topic == t.watermarks:
+                for r in records:
+                    try:
+                        self.watermark.report(*decode_report(r.value))
+                    except ValueError as e:
+                        log.warning("ignoring a bad watermark report at offset %d: %s", r.offset, e)
+                continue
+            for r in records:
+                bad = self.writer.add(tp.partition, r.offset, r.value)
+                if bad is not None:
+                    rejected.append(bad)
+        if rejected:
+            self._dead_letter(rejected)
+        self.watermark.update(self.writer.positions)
+        if self.writer.due():
+            self._commit()
+        self._close_ready()
+
+    def _commit(self) -> None:
+        self.writer.commit_all()
+        offsets = {TopicPartition(self.config.topics.labeled, p): OffsetAndMetadata(o, "", -1)
+                   for p, o in self.writer.committed.items()}
+        if offsets:
+            try:
+                self.consumer.commit(offsets)
+            except Exception as e:  # monitoring only: the dataset's _sink/ state is the truth
+                log.warning("sink: consumer-group offset commit failed (%s); continuing", e)
+
+    def _close_ready(self) -> None:
+        wm = self.watermark.current()
+        ready = self.writer.ready_windows(wm)
+        if not ready:
+            return
+        now = self.clock()
+        self._commit()
+        for window in ready:
+            manifest = self.writer.close(window, self.config.topics.labeled)
+            self._send_event(window_dir(window), manifest)
+            self.close_latency_ms.append(self.clock() - now)
+            log.info("window %s closed: %d rows, %s positives", manifest["window_start"],
+                     manifest["rows"], manifest["positives"])
+
+    def _send_event(self, dirname: str, manifest: dict) -> None:
+        event = window_event(manifest, self.storage.uri(f"{dirname}/{MANIFEST}"))
+        self.producer.send(self.config.topics.windows, key=manifest["window_start"].encode(),
+                           value=json.dumps(event, sort_keys=True).encode()).get(timeout=30)
+        if dirname not in self.sent:
+            self.sent.append(dirname)
+            self.storage.write_atomic(SENT_STATE, json.dumps(self.sent).encode())
+
+    def _send_unsent_events(self) -> None:
+        """After a crash between a manifest and its event: send the event now."""
+        for start in sorted(self.writer.closed):
+            dirname = window_dir(start)
+            if dirname not in self.sent:
+                manifest = read_manifest(self.storage, dirname)
+                if manifest is not None:
+                    log.info("sink: sending the windows event of %s again", dirname)
+                    self._send_event(dirname, manifest)
+
+    def _dead_letter(self, rejected) -> None:
+        topic = self.config.topics.labeled
+        futures = [self.producer.send(self.config.topics.dead_letter, value=dead_letter(
+            r.reason, r.detail, topic, r.partition, r.offset, r.original)) for r in rejected]
+        for f in futures:
+            f.get(timeout=30)
+
+    def _drained(self) -> bool:
+        return (self.watermark.current() == DRAINED and not self.writer.open_ids
+                and not self.writer.redo)
+
+
+def run_sink(config: PipelineConfig, drain: bool = False) -> dict:
+    """Run the dataset sink in this process until Ctrl-C (or drained)."""
+    from streams.runtime import prepare
+    prepare(config, config.bootstrap_servers)
+    sink = DatasetSink(config, SinkOptions(bootstrap=config.bootstrap_servers, drain=drain))
+    import signal
+    previous = signal.signal(signal.SIGTERM, lambda *_: sink.stop())
+    try:
+        return sink.run()
+    except KeyboardInterrupt:
+        return sink.summary()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def sink_process_main(config: PipelineConfig, drain: bool, loglevel: str, conn) -> None:
+    """Entry point of the sink as a child process of ``dlabel worker`` (spawned)."""
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run_sink(config, drain=drain)
+        conn.send({"ok": True, "summary": summary})
+    except BaseException as e:  # report to the parent, which fails the command
+        log.exception("the dataset sink failed")
+        conn.send({"ok": False, "error": repr(e)})
+        raise SystemExit(1)
+    finally:
+        conn.close()

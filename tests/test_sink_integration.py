@@ -1,0 +1,90 @@
+"""The dataset sink on the real embedded broker: Parquet windows equal the oracle."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+
+from schemas.dataset_schema import arrow_schema, parse_window_dir
+from streams.simulate import generate, produce
+from streams.storage import LocalStorage
+from streams.tail import read_topic
+from streams.window_manifest import list_windows, read_manifest
+from tests.oracle import assert_matches_oracle, oracle_labels
+from tests.pipeline_runs import PII_KEY, load, run_drain, write_pipeline
+from schemas.pii import PiiHasher
+
+pytestmark = pytest.mark.broker
+
+
+def dataset_rows(path: Path) -> pd.DataFrame:
+    """The dataset as pandas reads it (the README's two lines)."""
+    return pd.read_parquet(path, partitioning=None)
+
+
+def as_examples(df: pd.DataFrame) -> dict[str, dict]:
+    out = {}
+    for row in df.itertuples(index=False):
+        out[row.request_id] = {"label": int(row.label) if not isinstance(row.label, float) else row.label,
+                               "request_ts": int(row.request_ts.value // 1_000_000),
+                               "label_ts": int(row.label_ts.value // 1_000_000)}
+    return out
+
+
+def windows_events(bootstrap: str, topic: str) -> list[dict]:
+    return [json.loads(r.value) for r in read_topic(bootstrap, topic, idle_timeout_s=1.5)]
+
+
+@pytest.mark.parametrize("scenario,partitions", [("ctr", 4), ("airport", 2)])
+def test_dataset_equals_oracle_and_windows_close(broker, tmp_path, unique_name, scenario, partitions):
+    path = write_pipeline(tmp_path, scenario, broker.url, unique_name, partitions=partitions,
+                          dataset={"window": "1m", "flush_rows": 200})
+    cfg = load(path)
+    events = generate(cfg, scenario, 1500, seed=11)
+    produce(broker.bootstrap, cfg, events)
+
+    summary = run_drain(path, tmp_path / "worker.log")
+    assert summary["sink"]["rows"] > 0, summary
+
+    reqs = [e.value for e in events if e.role == "requests"]
+    fbs = [e.value for e in events if e.role == "feedback"]
+    expected = oracle_labels(cfg, reqs, fbs, PiiHasher(PII_KEY.encode()))
+    data = Path(cfg.dataset.path)
+
+    df = dataset_rows(data)
+    assert df.request_id.is_unique
+    assert_matches_oracle(expected, as_examples(df))
+
+    # pyarrow.dataset and DuckDB read the same rows
+    table = ds.dataset(data, format="parquet", partitioning=None).to_table()
+    assert sorted(table.column("request_id").to_pylist()) == sorted(df.request_id)
+    duck = duckdb.sql(f"select request_id, label from read_parquet('{data}/*/*.parquet', "
+                      "hive_partitioning=false)").df()
+    assert sorted(duck.request_id) == sorted(df.request_id)
+    assert table.schema.equals(arrow_schema(cfg), check_metadata=False)
+
+    # every window closed, one manifest each, and one windows event per window
+    storage = LocalStorage(str(data))
+    windows = list_windows(storage)
+    assert len(windows) > 1 and all(w["status"] == "closed" for w in windows)
+    assert sum(w["rows"] for w in windows) == len(df)
+    for w in windows:
+        manifest = read_manifest(storage, w["dir"])
+        start = parse_window_dir(w["dir"])
+        rows = df[df.window_start == pd.Timestamp(start, unit="ms", tz="UTC")]
+        assert manifest["rows"] == len(rows)
+        lo = pd.Timestamp(start, unit="ms", tz="UTC")
+        assert ((rows.request_ts >= lo) & (rows.request_ts < lo + pd.Timedelta(minutes=1))).all()
+        assert sum(f["rows"] for f in manifest["files"]) == len(rows)
+        if cfg.label.kind == "binary":
+            assert manifest["positives"] == int(rows.label.sum())
+    events_out = windows_events(broker.bootstrap, cfg.topics.windows)
+    assert sorted({e["window_start"] for e in events_out}) == sorted(w["window_start"] for w in windows)
+    for e in events_out:
+        assert Path(e["manifest"]).is_file() and e["pipeline"] == cfg.pipeline
+    # readers never see temp files
+    assert not [p for p in data.rglob("*") if p.name.startswith(".")]
