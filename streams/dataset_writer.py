@@ -94,10 +94,12 @@ class DatasetWriter:
                     raise RuntimeError(f"_sink state of partition {p} is inconsistent: "
                                        f"intent {intent} vs next {self.committed[p]}")
                 self.redo[p] = int(intent["last"])
+        self._remove_temp_files(STATE_DIR)
         for name in self.storage.list_dir():
             start = parse_window_dir(name)
             if start is None:
                 continue
+            self._remove_temp_files(name)
             if manifest_exists(self.storage, name):
                 self.closed.add(start)
             else:
@@ -105,6 +107,12 @@ class DatasetWriter:
         if self.redo:
             log.info("sink: finishing interrupted commits %s", self.redo)
         return dict(self.positions)
+
+    def _remove_temp_files(self, dirname: str) -> None:
+        """Hidden temp files of writes a crash interrupted (never visible to readers)."""
+        for name in self.storage.list_dir(dirname):
+            if name.startswith(".") and ".tmp-" in name:
+                self.storage.remove(f"{dirname}/{name}")
 
     def _committed_ids(self, dirname: str) -> set[str]:
         """Request ids in the committed files of a window (files of an unfinished commit
