@@ -96,6 +96,31 @@ def tail(config_path: str, broker: Optional[str], topic: str, max_records: int, 
 
 
 @main.command()
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="print JSON (one object per window)")
+def datasets(config_path: str, as_json: bool) -> None:
+    """List the dataset's windows: status, rows, label rate, files (from the manifests)."""
+    from streams.storage import open_storage
+    from streams.window_manifest import list_windows
+    cfg = _config(config_path, None)
+    try:
+        windows = list_windows(open_storage(cfg.dataset.path))
+    except DlabelError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(windows, indent=2))
+        return
+    if not windows:
+        click.echo(f"no windows under {cfg.dataset.path}")
+        return
+    click.echo(f"{'window_start':<22} {'status':<7} {'rows':>8} {'label rate':>10} {'files':>5}")
+    for w in windows:
+        rows = "" if w["rows"] is None else str(w["rows"])
+        rate = "" if w["label_rate"] is None else f"{w['label_rate']:.3f}"
+        click.echo(f"{w['window_start']:<22} {w['status']:<7} {rows:>8} {rate:>10} {w['files']:>5}")
+
+
+@main.command()
 @click.option("--requests", "n_requests", default=5000, show_default=True)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--scenario", type=click.Choice(["ctr", "airport"]), default="ctr", show_default=True)

@@ -20,7 +20,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def run_demo(scenario: str, n_requests: int, seed: int, workdir: str,
              echo: Callable[[str], None] = print) -> dict:
     """Start a broker, simulate ``n_requests``, run the worker until drained, summarize."""
-    from streams.runtime import run_worker
+    from streams.runtime import run_pipeline
+    from streams.storage import open_storage
+    from streams.window_manifest import list_windows
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     with EmbeddedBroker(log_path=str(work / "broker.log")) as broker:
@@ -40,7 +42,7 @@ def run_demo(scenario: str, n_requests: int, seed: int, workdir: str,
         echo(f"simulated {n_requests} requests: {len(events)} events in "
              f"{time.monotonic() - t0:.1f}s")
         t1 = time.monotonic()
-        summary = run_worker(cfg, drain=True, session_timeout_s=2.0)
+        summary = run_pipeline(cfg, drain=True, session_timeout_s=2.0)
         elapsed = time.monotonic() - t1
         labels = Counter()
         ids = set()
@@ -59,6 +61,13 @@ def run_demo(scenario: str, n_requests: int, seed: int, workdir: str,
                  f"({labels['positive'] / max(1, len(ids)):.1%})")
         echo("dead-lettered:   " + (", ".join(f"{k} {v}" for k, v in summary["dead_letters"].items())
                                    or "none"))
+        windows = list_windows(open_storage(cfg.dataset.path))
+        echo(f"dataset windows under {cfg.dataset.path}:")
+        for w in windows:
+            rate = "" if w["label_rate"] is None else f", label rate {w['label_rate']:.3f}"
+            echo(f"  {w['window_start']}  {w['status']}  {w['rows']} rows{rate}, "
+                 f"{w['files']} file(s)")
+        summary["windows"] = windows
         echo(f"config written to {cfg_path}; `dlabel tail -c {cfg_path}` reads the labeled topic "
              "while the broker runs")
         return summary

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -41,6 +42,7 @@ class SinkOptions:
     drain: bool = False          # exit once the join drained and every window is closed
     poll_ms: int = 200
     max_records: int = 5000
+    parent_pid: Optional[int] = None  # as a child of `dlabel worker`: stop when it is gone
 
 
 def sink_group(config: PipelineConfig) -> str:
@@ -86,6 +88,9 @@ class DatasetSink:
             log.info("sink started at %s", {f"{t.labeled}:{p}": o for p, o in resume.items()})
             while not self.stopping:
                 self._poll_once()
+                if self.opts.parent_pid is not None and os.getppid() != self.opts.parent_pid:
+                    log.warning("sink: the worker process is gone; stopping")
+                    break
                 if self.opts.drain and self._drained():
                     log.info("sink drained: every window closed")
                     break
@@ -183,11 +188,13 @@ class DatasetSink:
                 and not self.writer.redo)
 
 
-def run_sink(config: PipelineConfig, drain: bool = False) -> dict:
+def run_sink(config: PipelineConfig, drain: bool = False,
+             parent_pid: Optional[int] = None) -> dict:
     """Run the dataset sink in this process until Ctrl-C (or drained)."""
     from streams.runtime import prepare
     prepare(config, config.bootstrap_servers)
-    sink = DatasetSink(config, SinkOptions(bootstrap=config.bootstrap_servers, drain=drain))
+    sink = DatasetSink(config, SinkOptions(bootstrap=config.bootstrap_servers, drain=drain,
+                                           parent_pid=parent_pid))
     import signal
     previous = signal.signal(signal.SIGTERM, lambda *_: sink.stop())
     try:
@@ -202,7 +209,7 @@ def sink_process_main(config: PipelineConfig, drain: bool, loglevel: str, conn) 
     """Entry point of the sink as a child process of ``dlabel worker`` (spawned)."""
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        summary = run_sink(config, drain=drain)
+        summary = run_sink(config, drain=drain, parent_pid=os.getppid())
         conn.send({"ok": True, "summary": summary})
     except BaseException as e:  # report to the parent, which fails the command
         log.exception("the dataset sink failed")

@@ -56,8 +56,19 @@ def worker_env() -> dict:
 def start_worker(config_path: Path, log_path: Path, *args: str) -> subprocess.Popen:
     """Start `dlabel worker` as a child process, its output going to ``log_path``."""
     log = open(log_path, "ab")
+    # its own session: a crash test kills the whole group (join worker and dataset sink)
     return subprocess.Popen(worker_cmd(config_path, *args), stdout=log, stderr=subprocess.STDOUT,
-                            env=worker_env(), cwd=str(Path(__file__).resolve().parent.parent))
+                            env=worker_env(), cwd=str(Path(__file__).resolve().parent.parent),
+                            start_new_session=True)
+
+
+def kill_group(proc: subprocess.Popen, sig: int = 9) -> None:
+    """SIGKILL (or ``sig``) a worker started by ``start_worker`` and all its children."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
 
 
 def run_drain(config_path: Path, log_path: Path, timeout: float = 180) -> dict:
@@ -72,6 +83,19 @@ def run_drain(config_path: Path, log_path: Path, timeout: float = 180) -> dict:
     assert rc == 0, f"worker exited {rc}:\n{text[-3000:]}"
     last = text.strip().splitlines()[-1]
     return json.loads(last[last.index("{"):])  # mode may prefix a terminal escape
+
+
+def dataset_examples(path: str | Path) -> dict[str, dict]:
+    """The Parquet dataset as ``{request_id: example}``; asserts each id appears once."""
+    import pandas as pd
+    df = pd.read_parquet(path, partitioning=None)
+    assert df.request_id.is_unique, "a request appears twice in the dataset"
+    out = {}
+    for row in df.itertuples(index=False):
+        label = row.label if isinstance(row.label, float) else int(row.label)
+        out[row.request_id] = {"label": label, "request_ts": row.request_ts.value // 1_000_000,
+                               "label_ts": row.label_ts.value // 1_000_000}
+    return out
 
 
 def labeled_records(bootstrap: str, topic: str) -> tuple[dict[str, dict], dict[str, list[bytes]]]:

@@ -1,7 +1,8 @@
 """Crash and restart against the real broker: SIGKILL the worker mid-stream, restart it.
 
 The set of labeled request ids must equal the oracle, none missing; a record repeated
-by the at-least-once replay must be an identical copy. The join state is recovered
+by the at-least-once replay must be an identical copy; the Parquet dataset written by
+the sink (killed together with the join) equals the oracle with each request once. The join state is recovered
 from its changelog on the embedded broker, which needs the fetch-high-watermark fix
 of ``streams.tansu_quirks`` (without it Faust drops the changelog's tail).
 """
@@ -16,8 +17,8 @@ from schemas.pii import PiiHasher
 from streams.simulate import generate, produce
 from streams.tail import read_topic
 from tests.oracle import assert_matches_oracle, oracle_labels
-from tests.pipeline_runs import (PII_KEY, dead_letters, labeled_records, load, run_drain,
-                                 start_worker, write_pipeline)
+from tests.pipeline_runs import (PII_KEY, dataset_examples, dead_letters, kill_group,
+                                 labeled_records, load, run_drain, start_worker, write_pipeline)
 
 pytestmark = pytest.mark.broker
 
@@ -55,8 +56,7 @@ def test_sigkill_and_restart_loses_nothing(broker, tmp_path, unique_name, kills,
                 produce(broker.bootstrap, cfg, events[half:])  # more input while it runs
                 time.sleep(0.5)
         finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
+            kill_group(proc, signal.SIGKILL)
     summary = run_drain(path, log)
 
     labeled, copies = labeled_records(broker.bootstrap, cfg.topics.labeled)
@@ -66,6 +66,8 @@ def test_sigkill_and_restart_loses_nothing(broker, tmp_path, unique_name, kills,
     fbs = [e.value for e in events if e.role == "feedback"]
     expected = oracle_labels(cfg, reqs, fbs, PiiHasher(PII_KEY.encode()))
     assert_matches_oracle(expected, labeled)
+    assert_matches_oracle(expected, dataset_examples(cfg.dataset.path))
+    assert summary["sink"]["windows_closed"] + summary["sink"]["windows_sent"] > 0
     repeated = {rid: v for rid, v in copies.items() if len(v) > 1}
     assert all(len(set(v)) == 1 for v in repeated.values()), "a repeat differs from the original"
     print(f"kills={kills} labeled={len(labeled)} repeated={len(repeated)} "

@@ -88,3 +88,41 @@ def test_dataset_equals_oracle_and_windows_close(broker, tmp_path, unique_name, 
         assert Path(e["manifest"]).is_file() and e["pipeline"] == cfg.pipeline
     # readers never see temp files
     assert not [p for p in data.rglob("*") if p.name.startswith(".")]
+
+
+def test_windows_event_lost_in_a_crash_is_sent_on_restart_once(broker, make_config, tmp_path):
+    """A crash after a manifest and before its windows event: the restarted sink sends it."""
+    import dataclasses
+    import threading
+    from streams.dataset_writer import DatasetWriter
+    from streams.runtime import prepare
+    from streams.sink import DatasetSink, SinkOptions
+    from tests.test_dataset_writer import T0, example
+
+    cfg = make_config("ctr", broker=broker.url, partitions=1)
+    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(tmp_path / "d")))
+    prepare(cfg, broker.bootstrap)
+    writer = DatasetWriter(cfg, LocalStorage(cfg.dataset.path), lambda: 0)
+    writer.recover([0])
+    writer.add(0, 0, example("a", T0 + 1, 1))
+    writer.commit_all()
+    writer.close(writer.ready_windows(2 ** 62)[0], cfg.topics.labeled)  # ... and crash here
+
+    def run_sink_briefly() -> None:
+        sink = DatasetSink(cfg, SinkOptions(bootstrap=broker.bootstrap))
+        thread = threading.Thread(target=sink.run)
+        thread.start()
+        try:
+            deadline = __import__("time").monotonic() + 20
+            while not windows_events(broker.bootstrap, cfg.topics.windows) and \
+                    __import__("time").monotonic() < deadline:
+                pass
+        finally:
+            sink.stop()
+            thread.join(30)
+
+    run_sink_briefly()
+    run_sink_briefly()
+    events_out = windows_events(broker.bootstrap, cfg.topics.windows)
+    assert len(events_out) == 1
+    assert events_out[0]["rows"] == 1 and events_out[0]["positives"] == 1
