@@ -47,15 +47,17 @@ def broker(port: int, host: str) -> None:
               help="run only the join worker or only the dataset sink (default: both)")
 @click.option("--batch-size", default=2000, show_default=True)
 @click.option("--loglevel", default="WARNING", show_default=True)
+@click.option("--metrics-port", type=int, default=None, envvar="DLABEL_METRICS_PORT",
+              help="serve Prometheus metrics: the join on this port, the sink on the next")
 def worker(config_path: str, broker: Optional[str], drain: bool, only: Optional[str],
-           batch_size: int, loglevel: str) -> None:
+           batch_size: int, loglevel: str, metrics_port: Optional[int]) -> None:
     """Run the join worker (requests + feedback -> labeled) and the dataset sink
     (labeled -> Parquet windows -> windows topic)."""
     from streams.runtime import run_pipeline
     cfg = _config(config_path, broker)
     try:
         summary = run_pipeline(cfg, only=only, drain=drain, batch_size=batch_size,
-                               loglevel=loglevel)
+                               loglevel=loglevel, metrics_port=metrics_port)
     except DlabelError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(summary))

@@ -17,20 +17,24 @@ log = logging.getLogger("dlabel.runtime")
 
 def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool = False,
                  loglevel: str = "WARNING", batch_size: int = 2000,
-                 session_timeout_s: float = 10.0) -> dict:
+                 session_timeout_s: float = 10.0, metrics_port: Optional[int] = None) -> dict:
     """Run the join worker and the dataset sink (``only``: "join" or "sink" alone).
 
-    The sink runs in a child process (the join keeps one core busy). With ``drain``
+    The sink runs in a child process (the join keeps one core busy). Metrics: the join
+    on ``metrics_port``, the sink on ``metrics_port + 1`` (``only="sink"``: on
+    ``metrics_port``). With ``drain``
     both stop when the input is consumed and every window is closed. Returns the join's
     summary with the sink's under ``"sink"``.
     """
     import multiprocessing
     from streams.sink import run_sink, sink_process_main
 
+    from streams import metrics
     if only == "sink":
         prepare(config, config.bootstrap_servers)
-        return {"sink": run_sink(config, drain=drain)}
+        return {"sink": run_sink(config, drain=drain, metrics_port=metrics_port)}
     load_pii_key(config)  # refuse to start without a PII key before touching the broker
+    metrics.serve(metrics_port, "join worker")
     if only == "join":
         return run_worker(config, drain=drain, loglevel=loglevel, batch_size=batch_size,
                           session_timeout_s=session_timeout_s)
@@ -38,7 +42,9 @@ def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    sink = ctx.Process(target=sink_process_main, args=(config, drain, level, child_conn),
+    sink_port = metrics_port + 1 if metrics_port is not None else None
+    sink = ctx.Process(target=sink_process_main,
+                       args=(config, drain, level, child_conn, sink_port),
                        name="dlabel-sink", daemon=False)
     sink.start()
     child_conn.close()

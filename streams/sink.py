@@ -25,6 +25,7 @@ from kafka.structs import OffsetAndMetadata
 from schemas.config import PipelineConfig
 from schemas.dataset_schema import window_dir
 from schemas.records import dead_letter
+from streams import metrics
 from streams.dataset_writer import STATE_DIR, DatasetWriter
 from streams.storage import open_storage
 from streams.watermark_reports import DRAINED, SinkWatermark, decode_report, input_names
@@ -43,6 +44,7 @@ class SinkOptions:
     poll_ms: int = 200
     max_records: int = 5000
     parent_pid: Optional[int] = None  # as a child of `dlabel worker`: stop when it is gone
+    metrics_port: Optional[int] = None
 
 
 def sink_group(config: PipelineConfig) -> str:
@@ -130,12 +132,21 @@ class DatasetSink:
         if rejected:
             self._dead_letter(rejected)
         self.watermark.update(self.writer.positions)
+        wm = self.watermark.current()
+        if wm is not None:
+            metrics.SINK_WATERMARK.set(wm)
         if self.writer.due():
             self._commit()
         self._close_ready()
 
     def _commit(self) -> None:
-        self.writer.commit_all()
+        counts = self.writer.counts
+        before = counts["rows"], counts["duplicates"], counts["late"]
+        with metrics.SINK_COMMIT_SECONDS.time():
+            self.writer.commit_all()
+        metrics.SINK_ROWS.inc(counts["rows"] - before[0])
+        metrics.SINK_DUPLICATES.inc(counts["duplicates"] - before[1])
+        metrics.SINK_LATE.inc(counts["late"] - before[2])
         offsets = {TopicPartition(self.config.topics.labeled, p): OffsetAndMetadata(o, "", -1)
                    for p, o in self.writer.committed.items()}
         if offsets:
@@ -155,6 +166,8 @@ class DatasetSink:
             manifest = self.writer.close(window, self.config.topics.labeled)
             self._send_event(window_dir(window), manifest)
             self.close_latency_ms.append(self.clock() - now)
+            metrics.WINDOWS_CLOSED.inc()
+            metrics.WINDOW_CLOSE_SECONDS.observe((self.clock() - now) / 1000)
             log.info("window %s closed: %d rows, %s positives", manifest["window_start"],
                      manifest["rows"], manifest["positives"])
 
@@ -188,13 +201,14 @@ class DatasetSink:
                 and not self.writer.redo)
 
 
-def run_sink(config: PipelineConfig, drain: bool = False,
-             parent_pid: Optional[int] = None) -> dict:
+def run_sink(config: PipelineConfig, drain: bool = False, parent_pid: Optional[int] = None,
+             metrics_port: Optional[int] = None) -> dict:
     """Run the dataset sink in this process until Ctrl-C (or drained)."""
     from streams.runtime import prepare
     prepare(config, config.bootstrap_servers)
     sink = DatasetSink(config, SinkOptions(bootstrap=config.bootstrap_servers, drain=drain,
                                            parent_pid=parent_pid))
+    metrics.serve(metrics_port, "dataset sink")
     import signal
     previous = signal.signal(signal.SIGTERM, lambda *_: sink.stop())
     try:
@@ -205,11 +219,13 @@ def run_sink(config: PipelineConfig, drain: bool = False,
         signal.signal(signal.SIGTERM, previous)
 
 
-def sink_process_main(config: PipelineConfig, drain: bool, loglevel: str, conn) -> None:
+def sink_process_main(config: PipelineConfig, drain: bool, loglevel: str, conn,
+                      metrics_port: Optional[int] = None) -> None:
     """Entry point of the sink as a child process of ``dlabel worker`` (spawned)."""
     logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        summary = run_sink(config, drain=drain, parent_pid=os.getppid())
+        summary = run_sink(config, drain=drain, parent_pid=os.getppid(),
+                           metrics_port=metrics_port)
         conn.send({"ok": True, "summary": summary})
     except BaseException as e:  # report to the parent, which fails the command
         log.exception("the dataset sink failed")

@@ -1,0 +1,57 @@
+"""Prometheus metrics of every long-running dlabel process (names follow the conventions:
+``dlabel_`` prefix, ``_total`` counters, units in names).
+
+Each process serves its own registry over HTTP (``--metrics-port``): the join worker on
+the port given, the dataset sink (a child process of ``dlabel worker``) on the next
+port, the jobs runner on its own. Metrics are process-local and restart at zero, as
+Prometheus expects of counters.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("dlabel.metrics")
+
+# join worker
+EVENTS_IN = Counter("dlabel_events_in_total", "Records consumed from an input topic", ["topic"])
+LABELED = Counter("dlabel_labeled_total", "Labeled examples published", ["label"])
+DEAD_LETTERS = Counter("dlabel_dead_letters_total", "Records sent to the dead-letter topic",
+                       ["reason"])
+PENDING = Gauge("dlabel_join_pending_requests", "Requests waiting for their label")
+EARLY = Gauge("dlabel_join_early_feedback", "Feedback buffered before its request")
+WATERMARK = Gauge("dlabel_watermark_ms", "The join's closed time (watermark - allowed lateness), epoch ms")
+WATERMARK_LAG = Gauge("dlabel_watermark_lag_seconds",
+                      "Newest event time seen minus the watermark")
+BATCH_SECONDS = Histogram("dlabel_join_batch_seconds", "Time to process, publish and persist a batch")
+
+# dataset sink
+SINK_ROWS = Counter("dlabel_sink_rows_total", "Rows committed to Parquet")
+SINK_DUPLICATES = Counter("dlabel_sink_duplicates_total", "Repeated labeled examples dropped")
+SINK_LATE = Counter("dlabel_sink_late_total", "Labeled examples for an already closed window")
+SINK_COMMIT_SECONDS = Histogram("dlabel_sink_commit_seconds", "Time to commit buffered rows")
+SINK_WATERMARK = Gauge("dlabel_sink_watermark_ms", "The join watermark as the sink trusts it, epoch ms")
+WINDOWS_CLOSED = Counter("dlabel_windows_closed_total", "Dataset windows closed")
+WINDOW_CLOSE_SECONDS = Histogram("dlabel_window_close_latency_seconds",
+                                 "Trusted watermark past a window's close -> its windows event sent")
+SINK_STALLED = Gauge("dlabel_sink_stalled", "1 while the sink cannot commit (e.g. disk trouble)")
+
+# jobs runner
+JOB_SECONDS = Histogram("dlabel_job_duration_seconds", "Retraining job durations",
+                        buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
+JOBS = Counter("dlabel_jobs_total", "Retraining jobs by outcome", ["outcome"])
+CHAMPION_METRIC = Gauge("dlabel_champion_metric", "Champion metrics on the latest window",
+                        ["metric", "slice"])
+CHAMPION_VERSION = Gauge("dlabel_champion_version", "Registry version number of the champion")
+DRIFT_FLAGGED = Gauge("dlabel_drift_flagged", "1 when a feature drifted past its threshold",
+                      ["feature"])
+
+
+def serve(port: Optional[int], what: str) -> None:
+    """Serve this process's metrics on ``port`` (no-op for None)."""
+    if port is None:
+        return
+    start_http_server(port)
+    log.info("%s metrics on http://0.0.0.0:%d/metrics", what, port)
