@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -100,6 +100,36 @@ class ModelSpec:
     estimator: str = "sgd_classifier"
 
 
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+KAFKA_PASSWORD_ENV = "DLABEL_KAFKA_PASSWORD"
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How clients authenticate to the cluster (``kafka:`` section); PLAINTEXT by default.
+
+    The SASL password comes from an environment variable or a file, never from the
+    config itself, and is left out of ``repr`` so that it is never logged.
+    """
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = dc_field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_ssl(self) -> bool:
+        return self.security_protocol.endswith("SSL")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """A whole validated pipeline config."""
@@ -114,6 +144,7 @@ class PipelineConfig:
     model: ModelSpec
     store: str = "memory"
     state_dir: str = ".dlabel-state"
+    kafka: KafkaSecurity = KafkaSecurity()
 
     @property
     def bootstrap_servers(self) -> str:
@@ -189,6 +220,12 @@ class _Section:
 def _str(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise _fail(field, f"{value!r} is not a non-empty string; write a name or path")
+    return value
+
+
+def _bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(field, f"{value!r} is not a boolean; write true or false")
     return value
 
 
@@ -277,7 +314,7 @@ def _label(sec: _Section, join_key: str) -> LabelSpec:
 
 
 _TOP_KEYS = ("pipeline", "broker", "topics", "join", "label", "features", "slices",
-             "dataset", "model", "store", "state_dir")
+             "dataset", "model", "store", "state_dir", "kafka")
 
 
 def config_from_dict(data: dict, source: str = "<dict>", broker: str | None = None,
@@ -355,7 +392,49 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
                           label=label, features=features, slices=slices, dataset=dataset,
                           model=ModelSpec(m.get("path", _str), estimator),
                           store=top.get("store", _choice(STORES), "memory"),
-                          state_dir=top.get("state_dir", _str, ".dlabel-state"))
+                          state_dir=top.get("state_dir", _str, ".dlabel-state"),
+                          kafka=_kafka_security(top, environ))
+
+
+def _kafka_security(top: "_Section", environ: Mapping[str, str]) -> KafkaSecurity:
+    if top.data.get("kafka") is None:
+        return KafkaSecurity()
+    k = top.sub("kafka", ("security_protocol", "sasl_mechanism", "sasl_username",
+                          "sasl_password_env", "sasl_password_file", "ssl_cafile",
+                          "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"))
+    protocol = k.get("security_protocol", _choice(KAFKA_PROTOCOLS), "PLAINTEXT")
+    sec = dict(security_protocol=protocol,
+               ssl_cafile=k.get("ssl_cafile", _str, None),
+               ssl_certfile=k.get("ssl_certfile", _str, None),
+               ssl_keyfile=k.get("ssl_keyfile", _str, None),
+               ssl_check_hostname=k.get("ssl_check_hostname", _bool, True))
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        if sec[key] is not None and not Path(sec[key]).is_file():
+            raise _fail(f"kafka.{key}", f"{sec[key]!r} is not a readable file; give the path "
+                                        "of a PEM file")
+    if (sec["ssl_certfile"] is None) != (sec["ssl_keyfile"] is None):
+        raise _fail("kafka.ssl_keyfile", "ssl_certfile and ssl_keyfile go together (client "
+                                         "certificate authentication); set both or neither")
+    if not protocol.startswith("SASL_"):
+        return KafkaSecurity(**sec)
+    mechanism = k.get("sasl_mechanism", _choice(SASL_MECHANISMS))
+    username = k.get("sasl_username", _str)
+    pw_file = k.get("sasl_password_file", _str, None)
+    pw_env = k.get("sasl_password_env", _str, KAFKA_PASSWORD_ENV)
+    if pw_file is not None:
+        try:
+            password = Path(pw_file).read_text().strip()
+        except OSError as e:
+            raise _fail("kafka.sasl_password_file", f"{pw_file!r} cannot be read ({e.strerror}); "
+                                                    "mount the secret there") from None
+    else:
+        password = environ.get(pw_env)
+        if not password:
+            raise _fail("kafka.sasl_password_env", f"environment variable {pw_env} is not set; "
+                                                   "export the SASL password there or set "
+                                                   "kafka.sasl_password_file")
+    return KafkaSecurity(**sec, sasl_mechanism=mechanism, sasl_username=username,
+                         sasl_password=password)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -16,10 +16,13 @@ BROKER_HELP = "kafka://host:port of the cluster (overrides the config; env DLABE
 
 
 def _config(path: str, broker: Optional[str]):
+    from streams import kafka_clients
     try:
-        return load_config(path, broker=broker)
+        cfg = load_config(path, broker=broker)
     except DlabelError as e:
         raise click.ClickException(str(e)) from None
+    kafka_clients.configure(cfg.kafka)
+    return cfg
 
 
 @click.group()

@@ -29,7 +29,8 @@ def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool
     import multiprocessing
     from streams.sink import run_sink, sink_process_main
 
-    from streams import metrics
+    from streams import kafka_clients, metrics
+    kafka_clients.configure(config.kafka)
     if only == "sink":
         prepare(config, config.bootstrap_servers)
         return {"sink": run_sink(config, drain=drain, metrics_port=metrics_port)}

@@ -26,6 +26,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from schemas.errors import BrokerError, ConfigError
+from streams import kafka_clients
 
 if TYPE_CHECKING:
     from schemas.config import PipelineConfig
@@ -300,7 +301,8 @@ async def produce_async(bootstrap: str, config: "PipelineConfig", events: Iterab
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
                                 enable_idempotence=False, linger_ms=linger_ms,
-                                max_batch_size=batch_size, client_id="dlabel-simulate")
+                                max_batch_size=batch_size, client_id="dlabel-simulate",
+                                **kafka_clients.aiokafka())
     try:
         await producer.start()
     except KafkaError as e:

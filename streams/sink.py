@@ -25,7 +25,7 @@ from kafka.structs import OffsetAndMetadata
 from schemas.config import PipelineConfig
 from schemas.dataset_schema import window_dir
 from schemas.records import dead_letter
-from streams import metrics
+from streams import kafka_clients, metrics
 from streams.dataset_writer import STATE_DIR, DatasetWriter
 from streams.storage import open_storage
 from streams.watermark_reports import DRAINED, SinkWatermark, decode_report, input_names
@@ -73,10 +73,12 @@ class DatasetSink:
         self.consumer = KafkaConsumer(
             bootstrap_servers=self.opts.bootstrap, group_id=sink_group(self.config),
             enable_auto_commit=False, auto_offset_reset="earliest",
-            client_id=f"dlabel-{self.config.pipeline}-sink", max_poll_records=self.opts.max_records)
+            client_id=f"dlabel-{self.config.pipeline}-sink", max_poll_records=self.opts.max_records,
+            **kafka_clients.kafka_python(self.config.kafka))
         self.producer = KafkaProducer(bootstrap_servers=self.opts.bootstrap, acks="all",
                                       enable_idempotence=False, linger_ms=5,
-                                      client_id=f"dlabel-{self.config.pipeline}-sink")
+                                      client_id=f"dlabel-{self.config.pipeline}-sink",
+                                      **kafka_clients.kafka_python(self.config.kafka))
         try:
             labeled = [TopicPartition(t.labeled, p) for p in range(t.partitions)]
             reports = TopicPartition(t.watermarks, 0)
@@ -205,6 +207,7 @@ def run_sink(config: PipelineConfig, drain: bool = False, parent_pid: Optional[i
              metrics_port: Optional[int] = None) -> dict:
     """Run the dataset sink in this process until Ctrl-C (or drained)."""
     from streams.runtime import prepare
+    kafka_clients.configure(config.kafka)
     prepare(config, config.bootstrap_servers)
     sink = DatasetSink(config, SinkOptions(bootstrap=config.bootstrap_servers, drain=drain,
                                            parent_pid=parent_pid))

@@ -6,6 +6,8 @@ from typing import Iterator
 
 from kafka import KafkaConsumer, TopicPartition
 
+from streams import kafka_clients
+
 
 def read_topic(bootstrap: str, topic: str, idle_timeout_s: float = 2.0,
                max_records: int = 0) -> Iterator:
@@ -15,7 +17,8 @@ def read_topic(bootstrap: str, topic: str, idle_timeout_s: float = 2.0,
     No consumer group: nothing is committed.
     """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             group_id=None, consumer_timeout_ms=int(idle_timeout_s * 1000))
+                             group_id=None, consumer_timeout_ms=int(idle_timeout_s * 1000),
+                             **kafka_clients.kafka_python())
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         tps = [TopicPartition(topic, p) for p in sorted(parts)]

@@ -16,6 +16,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from kafka import KafkaAdminClient
 
+from streams import kafka_clients
+
 log = logging.getLogger(__name__)
 
 _installed = False
@@ -24,7 +26,7 @@ _installed = False
 def is_tansu(bootstrap: str, timeout_s: float = 10.0) -> bool:
     """True when the cluster at ``bootstrap`` is a Tansu broker (by its cluster id)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
-                             client_id="dlabel-probe")
+                             client_id="dlabel-probe", **kafka_clients.kafka_python())
     try:
         cluster = admin.describe_cluster()
         return str(cluster.get("cluster_id") or "").startswith("tansu")
@@ -39,7 +41,8 @@ async def fetch_end_offsets(bootstrap: str, tps: Iterable[TopicPartition],
     if not tps:
         return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                group_id=None, fetch_max_bytes=1024, max_partition_fetch_bytes=1024)
+                                group_id=None, fetch_max_bytes=1024, max_partition_fetch_bytes=1024,
+                                **kafka_clients.aiokafka())
     await consumer.start()
     try:
         consumer.assign(tps)

@@ -17,6 +17,7 @@ from kafka.admin import KafkaAdminClient
 import kafka.errors as kerr
 
 from schemas.errors import BrokerError
+from streams import kafka_clients
 
 if TYPE_CHECKING:
     from schemas.config import PipelineConfig
@@ -58,7 +59,8 @@ def _admin(bootstrap: str, timeout: float) -> KafkaAdminClient:
     ms = max(1000, int(timeout * 1000))
     try:
         return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="dlabel-admin",
-                                bootstrap_timeout_ms=ms, request_timeout_ms=min(ms, 30000))
+                                bootstrap_timeout_ms=ms, request_timeout_ms=min(ms, 30000),
+                                **kafka_clients.kafka_python())
     except kerr.KafkaError as e:
         raise BrokerError(f"cannot reach the Kafka broker at {bootstrap} ({e}); start one "
                           "with `dlabel broker` or fix --broker / DLABEL_BROKER") from None

@@ -29,6 +29,7 @@ import faust
 from schemas.config import PipelineConfig
 from schemas.pii import PiiHasher
 from schemas.records import dead_letter, encode_labeled
+from streams import kafka_clients
 from streams.join import DONE, EARLY, PENDING, DeadLetterOut, LabeledOut
 from streams.processor import FEEDBACK, REQUESTS, JoinProcessor
 from streams.watermark_reports import DRAINED, encode_report
@@ -95,6 +96,7 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
         web_port=opts.web_port or 0,
         autodiscover=False,
         processing_guarantee="at_least_once",
+        broker_credentials=kafka_clients.faust_credentials(config.kafka),
     )
     inputs = app.topic(config.topics.requests, config.topics.feedback,
                        key_serializer="raw", value_serializer="raw")
