@@ -217,3 +217,30 @@ def test_all_null_feature_keeps_its_type_and_added_features_read_together(config
     device = both.set_index("request_id").device
     assert pd.isna(device["a"]) and device["b"] == "ios"
     assert old_schema.names == new_schema.names[:-1]
+
+
+def test_datasets_command_lists_windows_with_status(config, tmp_path):
+    from click.testing import CliRunner
+
+    import yaml
+    from streams.cli import main
+    storage = LocalStorage(config.dataset.path)
+    writer = DatasetWriter(config, storage, lambda: 0)
+    writer.recover([0, 1])
+    writer.add(0, 0, example("a", T0 + 5, 1))
+    writer.add(0, 1, example("b", T0 + 6, 0))
+    writer.add(1, 0, example("c", T0 + 10 * MIN, 0))
+    writer.commit_all()
+    writer.close(T0, "t.labeled")
+    data = yaml.safe_load((Path(__file__).parent.parent / "examples" / "ctr.yaml").read_text())
+    data["dataset"] = {"path": config.dataset.path, "window": "10m"}
+    cfg_path = tmp_path / "p.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+
+    out = CliRunner().invoke(main, ["datasets", "-c", str(cfg_path), "--json"])
+    assert out.exit_code == 0, out.output
+    windows = json.loads(out.output)
+    assert [(w["status"], w["rows"], w["label_rate"], w["files"]) for w in windows] == \
+        [("closed", 2, 0.5, 1), ("open", None, None, 1)]
+    text = CliRunner().invoke(main, ["datasets", "-c", str(cfg_path)]).output
+    assert "closed" in text and "0.500" in text and "open" in text
