@@ -165,7 +165,9 @@ def config_of(c: Container, tmp_path: Path) -> PipelineConfig:
     assert path in c.configs, f"{c}: -c {path} is not a mounted config file"
     local = tmp_path / f"{c.platform}-{c.workload}.yaml"
     local.write_text(c.configs[path])
-    env = {k: v for k, v in c.env.items() if isinstance(v, str)} | {PII_KEY_ENV: "x"}
+    # a variable from a Secret is set in the container (e.g. a SASL password the config needs)
+    env = {k: v if isinstance(v, str) else "from-secret" for k, v in c.env.items()}
+    env[PII_KEY_ENV] = "x"
     return load_config(local, environ=env)
 
 
