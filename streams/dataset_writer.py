@@ -209,6 +209,8 @@ class DatasetWriter:
         3. write ``_sink/p<partition>.json`` = ``{"next": last + 1}`` (atomically).
 
         The caller commits the consumer-group offset afterwards, for monitoring only.
+        If a write fails, nothing in memory changed: the caller must retry this commit
+        before reading more of the partition (a longer range would get another name).
         A crash before 1 re-reads the range on restart, and may cut it differently, but
         nothing of it was visible. A crash after 1 and before 3 leaves an intent: the
         restart re-reads from ``first`` and commits again exactly at ``last``, which
@@ -218,17 +220,21 @@ class DatasetWriter:
         first, last = self.committed.get(partition, 0), self.positions[partition] - 1
         if last < first:
             return
-        windows = self.buffers.pop(partition, {})
+        windows = self.buffers.get(partition, {})
         prefix = f"{STATE_DIR}/p{partition:03d}"
+        # Nothing in memory changes until the checkpoint is written: after an error
+        # (disk full, unwritable path) the caller retries the very same commit.
         self.storage.write_atomic(f"{prefix}.intent.json", _json({"first": first, "last": last}))
         for window, rows in sorted(windows.items()):
             table = examples_to_table(rows, self.schema)
             self.storage.write_atomic(f"{window_dir(window)}/{part_name(partition, first, last)}",
                                       _parquet_bytes(table))
+        self.storage.write_atomic(f"{prefix}.json", _json({"next": last + 1}))
+        self.buffers.pop(partition, None)
+        for rows in windows.values():
             self.counts["rows"] += len(rows)
             self.counts["files"] += 1
             self.buffered_rows -= len(rows)
-        self.storage.write_atomic(f"{prefix}.json", _json({"next": last + 1}))
         self.committed[partition] = last + 1
         self.redo.pop(partition, None)
         if self.buffered_rows <= 0:

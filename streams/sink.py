@@ -44,6 +44,7 @@ class SinkOptions:
     poll_ms: int = 200
     max_records: int = 5000
     parent_pid: Optional[int] = None  # as a child of `dlabel worker`: stop when it is gone
+    retry_s: float = 5.0             # while the dataset path cannot be written
     metrics_port: Optional[int] = None
 
 
@@ -65,6 +66,7 @@ class DatasetSink:
         self.close_latency_ms: list[int] = []
         self._wm_passed_at: dict[int, int] = {}
         self.stopping = False
+        self.stalled: Optional[str] = None  # why commits fail, while they do
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -115,6 +117,10 @@ class DatasetSink:
 
     # ------------------------------------------------------------------ one step
     def _poll_once(self) -> None:
+        if self.stalled is not None:
+            time.sleep(self.opts.retry_s)
+            self._write_step()
+            return
         t = self.config.topics
         batches = self.consumer.poll(timeout_ms=self.opts.poll_ms,
                                      max_records=self.opts.max_records)
@@ -137,9 +143,31 @@ class DatasetSink:
         wm = self.watermark.current()
         if wm is not None:
             metrics.SINK_WATERMARK.set(wm)
-        if self.writer.due():
-            self._commit()
-        self._close_ready()
+        self._write_step()
+
+    def _write_step(self) -> None:
+        """Commit when due and close ready windows; on a storage error, stall and retry.
+
+        While stalled the sink reads nothing more (a commit must be retried over the very
+        same offsets) and commits no offsets; it says why in one log line, and again
+        when it resumes.
+        """
+        try:
+            if self.writer.due() or self.stalled is not None:
+                self._commit()
+            self._close_ready()
+        except OSError as e:
+            if self.stalled is None:
+                log.error("sink: cannot write to %s (%s); not committing offsets, input "
+                          "paused, retrying every %.1fs", self.config.dataset.path, e,
+                          self.opts.retry_s)
+                metrics.SINK_STALLED.set(1)
+            self.stalled = str(e)
+            return
+        if self.stalled is not None:
+            log.warning("sink: writing to %s works again; resuming", self.config.dataset.path)
+            metrics.SINK_STALLED.set(0)
+            self.stalled = None
 
     def _commit(self) -> None:
         counts = self.writer.counts

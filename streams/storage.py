@@ -61,7 +61,7 @@ class LocalStorage:
         """Names in a directory (empty if it does not exist), hidden temp files included."""
         try:
             return sorted(os.listdir(self.uri(rel)))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
 
     def remove(self, rel: str) -> None:

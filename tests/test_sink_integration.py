@@ -126,3 +126,68 @@ def test_windows_event_lost_in_a_crash_is_sent_on_restart_once(broker, make_conf
     events_out = windows_events(broker.bootstrap, cfg.topics.windows)
     assert len(events_out) == 1
     assert events_out[0]["rows"] == 1 and events_out[0]["positives"] == 1
+
+
+def _produce_labeled(bootstrap: str, cfg, examples: list[bytes]) -> None:
+    """Labeled records on partition 0 plus every input's 'drained' watermark report."""
+    from kafka import KafkaProducer
+    from streams.watermark_reports import DRAINED, encode_report, input_names
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    last = None
+    for value in examples:
+        last = producer.send(cfg.topics.labeled, value=value, partition=0).get(timeout=30)
+    for name in input_names(cfg):
+        producer.send(cfg.topics.watermarks, key=name.encode(), partition=0,
+                      value=encode_report(name, DRAINED, {0: last.offset + 1})).get(timeout=30)
+    producer.close()
+
+
+def test_unwritable_dataset_path_stalls_the_sink_then_it_resumes(broker, make_config, tmp_path,
+                                                                  caplog):
+    """A regular file where a window directory must go: commits fail with a real OS error."""
+    import dataclasses
+    import logging
+    import threading
+    import time
+    from kafka import KafkaAdminClient
+    from schemas.dataset_schema import window_dir
+    from streams import metrics
+    from streams.runtime import prepare
+    from streams.sink import DatasetSink, SinkOptions, sink_group
+    from tests.test_dataset_writer import T0, example
+
+    cfg = make_config("ctr", broker=broker.url, partitions=1)
+    data = tmp_path / "d"
+    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(data)))
+    prepare(cfg, broker.bootstrap)
+    _produce_labeled(broker.bootstrap, cfg, [example(f"r{i}", T0 + i * 1000, i % 2) for i in range(50)])
+    blocker = data / window_dir(T0 - T0 % cfg.dataset.window_ms)
+    data.mkdir()
+    blocker.write_text("in the way")
+
+    sink = DatasetSink(cfg, SinkOptions(bootstrap=broker.bootstrap, drain=True, retry_s=0.3))
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(sink.run()))
+    with caplog.at_level(logging.INFO, logger="dlabel.sink"):
+        thread.start()
+        deadline = time.monotonic() + 30
+        while sink.stalled is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sink.stalled is not None, "the sink did not notice the unwritable path"
+        time.sleep(1.5)  # several retries
+        assert metrics.SINK_STALLED._value.get() == 1
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        try:
+            offsets = admin.list_group_offsets(sink_group(cfg))
+            assert not any(offsets.values()), f"offsets committed while the data was not: {offsets}"
+        finally:
+            admin.close()
+        assert thread.is_alive()
+        blocker.unlink()  # the operator fixes the path
+        thread.join(60)
+    assert not thread.is_alive() and result["rows"] == 50 and result["windows_closed"] == 1
+    errors = [r for r in caplog.records if "cannot write to" in r.getMessage()]
+    assert len(errors) == 1 and "not committing offsets" in errors[0].getMessage()
+    assert any("resuming" in r.getMessage() for r in caplog.records)
+    assert metrics.SINK_STALLED._value.get() == 0
+    assert len(pd.read_parquet(data, partitioning=None)) == 50
