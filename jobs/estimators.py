@@ -4,7 +4,7 @@ Every estimator learns incrementally with ``partial_fit``:
 
 | name | sklearn | label |
 |---|---|---|
-| sgd_classifier | SGDClassifier(loss="log_loss", constant step 0.02) | binary |
+| sgd_classifier | SGDClassifier(loss="log_loss", constant step 0.05) | binary |
 | passive_aggressive_classifier | SGDClassifier(hinge, learning_rate="pa1") | binary |
 | multinomial_nb | MultinomialNB on non-negative features | binary |
 | sgd_regressor | SGDRegressor(squared error, averaged) | regression |
@@ -33,7 +33,7 @@ from jobs.features import FeaturePipeline
 _FACTORIES: dict[str, Callable[[int], Any]] = {
     # a constant step keeps learning from every window (drift) and stays calibrated
     "sgd_classifier": lambda seed: SGDClassifier(loss="log_loss", alpha=1e-5,
-                                                 learning_rate="constant", eta0=0.02,
+                                                 learning_rate="constant", eta0=0.05,
                                                  random_state=seed),
     "passive_aggressive_classifier": lambda seed: SGDClassifier(
         loss="hinge", penalty=None, learning_rate="pa1", eta0=1.0, random_state=seed),

@@ -2,9 +2,11 @@
 
 Learns only through ``partial_fit`` (one window at a time), never needs all the data:
 
-- numeric features (int, float) are scaled with running mean and variance
-  (``StandardScaler.partial_fit``, which ignores missing values), clipped to
-  [-``CLIP``, ``CLIP``]; a missing value becomes the mean (0) plus a missing indicator;
+- numeric features (int, float) are clipped to the range seen in training (a linear
+  model must not extrapolate to values it never saw: hour 0 after hours 11-23), scaled
+  with running mean and variance (``StandardScaler.partial_fit``, which ignores missing
+  values) and clipped to [-``CLIP``, ``CLIP``]; a missing value becomes the mean (0)
+  plus a missing indicator;
 - bool features become 0/1 with a missing indicator;
 - str features (hashed PII included) are hashed as ``name=value`` tokens into
   ``HASH_BUCKETS`` columns (``FeatureHasher``, a fixed murmur3 seed), so categories
@@ -45,6 +47,8 @@ class FeaturePipeline:
         self.non_negative = non_negative
         self.hash_buckets = hash_buckets
         self.scaler = StandardScaler()
+        self.low = np.full(len(self.numeric), np.nan)
+        self.high = np.full(len(self.numeric), np.nan)
         self.fitted = False
 
     @property
@@ -70,6 +74,9 @@ class FeaturePipeline:
         x = self._numbers(df)
         if self.numeric and len(df):
             self.scaler.partial_fit(x)
+            seen = ~np.isnan(x).all(axis=0)
+            self.low[seen] = np.fmin(self.low[seen], np.nanmin(x[:, seen], axis=0))
+            self.high[seen] = np.fmax(self.high[seen], np.nanmax(x[:, seen], axis=0))
         self.fitted = True
         return self
 
@@ -81,6 +88,7 @@ class FeaturePipeline:
         if self.numeric:
             x = self._numbers(df)
             missing = np.isnan(x)
+            x = np.clip(x, np.nan_to_num(self.low, nan=-np.inf), np.nan_to_num(self.high, nan=np.inf))
             if hasattr(self.scaler, "mean_"):
                 scaled = (x - self.scaler.mean_) / np.where(self.scaler.scale_ > 0,
                                                             self.scaler.scale_, 1.0)
@@ -113,6 +121,7 @@ class FeaturePipeline:
         return {"numeric": list(self.numeric), "boolean": list(self.boolean),
                 "categorical": list(self.categorical), "non_negative": self.non_negative,
                 "hash_buckets": self.hash_buckets, "scaler": self.scaler,
+                "low": self.low.copy(), "high": self.high.copy(),
                 "fitted": self.fitted}
 
     @classmethod
@@ -124,6 +133,8 @@ class FeaturePipeline:
         self.boolean = list(state["boolean"])
         self.categorical = list(state["categorical"])
         self.scaler = state["scaler"]
+        self.low = np.asarray(state["low"], dtype="float64")
+        self.high = np.asarray(state["high"], dtype="float64")
         self.fitted = bool(state["fitted"])
         return self
 

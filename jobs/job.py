@@ -35,7 +35,7 @@ from schemas.errors import DlabelError, JobError
 from jobs import dataset as ds
 from jobs.drift import window_drift
 from jobs.estimators import Model
-from jobs.metrics import evaluate
+from jobs.metrics import evaluate, slice_values
 from jobs.promotion import decide
 from jobs.registry import Registry
 
@@ -158,11 +158,13 @@ def _train(config: PipelineConfig, reg: Registry, start_ms: int, manifest: str |
              "promote" if decision["promote"] else "keep the champion")
 
     label = df["label"].astype("float64")
+    slice_rates = {f: {v: {"rows": int(len(g)), "label_rate": float(g.mean())}
+                       for v, g in label.groupby(slice_values(df[f]))} for f in slices}
     metrics = {
         "window": name, "window_start_ms": start_ms, "window_end_ms": window.end_ms,
         "rows": len(df), "train_rows": len(train), "holdout_rows": len(holdout),
         "holdout_from_ms": _ms(holdout["request_ts"].iloc[0]),
-        "label_rate": float(label.mean()), "kind": kind,
+        "label_rate": float(label.mean()), "slice_label_rate": slice_rates, "kind": kind,
         "estimator": config.model.estimator, "champion_version": champion_v,
         "prequential": prequential, "logged": logged,
         "holdout": {"champion": hold_champion, "challenger": hold_challenger},
