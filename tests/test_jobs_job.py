@@ -150,7 +150,7 @@ def test_drifted_slice_shows_in_metrics_and_recovers(cfg):
     assert rows[4]["slice_metric"] is None  # no clicks: AUC undefined, not a crash
     assert at > 0.08 and at > max(before) + 0.08  # the champion still expects clicks
     assert "label[category=mens_dress_shoes]" in rows[4]["drift"]
-    assert min(after[:3]) < at / 2 and after[-1] < 0.06  # retraining recovers
+    assert min(after[:3]) < 0.6 * at and after[-1] < 0.06  # retraining recovers
     text = format_table(rows)
     assert "category=mens_dress_shoes roc_auc" in text and len(text.splitlines()) == 11
 
