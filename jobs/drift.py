@@ -26,7 +26,8 @@ _EPS = 1e-4
 def psi(reference: Iterable, current: Iterable, bins: int = BINS) -> float:
     """Population stability index of ``current`` against ``reference`` (NaN = missing).
 
-    Bin edges are the reference's quantiles; sum over bins of (c - r) * ln(c / r) with
+    Bin edges are the reference's deciles (or, for at most ``bins`` distinct reference
+    values, one bin per value seen in either sample); sum over bins of (c - r) * ln(c / r) with
     shares smoothed by 1e-4. 0 for identical samples; above 0.2 is usually a shift.
     """
     ref = np.asarray(reference, dtype="float64")
@@ -34,8 +35,14 @@ def psi(reference: Iterable, current: Iterable, bins: int = BINS) -> float:
     if len(ref) == 0 or len(cur) == 0:
         return 0.0
     finite = ref[~np.isnan(ref)]
-    edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1])) \
-        if len(finite) else np.array([])
+    distinct = np.unique(finite)
+    if len(distinct) <= bins:
+        # few distinct values (an hour, a count): every value is its own bin, so a value
+        # the reference never had shows up instead of hiding in the top bin
+        both = np.union1d(distinct, np.unique(cur[~np.isnan(cur)]))
+        edges = (both[:-1] + both[1:]) / 2
+    else:
+        edges = np.unique(np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1]))
 
     def shares(x: np.ndarray) -> np.ndarray:
         nan = np.isnan(x)
@@ -72,6 +79,8 @@ def window_drift(reference: pd.DataFrame, current: pd.DataFrame,
     """
     feats: dict[str, Any] = {}
     for f in features:
+        if f.name in spec.exclude:
+            continue
         if f.type in ("int", "float"):
             value, measure, limit = psi(_num(reference[f.name]), _num(current[f.name])), \
                 "psi", spec.psi

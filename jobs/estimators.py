@@ -59,22 +59,26 @@ def make_estimator(name: str, seed: int = 0) -> Any:
 class Model:
     """A feature pipeline and an estimator that learn together, one window at a time."""
 
-    def __init__(self, estimator: str, kind: str, features, seed: int = 0) -> None:
+    def __init__(self, estimator: str, kind: str, features, seed: int = 0,
+                 categorical: tuple[str, ...] = ()) -> None:
         if ESTIMATORS.get(estimator) != kind:
             raise ValueError(f"estimator {estimator!r} does not fit label kind {kind!r}")
         self.estimator_name = estimator
         self.kind = kind
         self.seed = seed
-        self.pipeline = FeaturePipeline(features, non_negative=estimator == "multinomial_nb")
+        self.pipeline = FeaturePipeline(features, non_negative=estimator == "multinomial_nb",
+                                        categorical=categorical)
         self.estimator = make_estimator(estimator, seed)
         self.target = StandardScaler()
         self.rows_seen = 0
 
     @classmethod
     def for_config(cls, config: PipelineConfig) -> "Model":
-        """A new, untrained model for ``config`` (its kept features minus ``model.exclude``)."""
+        """A new, untrained model for ``config``: its kept features minus ``model.exclude``,
+        with ``model.categorical`` ones hashed as categories."""
         feats = [f for f in config.kept_features if f.name not in config.model.exclude]
-        return cls(config.model.estimator, config.label.kind, feats, config.model.seed)
+        return cls(config.model.estimator, config.label.kind, feats, config.model.seed,
+                   config.model.categorical)
 
     @property
     def trained(self) -> bool:

@@ -2,13 +2,14 @@
 
 Learns only through ``partial_fit`` (one window at a time), never needs all the data:
 
-- numeric features (int, float) are clipped to the range seen in training (a linear
-  model must not extrapolate to values it never saw: hour 0 after hours 11-23), scaled
-  with running mean and variance (``StandardScaler.partial_fit``, which ignores missing
-  values) and clipped to [-``CLIP``, ``CLIP``]; a missing value becomes the mean (0)
-  plus a missing indicator;
+- numeric features (int, float) are scaled with running mean and variance
+  (``StandardScaler.partial_fit``, which ignores missing values) and clipped to
+  [-``CLIP``, ``CLIP``]; a missing value becomes the mean (0) plus a missing indicator;
+  a value outside the range seen in training is clipped to that range first (a linear
+  model must not extrapolate far beyond what it saw);
 - bool features become 0/1 with a missing indicator;
-- str features (hashed PII included) are hashed as ``name=value`` tokens into
+- str features (hashed PII included), and int/bool features named in ``categorical``
+  (an hour of day is a category, not a quantity), are hashed as ``name=value`` tokens into
   ``HASH_BUCKETS`` columns (``FeatureHasher``, a fixed murmur3 seed), so categories
   never seen before need no refit; a missing value is the token ``name=<missing>``.
 
@@ -39,11 +40,12 @@ class FeaturePipeline:
     """Scale numbers, indicate missing values, hash categories; learns by ``partial_fit``."""
 
     def __init__(self, features: Iterable[FeatureSpec], non_negative: bool = False,
-                 hash_buckets: int = HASH_BUCKETS) -> None:
+                 hash_buckets: int = HASH_BUCKETS, categorical: Iterable[str] = ()) -> None:
         feats = sorted(features, key=lambda f: f.name)
-        self.numeric = [f.name for f in feats if f.type in ("int", "float")]
-        self.boolean = [f.name for f in feats if f.type == "bool"]
-        self.categorical = [f.name for f in feats if f.type == "str"]
+        cats = set(categorical)
+        self.numeric = [f.name for f in feats if f.type in ("int", "float") and f.name not in cats]
+        self.boolean = [f.name for f in feats if f.type == "bool" and f.name not in cats]
+        self.categorical = [f.name for f in feats if f.type == "str" or f.name in cats]
         self.non_negative = non_negative
         self.hash_buckets = hash_buckets
         self.scaler = StandardScaler()
@@ -88,7 +90,8 @@ class FeaturePipeline:
         if self.numeric:
             x = self._numbers(df)
             missing = np.isnan(x)
-            x = np.clip(x, np.nan_to_num(self.low, nan=-np.inf), np.nan_to_num(self.high, nan=np.inf))
+            x = np.clip(x, np.nan_to_num(self.low, nan=-np.inf),
+                        np.nan_to_num(self.high, nan=np.inf))
             if hasattr(self.scaler, "mean_"):
                 scaled = (x - self.scaler.mean_) / np.where(self.scaler.scale_ > 0,
                                                             self.scaler.scale_, 1.0)
@@ -141,4 +144,13 @@ class FeaturePipeline:
 
 def _tokens(name: str, col: pd.Series) -> list[str]:
     values = col.astype("object").where(col.notna(), None)
-    return [f"{name}={MISSING if v is None else v}" for v in values]
+    return [f"{name}={MISSING if v is None else _text(v)}" for v in values]
+
+
+def _text(v: Any) -> str:
+    """A value as a token: 19, 19.0 and "19" are the same category."""
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v)).lower()
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v)

@@ -109,18 +109,21 @@ class PromotionSpec:
 class DriftSpec:
     """Drift thresholds: PSI for numeric features, L-infinity for categorical ones, and
     the absolute change of the label rate (overall and per slice value with at least
-    ``min_rows`` rows in both windows)."""
+    ``min_rows`` rows in both windows). Features in ``exclude`` are not compared (an hour
+    of day always drifts between hourly windows)."""
     psi: float = 0.2
     linf: float = 0.1
     label_rate: float = 0.05
     min_rows: int = 100
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Where the model registry lives, which estimator is trained and how jobs run.
 
-    Durations in milliseconds. ``exclude`` lists kept features the model does not use.
+    Durations in milliseconds. ``exclude`` lists kept features the model does not use;
+    ``categorical`` int/bool features it treats as categories instead of quantities.
     """
     path: str
     estimator: str = "sgd_classifier"
@@ -130,6 +133,7 @@ class ModelSpec:
     retry_backoff_ms: int = 1_000
     seed: int = 0
     exclude: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
     promotion: PromotionSpec = PromotionSpec()
     drift: DriftSpec = DriftSpec()
 
@@ -401,7 +405,7 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
 
 
 _MODEL_KEYS = ("path", "estimator", "holdout_fraction", "job_timeout", "retries",
-               "retry_backoff", "seed", "exclude", "promotion", "drift")
+               "retry_backoff", "seed", "exclude", "categorical", "promotion", "drift")
 
 
 def _model(top: _Section, kind: str, features: tuple[FeatureSpec, ...]) -> ModelSpec:
@@ -420,6 +424,14 @@ def _model(top: _Section, kind: str, features: tuple[FeatureSpec, ...]) -> Model
         if name not in kept:
             raise _fail(f"model.exclude[{i}]", f"{name!r} is not a kept feature; exclude one of "
                                                f"{', '.join(sorted(kept))}")
+    types = {f.name: f.type for f in features}
+    categorical = m.get("categorical", _names, ())
+    for i, name in enumerate(categorical):
+        if name not in kept or types[name] not in ("int", "bool"):
+            ints = sorted(n for n in kept if types[n] in ("int", "bool"))
+            raise _fail(f"model.categorical[{i}]", f"{name!r} is not a kept int or bool feature "
+                                                   "(str features are categories already); "
+                                                   f"name one of {', '.join(ints) or 'none'}")
     if set(exclude) == kept:
         raise _fail("model.exclude", f"{list(exclude)!r} excludes every feature; keep at least one")
     p = _Section(m.data.get("promotion") or {}, "model.promotion",
@@ -431,11 +443,16 @@ def _model(top: _Section, kind: str, features: tuple[FeatureSpec, ...]) -> Model
         max_slice_regression=p.get("max_slice_regression", _number(0, 1e9, "0.05"), 0.05),
         min_slice_rows=p.get("min_slice_rows", _positive_int, 200))
     d = _Section(m.data.get("drift") or {}, "model.drift", ("psi", "linf", "label_rate",
-                                                             "min_rows"))
+                                                             "min_rows", "exclude"))
+    drift_exclude = d.get("exclude", _names, ())
+    for i, name in enumerate(drift_exclude):
+        if name not in kept:
+            raise _fail(f"model.drift.exclude[{i}]", f"{name!r} is not a kept feature; exclude "
+                                                     f"one of {', '.join(sorted(kept))}")
     drift = DriftSpec(psi=d.get("psi", _number(0, 1e9, "0.2"), 0.2),
                       linf=d.get("linf", _number(0, 1, "0.1"), 0.1),
                       label_rate=d.get("label_rate", _number(0, 1e9, "0.05"), 0.05),
-                      min_rows=d.get("min_rows", _positive_int, 100))
+                      min_rows=d.get("min_rows", _positive_int, 100), exclude=drift_exclude)
     holdout = m.get("holdout_fraction", _number(0, 1, "0.2"), 0.2)
     if not 0.0 < holdout < 1.0:
         raise _fail("model.holdout_fraction", f"{holdout!r} leaves nothing to train or to "
@@ -445,6 +462,7 @@ def _model(top: _Section, kind: str, features: tuple[FeatureSpec, ...]) -> Model
                      retries=m.get("retries", _non_negative_int, 2),
                      retry_backoff_ms=m.get("retry_backoff", _duration(False), 1_000),
                      seed=m.get("seed", _non_negative_int, 0), exclude=exclude,
+                     categorical=categorical,
                      promotion=promotion, drift=drift)
 
 

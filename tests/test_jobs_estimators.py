@@ -13,9 +13,9 @@ from jobs.synthetic import ctr_window
 from tests.jobs_support import H, START, airport_window
 
 
-def _data(kind: str, i: int):
-    return ctr_window(START + i * H, H, 600, seed=3) if kind == "binary" \
-        else airport_window(START + i * H, 600, seed=3)
+def _data(kind: str, i: int, rows: int = 600):
+    return ctr_window(START + i * H, H, rows, seed=3) if kind == "binary" \
+        else airport_window(START + i * H, rows, seed=3)
 
 
 def _model(make_config, name: str, seed: int = 0) -> Model:
@@ -48,9 +48,9 @@ def test_input_not_mutated(make_config, name):
 
 def test_learns_something(make_config, name):
     m = _model(make_config, name)
-    test = _data(m.kind, 5)
-    for i in range(4):
-        m.partial_fit(_data(m.kind, i))
+    test = _data(m.kind, 9, rows=4000)
+    for i in range(8):
+        m.partial_fit(_data(m.kind, i, rows=2000))
     p = m.predict(test)
     assert p.shape == (len(test),) and np.isfinite(p).all()
     if m.kind == "binary":
@@ -124,3 +124,16 @@ def test_nb_sees_only_non_negative_inputs(make_config):
     df = _data("binary", 0)
     m.partial_fit(df)
     assert m.pipeline.transform(df).min() >= 0
+
+
+def test_categorical_ints_are_hashed_tokens(make_config):
+    cfg = make_config("ctr")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, exclude=("user_email",),
+                                                             categorical=("hour",)))
+    m = Model.for_config(cfg)
+    assert "hour" in m.pipeline.categorical and "hour" not in m.pipeline.numeric
+    df = _data("binary", 0)
+    m.partial_fit(df)
+    x = m.pipeline.transform(df.head(1))
+    as_float = df.head(1).astype({"hour": "float64"})  # 11 and 11.0 are one category
+    assert (m.pipeline.transform(as_float) != x).nnz == 0

@@ -53,7 +53,7 @@ def test_lineage_prequential_drift_and_holdout_later_in_time(cfg):
     assert pq["overall"]["rows"] == 1500 and pq["overall"]["roc_auc"] > 0.5
     assert set(pq["slices"]["category"]) >= {"mens_dress_shoes", "books"}
     assert m["drift"]["reference_window"] == window_iso(w[1])
-    assert set(m["drift"]["features"]) == {"hour", "category", "price", "user_email"}
+    assert set(m["drift"]["features"]) == {"category", "price", "user_email"}  # hour excluded
     assert m["holdout_from_ms"] >= w[2] + 0.7 * H  # the time-later 20% of the window
 
 
@@ -186,6 +186,8 @@ def _ctr_dict():
                                      "of roc_auc, log_loss, accuracy"),
     ("promotion", {"min_gian": 0.1}, "model.promotion: unknown key(s) 'min_gian'"),
     ("drift", {"linf": 2}, "model.drift.linf: 2 is not a number in [0, 1]"),
+    ("categorical", ["category"], "model.categorical[0]: 'category' is not a kept int or bool"),
+    ("drift", {"exclude": ["nope"]}, "model.drift.exclude[0]: 'nope' is not a kept feature"),
     ("learning_rate", 0.1, "model: unknown key(s) 'learning_rate'"),
 ])
 def test_model_config_errors(key, value, message):

@@ -99,3 +99,16 @@ def test_drift_flags_a_shift():
     assert d["features"]["category"]["flagged"] and d["features"]["category"]["measure"] == "linf"
     assert "label[category=mens_dress_shoes]" in d["flagged"]
     assert d["label"]["slices"]["category"]["mens_dress_shoes"]["current"] == 0.0
+
+
+def test_psi_sees_a_new_value_of_a_discrete_feature():
+    assert psi(np.full(500, 11.0), np.full(500, 12.0)) > 5  # hour 11 -> hour 12
+    assert psi(np.full(500, 11.0), np.full(500, 11.0)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_drift_exclude():
+    a = ctr_window(START, H, 500, seed=1)
+    b = ctr_window(START + 5 * H, H, 500, seed=2)
+    d = window_drift(a, b, FEATS, [], "binary", DriftSpec(exclude=("hour",)))
+    assert "hour" not in d["features"]
+    assert window_drift(a, b, FEATS, [], "binary", DriftSpec())["features"]["hour"]["flagged"]
