@@ -41,11 +41,12 @@ def ctr_window(start_ms: int, window_ms: int, rows: int, seed: int,
     p = np.array(_CAT_CTR)[cat] * np.clip(np.sqrt(base_price / price), 0.3, 2.5)
     p *= np.where((hour >= 18) & (hour <= 22), 1.3, np.where((hour >= 1) & (hour <= 6), 0.8, 1.0))
     p = np.minimum(p, 0.9)
+    # the model server's logged score knows the world before the drift
+    pred = np.minimum(1.0, p * np.exp(0.3 * rng.standard_normal(rows))).round(4)
     if drift_at_ms is not None:
         hit = (np.array(CATEGORIES)[cat] == drift_category) & (ts >= drift_at_ms)
         p = np.where(hit, p * drift_factor, p)
     label = (rng.random(rows) < p).astype("int64")
-    pred = np.minimum(1.0, p * np.exp(0.3 * rng.standard_normal(rows))).round(4)
     price_obj = pd.Series(price, dtype="float64").mask(rng.random(rows) < 0.05)
     users = rng.integers(1, 20000, rows)
     return pd.DataFrame({

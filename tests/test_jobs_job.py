@@ -140,7 +140,7 @@ def test_drifted_slice_shows_in_metrics_and_recovers(cfg):
     """Men's dress shoes stop being clicked from window 4 on: the champion over-predicts
     them (calibration gap), the label-rate drift is flagged, and retraining brings the
     gap back down within a few windows."""
-    starts = write_ctr_windows(cfg, 9, rows=2000, drift_at_ms=START + 4 * H)
+    starts = write_ctr_windows(cfg, 10, rows=3000, drift_at_ms=START + 4 * H)
     for s in starts:
         run_job(cfg, s)
     rows = window_table(cfg, "category", "mens_dress_shoes")
@@ -152,7 +152,7 @@ def test_drifted_slice_shows_in_metrics_and_recovers(cfg):
     assert "label[category=mens_dress_shoes]" in rows[4]["drift"]
     assert min(after[:3]) < 0.6 * at and after[-1] < 0.06  # retraining recovers
     text = format_table(rows)
-    assert "category=mens_dress_shoes roc_auc" in text and len(text.splitlines()) == 11
+    assert "category=mens_dress_shoes roc_auc" in text and len(text.splitlines()) == 12
 
 
 def test_report_written_with_images(cfg, tmp_path):
