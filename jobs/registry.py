@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -61,8 +62,19 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _json(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+    return (json.dumps(_finite(obj), indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
 def version_name(n: int) -> str:

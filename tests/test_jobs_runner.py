@@ -128,3 +128,45 @@ def test_runner_on_the_broker(broker: EmbeddedBroker, make_config, tmp_path):
     # a replay of the whole topic trains nothing
     again = run_until_idle(cfg, idle_s=1.0)
     assert again.trained == [] and again.skipped == s.trained and len(reg.versions()) == 3
+
+
+@pytest.mark.broker
+def test_runner_follows_the_topic(broker: EmbeddedBroker, make_config, tmp_path):
+    """``run_forever`` trains windows as their events arrive, until told to stop."""
+    import threading
+    from jobs.runner import run_forever
+    cfg = on_tmp(make_config("ctr", broker=broker.url), tmp_path, retries=0)
+    ensure_topics(broker.bootstrap, cfg)
+    starts = write_ctr_windows(cfg, 2, rows=300)
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False)
+    reg = Registry(cfg.model.path)
+
+    def publish(w):
+        ev = window_event(f"{cfg.dataset.path}/window_start={window_iso(w).replace(':', '-')}"
+                          "/_manifest.json")
+        producer.send(cfg.topics.windows, value=json.dumps(ev).encode())
+        producer.flush()
+
+    def wait_for(n):
+        deadline = time.monotonic() + 60
+        while len(reg.window_records()) < n and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return len(reg.window_records())
+
+    stop = threading.Event()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(
+        s=run_forever(cfg, idle_s=0.5, stop=stop.is_set)))
+    publish(starts[0])
+    t.start()
+    try:
+        assert wait_for(1) == 1
+        publish(starts[1])
+        publish(starts[0])  # a duplicate while following
+        assert wait_for(2) == 2
+    finally:
+        stop.set()
+        t.join(30)
+        producer.close()
+    assert result["s"].trained == [window_iso(w) for w in starts]
+    assert result["s"].skipped == [window_iso(starts[0])]
