@@ -143,7 +143,8 @@ def models(config_path: str, action: str, version: Optional[str]) -> None:
 
 @click.command()
 @config_option
-@click.option("-o", "--out", type=click.Path(), help="output directory (default <model.path>/report)")
+@click.option("-o", "--out", type=click.Path(),
+              help="output directory (default <model.path>/report)")
 def report(config_path: str, out: Optional[str]) -> None:
     """Write the HTML retraining report with its charts; prints its path."""
     from jobs.report import write_report

@@ -186,7 +186,8 @@ def write_report(config: PipelineConfig, out_dir: str | Path | None = None) -> P
     reg = Registry(config.model.path)
     champion = reg.champion()
     rows = "".join(
-        f"<tr><td>{html.escape(rec['version'])}{' (champion)' if rec['version'] == champion else ''}"
+        f"<tr><td>{html.escape(rec['version'])}"
+        f"{' (champion)' if rec['version'] == champion else ''}"
         f"</td><td>{html.escape(m['window'])}</td><td>{m['rows']}</td>"
         f"<td>{html.escape(str(m.get('champion_version') or '-'))}</td>"
         f"<td>{'yes' if rec.get('promoted') else 'no'}</td>"

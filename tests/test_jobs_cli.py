@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from jobs.cli import COMMANDS
 from jobs.registry import Registry
 from streams.simulate import ConceptDrift, generate
-from tests.jobs_support import H, START, on_tmp, write_ctr_windows, write_yaml
+from tests.jobs_support import on_tmp, write_ctr_windows, write_yaml
 
 
 @click.group()
@@ -36,7 +36,7 @@ def run(*args: str, ok: bool = True):
 
 def test_retrain_one_window_then_backfill_the_rest(setup):
     cfg, path = setup
-    starts = write_ctr_windows(cfg, 4, rows=300)
+    write_ctr_windows(cfg, 4, rows=300)
     out = run("retrain", "-c", path, "--window", "2026-11-18T11:00:00Z").output
     assert "2026-11-18T11:00:00Z: trained v0001 (promoted)" in out
     out = run("retrain", "-c", path, "--from", "2026-11-18T11:00:00Z",

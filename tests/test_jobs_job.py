@@ -1,7 +1,6 @@
 """The retraining job: lineage, idempotence, holdout by time, promotion, drift, report."""
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -10,7 +9,6 @@ from schemas.config import PromotionSpec, config_from_dict
 from schemas.errors import ConfigError, DatasetError
 from jobs.dataset import window_iso
 from jobs.job import run_job
-from jobs.metrics import evaluate
 from jobs.promotion import decide
 from jobs.registry import Registry
 from jobs.report import format_table, window_table, write_report
@@ -48,7 +46,8 @@ def test_lineage_prequential_drift_and_holdout_later_in_time(cfg):
     m = reg.metrics(3)
     assert m["champion_version"] == reg.lineage(3)["parent"]
     assert reg.lineage(3)["windows"][-1] == window_iso(w[2])
-    assert len(reg.lineage(3)["windows"]) == 1 + len(reg.lineage(reg.lineage(3)["parent"])["windows"])
+    parent = reg.lineage(reg.lineage(3)["parent"])
+    assert len(reg.lineage(3)["windows"]) == 1 + len(parent["windows"])
     pq = m["prequential"]
     assert pq["overall"]["rows"] == 1500 and pq["overall"]["roc_auc"] > 0.5
     assert set(pq["slices"]["category"]) >= {"mens_dress_shoes", "books"}

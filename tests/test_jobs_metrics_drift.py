@@ -49,7 +49,8 @@ def test_evaluate_per_slice_with_counts_and_unscored_rows():
                        "cat": ["a", "a", "b", "b", None]})
     ev = evaluate(df, [0.9, 0.2, 0.3, np.nan, 0.5], "binary", ["cat"])
     assert ev["unscored"] == 1 and ev["overall"]["rows"] == 4
-    a, b, miss = ev["slices"]["cat"]["a"], ev["slices"]["cat"]["b"], ev["slices"]["cat"]["<missing>"]
+    per = ev["slices"]["cat"]
+    a, b, miss = per["a"], per["b"], per["<missing>"]
     assert a["rows"] == 2 and a["roc_auc"] == 1.0
     assert b["rows"] == 1 and b["roc_auc"] is None  # its negative had no score
     assert miss["rows"] == 1 and miss["positives"] == 0

@@ -8,9 +8,9 @@ import time
 import pytest
 from kafka import KafkaProducer
 
-from jobs.dataset import window_iso
+from jobs.dataset import window_dirname, window_iso
 from jobs.registry import Registry
-from jobs.runner import RunSummary, Runner, default_job_argv, parse_events, run_until_idle
+from jobs.runner import RunSummary, Runner, parse_events, run_until_idle
 from jobs.synthetic import window_event
 from streams.broker import EmbeddedBroker
 from streams.topics import ensure_topics
@@ -27,7 +27,8 @@ def test_parse_events_dedupes_and_ignores_bad_ones():
     s = RunSummary()
     ev = lambda w, p="ctr": json.dumps({"pipeline": p, "window_start": w, "manifest": "m"}).encode()  # noqa: E731
     got = parse_events([ev("2026-11-18T12:00:00Z"), ev("2026-11-18T11:00:00Z"),
-                        ev("2026-11-18T12:00:00Z"), b"{not json", ev("2026-11-18T13:00:00Z", "other"),
+                        ev("2026-11-18T12:00:00Z"), b"{not json",
+                        ev("2026-11-18T13:00:00Z", "other"),
                         json.dumps({"pipeline": "ctr"}).encode()], "ctr", s)
     assert sorted(got) == [START, START + H]
     assert (s.events, s.duplicates, s.ignored) == (6, 1, 3)
@@ -65,16 +66,19 @@ def test_failing_job_is_retried_with_backoff_then_recorded_failed(cfg, tmp_path)
 def test_a_job_that_fails_once_then_succeeds(cfg, tmp_path):
     write_ctr_windows(cfg, 1, rows=300)
     counter = tmp_path / "count"
+    config_json = str(tmp_path / "models" / "runner" / "config.json")
     body = (f"p = pathlib.Path({str(counter)!r}); n = int(p.read_text()) if p.exists() else 0\n"
             "p.write_text(str(n + 1))\n"
             "if n == 0: raise RuntimeError('transient')\n"
             "from jobs.job import main\n"
-            f"sys.exit(main(['--config-json', {str(tmp_path / 'models' / 'runner' / 'config.json')!r},"
+            f"sys.exit(main(['--config-json', {config_json!r},"
             " '--window', sys.argv[1]]))\n")
     s = RunSummary()
-    Runner(cfg, job_argv=_script(tmp_path, body), sleep=lambda s: None).run_windows({START: None}, s)
+    runner = Runner(cfg, job_argv=_script(tmp_path, body), sleep=lambda s: None)
+    runner.run_windows({START: None}, s)
     assert s.trained == [window_iso(START)] and counter.read_text() == "2"
-    assert "RuntimeError: transient" in Registry(cfg.model.path).log_path(window_iso(START), 1).read_text()
+    first_log = Registry(cfg.model.path).log_path(window_iso(START), 1).read_text()
+    assert "RuntimeError: transient" in first_log
 
 
 def test_a_job_that_hangs_is_killed_at_the_timeout(make_config, tmp_path):
@@ -107,8 +111,7 @@ def test_runner_on_the_broker(broker: EmbeddedBroker, make_config, tmp_path):
     cfg = on_tmp(make_config("ctr", broker=broker.url), tmp_path, retries=0)
     ensure_topics(broker.bootstrap, cfg)
     starts = write_ctr_windows(cfg, 3, rows=300)
-    manifests = [cfg.dataset.path + f"/window_start={window_iso(w).replace(':', '-')}/_manifest.json"
-                 for w in starts]
+    manifests = [f"{cfg.dataset.path}/{window_dirname(w)}/_manifest.json" for w in starts]
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False,
                              acks="all")
     order = [1, 0, 1, 2, 0]  # out of order, with duplicates
