@@ -11,6 +11,7 @@ Modules, one concept each:
 - ``job``: one retraining job (``python -m jobs.job``)
 - ``runner``: the windows-topic runner (subprocess per window, timeout, retries)
 - ``report``: the per-window table and the HTML report
+- ``loop``: run pending windows, print the table, write the report (for the demo)
 - ``cli``: the ``jobs``, ``retrain``, ``models`` and ``report`` commands
 - ``synthetic``: closed windows in the sink's layout, for tests and benchmarks
 - ``configio``: a config to JSON and back, for the job subprocess

@@ -128,9 +128,15 @@ def test_runner_on_the_broker(broker: EmbeddedBroker, make_config, tmp_path):
     reg = Registry(cfg.model.path)
     assert [reg.lineage(v)["window"] for v in reg.versions()] == s.trained
     assert reg.log_path(s.trained[0], 1).read_text().count("stored v0001") == 1
-    # a replay of the whole topic trains nothing
-    again = run_until_idle(cfg, idle_s=1.0)
+    # a replay of the whole topic trains nothing (through the demo's one-call API)
+    from jobs.loop import retrain_until_idle
+    lines: list[str] = []
+    out = retrain_until_idle(cfg, "category", "mens_dress_shoes", idle_s=1.0, echo=lines.append,
+                             report_dir=tmp_path / "report")
+    again = out["summary"]
     assert again.trained == [] and again.skipped == s.trained and len(reg.versions()) == 3
+    assert [r["window"] for r in out["rows"]] == s.trained and out["report"].is_file()
+    assert any("category=mens_dress_shoes roc_auc" in line for line in lines)
 
 
 @pytest.mark.broker
