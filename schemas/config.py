@@ -21,7 +21,13 @@ FEATURE_TYPES = ("int", "float", "str", "bool")
 PII_ACTIONS = ("hash", "drop")
 STORES = ("memory", "rocksdb")
 # estimator -> the label kind it fits; the first one of a kind is that kind's default
-ESTIMATORS = {"sgd_classifier": "binary", "sgd_regressor": "regression"}
+ESTIMATORS = {"sgd_classifier": "binary", "sgd_regressor": "regression",
+              "passive_aggressive_classifier": "binary",
+              "passive_aggressive_regressor": "regression", "multinomial_nb": "binary"}
+# promotion metric -> (label kind, True when higher is better)
+PROMOTION_METRICS = {"roc_auc": ("binary", True), "log_loss": ("binary", False),
+                     "accuracy": ("binary", True), "mae": ("regression", False),
+                     "rmse": ("regression", False)}
 # columns of a labeled example before the features (mirrored in schemas.records)
 RESERVED_COLUMNS = ("request_id", "request_ts", "window_start", "label", "label_ts",
                     "prediction", "model_version")
@@ -94,10 +100,50 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class PromotionSpec:
+    """When a challenger replaces the champion (see jobs.promotion).
+
+    ``metric`` on the holdout must improve by at least ``min_gain``, and no slice value
+    with at least ``min_slice_rows`` holdout rows may get worse by more than
+    ``max_slice_regression`` (both in the metric's own units).
+    """
+    metric: str = "roc_auc"
+    min_gain: float = 0.0
+    max_slice_regression: float = 0.05
+    min_slice_rows: int = 200
+
+
+@dataclass(frozen=True)
+class DriftSpec:
+    """Drift thresholds: PSI for numeric features, L-infinity for categorical ones, and
+    the absolute change of the label rate (overall and per slice value with at least
+    ``min_rows`` rows in both windows). Features in ``exclude`` are not compared (an hour
+    of day always drifts between hourly windows)."""
+    psi: float = 0.2
+    linf: float = 0.1
+    label_rate: float = 0.05
+    min_rows: int = 100
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """Where the model registry lives and which estimator is trained."""
+    """Where the model registry lives, which estimator is trained and how jobs run.
+
+    Durations in milliseconds. ``exclude`` lists kept features the model does not use;
+    ``categorical`` int/bool features it treats as categories instead of quantities.
+    """
     path: str
     estimator: str = "sgd_classifier"
+    holdout_fraction: float = 0.2
+    job_timeout_ms: int = 600_000
+    retries: int = 2
+    retry_backoff_ms: int = 1_000
+    seed: int = 0
+    exclude: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    promotion: PromotionSpec = PromotionSpec()
+    drift: DriftSpec = DriftSpec()
 
 
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -251,6 +297,22 @@ def _positive_int(value: Any, field: str) -> int:
     return value
 
 
+def _non_negative_int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _fail(field, f"{value!r} is not a whole number >= 0; write e.g. 2")
+    return value
+
+
+def _number(lo: float, hi: float, example: str) -> Callable[[Any, str], float]:
+    def check(value: Any, field: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not lo <= value <= hi:
+            raise _fail(field, f"{value!r} is not a number in [{lo:g}, {hi:g}]; write e.g. "
+                               f"{example}")
+        return float(value)
+    return check
+
+
 def _duration(positive: bool) -> Callable[[Any, str], int]:
     def check(value: Any, field: str) -> int:
         ms = parse_duration_ms(value, field)
@@ -382,15 +444,10 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
                           flush_rows=d.get("flush_rows", _positive_int, 50_000),
                           flush_interval_ms=d.get("flush_interval", _duration(True), 30_000))
 
-    m = top.sub("model", ("path", "estimator"))
-    default_est = next(e for e, k in ESTIMATORS.items() if k == label.kind)
-    estimator = m.get("estimator", _choice(tuple(ESTIMATORS)), default_est)
-    if ESTIMATORS[estimator] != label.kind:
-        raise _fail("model.estimator", f"{estimator!r} does not fit label kind {label.kind!r}; "
-                                       f"write {default_est}")
+    model = _model(top, label.kind, features)
     return PipelineConfig(pipeline=pipeline, broker=broker, topics=topics, join=join,
                           label=label, features=features, slices=slices, dataset=dataset,
-                          model=ModelSpec(m.get("path", _str), estimator),
+                          model=model,
                           store=top.get("store", _choice(STORES), "memory"),
                           state_dir=top.get("state_dir", _str, ".dlabel-state"),
                           kafka=_kafka_security(top, environ))
@@ -435,6 +492,68 @@ def _kafka_security(top: "_Section", environ: Mapping[str, str]) -> KafkaSecurit
                                                    "kafka.sasl_password_file")
     return KafkaSecurity(**sec, sasl_mechanism=mechanism, sasl_username=username,
                          sasl_password=password)
+
+
+_MODEL_KEYS = ("path", "estimator", "holdout_fraction", "job_timeout", "retries",
+               "retry_backoff", "seed", "exclude", "categorical", "promotion", "drift")
+
+
+def _model(top: _Section, kind: str, features: tuple[FeatureSpec, ...]) -> ModelSpec:
+    """The ``model:`` section: registry path, estimator, job settings, promotion, drift."""
+    m = top.sub("model", _MODEL_KEYS)
+    default_est = next(e for e, k in ESTIMATORS.items() if k == kind)
+    estimator = m.get("estimator", _choice(tuple(ESTIMATORS)), default_est)
+    if ESTIMATORS[estimator] != kind:
+        fits = ", ".join(e for e, k in ESTIMATORS.items() if k == kind)
+        raise _fail("model.estimator", f"{estimator!r} does not fit label kind {kind!r}; "
+                                       f"write {default_est}" + (f" (or one of {fits})"
+                                                                 if "," in fits else ""))
+    kept = {f.name for f in features if f.pii != "drop"}
+    exclude = m.get("exclude", _names, ())
+    for i, name in enumerate(exclude):
+        if name not in kept:
+            raise _fail(f"model.exclude[{i}]", f"{name!r} is not a kept feature; exclude one of "
+                                               f"{', '.join(sorted(kept))}")
+    types = {f.name: f.type for f in features}
+    categorical = m.get("categorical", _names, ())
+    for i, name in enumerate(categorical):
+        if name not in kept or types[name] not in ("int", "bool"):
+            ints = sorted(n for n in kept if types[n] in ("int", "bool"))
+            raise _fail(f"model.categorical[{i}]", f"{name!r} is not a kept int or bool feature "
+                                                   "(str features are categories already); "
+                                                   f"name one of {', '.join(ints) or 'none'}")
+    if set(exclude) == kept:
+        raise _fail("model.exclude", f"{list(exclude)!r} excludes every feature; keep at least one")
+    p = _Section(m.data.get("promotion") or {}, "model.promotion",
+                 ("metric", "min_gain", "max_slice_regression", "min_slice_rows"))
+    metrics = tuple(k for k, (mk, _) in PROMOTION_METRICS.items() if mk == kind)
+    promotion = PromotionSpec(
+        metric=p.get("metric", _choice(metrics), metrics[0]),
+        min_gain=p.get("min_gain", _number(-1e9, 1e9, "0.002"), 0.0),
+        max_slice_regression=p.get("max_slice_regression", _number(0, 1e9, "0.05"), 0.05),
+        min_slice_rows=p.get("min_slice_rows", _positive_int, 200))
+    d = _Section(m.data.get("drift") or {}, "model.drift", ("psi", "linf", "label_rate",
+                                                             "min_rows", "exclude"))
+    drift_exclude = d.get("exclude", _names, ())
+    for i, name in enumerate(drift_exclude):
+        if name not in kept:
+            raise _fail(f"model.drift.exclude[{i}]", f"{name!r} is not a kept feature; exclude "
+                                                     f"one of {', '.join(sorted(kept))}")
+    drift = DriftSpec(psi=d.get("psi", _number(0, 1e9, "0.2"), 0.2),
+                      linf=d.get("linf", _number(0, 1, "0.1"), 0.1),
+                      label_rate=d.get("label_rate", _number(0, 1e9, "0.05"), 0.05),
+                      min_rows=d.get("min_rows", _positive_int, 100), exclude=drift_exclude)
+    holdout = m.get("holdout_fraction", _number(0, 1, "0.2"), 0.2)
+    if not 0.0 < holdout < 1.0:
+        raise _fail("model.holdout_fraction", f"{holdout!r} leaves nothing to train or to "
+                                              "evaluate; write a fraction such as 0.2")
+    return ModelSpec(path=m.get("path", _str), estimator=estimator, holdout_fraction=holdout,
+                     job_timeout_ms=m.get("job_timeout", _duration(True), 600_000),
+                     retries=m.get("retries", _non_negative_int, 2),
+                     retry_backoff_ms=m.get("retry_backoff", _duration(False), 1_000),
+                     seed=m.get("seed", _non_negative_int, 0), exclude=exclude,
+                     categorical=categorical,
+                     promotion=promotion, drift=drift)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

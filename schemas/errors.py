@@ -32,3 +32,15 @@ class BrokerError(DlabelError):
 
 class CommitError(DlabelError):
     """Output could not be committed; offsets were not committed either."""
+
+
+class DatasetError(DlabelError):
+    """A dataset window cannot be read: missing or invalid manifest, missing files."""
+
+
+class RegistryError(DlabelError):
+    """The model registry is inconsistent, or a model failed its checksum or type check."""
+
+
+class JobError(DlabelError):
+    """A retraining job could not run or failed."""

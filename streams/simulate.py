@@ -31,7 +31,7 @@ from streams import kafka_clients
 if TYPE_CHECKING:
     from schemas.config import PipelineConfig
 
-__all__ = ["SimEvent", "generate", "produce", "SCENARIOS", "DEFAULT_START_MS"]
+__all__ = ["SimEvent", "ConceptDrift", "generate", "produce", "SCENARIOS", "DEFAULT_START_MS"]
 
 DEFAULT_START_MS = 1_794_999_600_000  # 2026-11-18T11:00:00Z, a whole UTC hour
 SCENARIOS = ("ctr", "airport")
@@ -85,6 +85,22 @@ class SimEvent:
     arrival_ms: int = 0
 
 
+@dataclass(frozen=True)
+class ConceptDrift:
+    """From event time ``at_ms`` on, ``category`` is clicked ``factor`` times as often
+    (0.0: it stops being clicked). Only the ctr scenario has categories."""
+    at_ms: int
+    category: str = "mens_dress_shoes"
+    factor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.category not in CATEGORIES:
+            raise ValueError(f"drift category {self.category!r} is not a ctr category; "
+                             f"choose one of {', '.join(CATEGORIES)}")
+        if not 0.0 <= self.factor:
+            raise ValueError(f"drift factor {self.factor!r} is negative; write e.g. 0.0")
+
+
 _SECONDS: dict[int, tuple[str, str]] = {}  # epoch second -> (UTC, +01:00) ISO prefixes
 
 
@@ -109,7 +125,8 @@ def _hour(ms: int) -> int:
     return (ms // 3_600_000) % 24
 
 
-def _ctr(rng: random.Random, ts: int, window: int, cfg: "PipelineConfig") -> tuple[dict, Any, list[Feedback]]:
+def _ctr(rng: random.Random, ts: int, window: int, cfg: "PipelineConfig",
+         drift: ConceptDrift | None = None) -> tuple[dict, Any, list[Feedback]]:
     """Features, prediction and feedback of one ad impression."""
     c = _pick(rng, _CAT_CUM)
     hour = _hour(ts)
@@ -132,6 +149,8 @@ def _ctr(rng: random.Random, ts: int, window: int, cfg: "PipelineConfig") -> tup
     if rng.random() < 0.05:
         feats["referrer"] = "search"  # undeclared feature: ignored and counted
     pred = None if rng.random() < 0.01 else round(min(1.0, p * rng.lognormvariate(0, 0.3)), 4)
+    if drift is not None and ts >= drift.at_ms and CATEGORIES[c] == drift.category:
+        p *= drift.factor  # the world changed; the logged prediction did not
     positive = cfg.label.positive[0] if cfg.label.positive else "click"
     fbs: list[Feedback] = []
     if rng.random() < 0.7:
@@ -155,7 +174,8 @@ def _ctr(rng: random.Random, ts: int, window: int, cfg: "PipelineConfig") -> tup
     return feats, pred, fbs
 
 
-def _airport(rng: random.Random, ts: int, window: int, cfg: "PipelineConfig") -> tuple[dict, Any, list[Feedback]]:
+def _airport(rng: random.Random, ts: int, window: int, cfg: "PipelineConfig",
+             drift: ConceptDrift | None = None) -> tuple[dict, Any, list[Feedback]]:
     """Features, prediction and feedback of one passenger entering a security line."""
     c = _pick(rng, _CP_CUM)
     hour = _hour(ts)
@@ -218,7 +238,8 @@ def _malformed(rng: random.Random, role: str, record: dict, key: str, ts: int) -
 def generate(config: "PipelineConfig", scenario: str, n_requests: int, seed: int,
              start_ms: int = DEFAULT_START_MS, rate_per_s: float = 20.0,
              bad_fraction: float = 0.01, early_fraction: float = 0.02,
-             duplicate_fraction: float = 0.005, orphan_fraction: float = 0.005) -> list[SimEvent]:
+             duplicate_fraction: float = 0.005, orphan_fraction: float = 0.005,
+             drift: ConceptDrift | None = None) -> list[SimEvent]:
     """Generate ``n_requests`` requests of ``scenario`` with their feedback, in arrival order.
 
     Deterministic for (config, scenario, n_requests, seed, ...). Requests arrive as a
@@ -226,10 +247,14 @@ def generate(config: "PipelineConfig", scenario: str, n_requests: int, seed: int
     ``early_fraction`` its first feedback arrives before it; ``duplicate_fraction``
     a later copy with the same id; ``orphan_fraction`` a feedback for an id that never
     exists. Per valid event, ``bad_fraction`` a malformed event of the same role.
+    ``drift`` (ctr only) changes how often one category is clicked from a given time on;
+    without it the output is exactly what it was before drift existed.
     """
     if scenario not in _SCENARIO_FNS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
     kind, make = _SCENARIO_FNS[scenario]
+    if drift is not None and scenario != "ctr":
+        raise ValueError(f"concept drift is only simulated for the ctr scenario, not {scenario!r}")
     if config.label.kind != kind:
         raise ConfigError(f"label.kind: scenario {scenario!r} needs kind {kind!r}, the config "
                           f"has {config.label.kind!r}; use the {scenario} example config")
@@ -247,7 +272,7 @@ def generate(config: "PipelineConfig", scenario: str, n_requests: int, seed: int
         ts = int(t)
         rid = _rid(rng)
         kb = rid.encode()
-        feats, pred, fbs = make(rng, ts, window, config)
+        feats, pred, fbs = make(rng, ts, window, config, drift)
         req = {key: rid, "ts": fmt_ts(ts, rand()), "features": feats,
                "prediction": pred, "model_version": "v1"}
         arrival = ts + (_ri(rng, 0, jit) if jit else 0)

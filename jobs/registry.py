@@ -1,0 +1,246 @@
+"""The model registry under ``model.path``.
+
+```
+<model.path>/
+  v0001/model.skops        the model, saved by skops (never a pickle)
+  v0001/model.sha256       sha256 of model.skops
+  v0001/metrics.json       the job's evaluation, drift and promotion decision
+  v0001/lineage.json       windows trained on, parent version, dataset manifests
+  champion.json            {"version": "v0003", "history": ["v0001", ...]}: the champion
+  windows/<window>.json    one record per window: trained (with its version) or failed
+  logs/<window>.<n>.log    the log of attempt n of the job of a window
+```
+
+Every write is atomic: a version directory is assembled under a hidden temp name and
+renamed into place (its ``lineage.json`` written last); ``champion.json`` and window
+records are written to a temp file, fsynced and renamed. Loading checks the sha256 and
+asks skops which types the file holds; any type outside skops' trusted defaults
+(sklearn, numpy, scipy) is refused, so nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import skops.io as sio
+
+from schemas.errors import RegistryError
+from jobs.estimators import Model
+
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+MODEL_FILE = "model.skops"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a hidden temp file, fsync, rename, fsync the dir."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as None (JSON has no such numbers)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _json(obj: Any) -> bytes:
+    return (json.dumps(_finite(obj), indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def version_name(n: int) -> str:
+    """``v0001`` for 1."""
+    return f"v{n:04d}"
+
+
+class Registry:
+    """Versions, the champion pointer and per-window records under one directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # ---- versions -------------------------------------------------------------------
+    def versions(self) -> list[str]:
+        """Complete versions (with lineage.json), oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [(int(m.group(1)), p.name) for p in self.root.iterdir()
+                 if (m := _VERSION_RE.match(p.name)) and (p / "lineage.json").is_file()]
+        return [name for _, name in sorted(found)]
+
+    def normalize(self, version: str | int) -> str:
+        """``3``, ``"3"``, ``"v3"``, ``"v0003"`` -> ``"v0003"`` (RegistryError if unknown)."""
+        text = str(version).strip().lower().removeprefix("v")
+        if not text.isdigit():
+            raise RegistryError(f"{version!r} is not a version; write e.g. v0003 or 3")
+        name = version_name(int(text))
+        if name not in self.versions():
+            known = ", ".join(self.versions()) or "none yet"
+            raise RegistryError(f"version {name} is not in the registry {self.root} "
+                                f"(versions: {known})")
+        return name
+
+    def save(self, model: Model, metrics: dict[str, Any], lineage: dict[str, Any]) -> str:
+        """Store a new version; returns its name (the next free ``vNNNN``)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = sio.dumps(model.to_state())
+        digest = hashlib.sha256(data).hexdigest()
+        tmp = Path(tempfile.mkdtemp(prefix=".version.", dir=self.root))
+        try:
+            (tmp / MODEL_FILE).write_bytes(data)
+            (tmp / "model.sha256").write_text(f"{digest}  {MODEL_FILE}\n")
+            (tmp / "metrics.json").write_bytes(_json(metrics))
+            for p in tmp.iterdir():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+            while True:
+                existing = [int(m.group(1)) for p in self.root.iterdir()
+                            if (m := _VERSION_RE.match(p.name))]
+                name = version_name(max(existing, default=0) + 1)
+                (tmp / "lineage.json").write_bytes(_json({**lineage, "version": name,
+                                                          "sha256": digest}))
+                with open(tmp / "lineage.json", "rb") as f:
+                    os.fsync(f.fileno())
+                try:
+                    os.rename(tmp, self.root / name)
+                except OSError:
+                    if (self.root / name).exists():
+                        continue  # another writer took this number: take the next
+                    raise
+                break
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _fsync_dir(self.root)
+        return name
+
+    def load(self, version: str | int) -> Model:
+        """Load a version after checking its sha256 and the types the file holds."""
+        name = self.normalize(version)
+        vdir = self.root / name
+        data = (vdir / MODEL_FILE).read_bytes()
+        try:
+            expected = (vdir / "model.sha256").read_text().split()[0]
+        except (OSError, IndexError):
+            raise RegistryError(f"{vdir}: model.sha256 is missing or empty; the version "
+                                "cannot be verified, so it is not loaded") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise RegistryError(f"{vdir / MODEL_FILE}: checksum mismatch (sha256 {actual}, "
+                                f"expected {expected}); the file was changed or corrupted, "
+                                "refusing to load it")
+        try:
+            untrusted = sio.get_untrusted_types(data=data)
+        except Exception as e:  # skops raises assorted errors on malformed files
+            raise RegistryError(f"{vdir / MODEL_FILE}: not a readable skops file ({e})") from None
+        if untrusted:
+            raise RegistryError(f"{vdir / MODEL_FILE}: holds types skops does not trust "
+                                f"({', '.join(untrusted)}); refusing to load it")
+        return Model.from_state(sio.loads(data, trusted=[]))
+
+    def metrics(self, version: str | int) -> dict[str, Any]:
+        """The ``metrics.json`` of a version."""
+        return json.loads((self.root / self.normalize(version) / "metrics.json").read_text())
+
+    def lineage(self, version: str | int) -> dict[str, Any]:
+        """The ``lineage.json`` of a version."""
+        return json.loads((self.root / self.normalize(version) / "lineage.json").read_text())
+
+    # ---- champion -------------------------------------------------------------------
+    def _pointer(self) -> dict[str, Any]:
+        path = self.root / "champion.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return {"version": None, "history": []}
+        except (OSError, ValueError) as e:
+            raise RegistryError(f"{path}: unreadable champion pointer ({e})") from None
+
+    def champion(self) -> str | None:
+        """The champion's version name, or None before the first promotion."""
+        return self._pointer()["version"]
+
+    def set_champion(self, version: str | int, reason: str = "promoted") -> str:
+        """Make ``version`` the champion (atomic); the old one goes on the history."""
+        name = self.normalize(version)
+        ptr = self._pointer()
+        if ptr["version"] == name:
+            return name
+        history = ptr["history"] + ([ptr["version"]] if ptr["version"] else [])
+        write_atomic(self.root / "champion.json",
+                     _json({"version": name, "history": history, "reason": reason}))
+        return name
+
+    def rollback(self) -> str:
+        """Make the previous champion the champion again; returns it."""
+        ptr = self._pointer()
+        if not ptr["history"]:
+            raise RegistryError(f"{self.root}: no earlier champion to roll back to")
+        previous = ptr["history"][-1]
+        write_atomic(self.root / "champion.json",
+                     _json({"version": previous, "history": ptr["history"][:-1],
+                            "reason": f"rollback from {ptr['version']}"}))
+        return previous
+
+    # ---- windows --------------------------------------------------------------------
+    def _record_path(self, window: str) -> Path:
+        return self.root / "windows" / (window.replace(":", "-") + ".json")
+
+    def window_record(self, window: str) -> dict[str, Any] | None:
+        """The record of a window (``status`` trained or failed), or None."""
+        try:
+            return json.loads(self._record_path(window).read_text())
+        except FileNotFoundError:
+            return None
+
+    def record_window(self, window: str, **fields: Any) -> None:
+        """Write a window's record atomically (``status`` = trained | failed, ...)."""
+        write_atomic(self._record_path(window), _json({"window": window, **fields}))
+
+    def window_records(self) -> dict[str, dict[str, Any]]:
+        """Every window record by window name."""
+        d = self.root / "windows"
+        if not d.is_dir():
+            return {}
+        recs = [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
+        return {r["window"]: r for r in recs}
+
+    def version_for_window(self, window: str) -> str | None:
+        """The version a job trained on ``window`` (its last lineage window), if any."""
+        for name in reversed(self.versions()):
+            if self.lineage(name).get("window") == window:
+                return name
+        return None
+
+    def log_path(self, window: str, attempt: int) -> Path:
+        """Where attempt ``attempt`` of the job of ``window`` logs."""
+        return self.root / "logs" / f"{window.replace(':', '-')}.{attempt}.log"

@@ -1,0 +1,225 @@
+"""The jobs runner: windows-topic events in, one retraining job per closed window out.
+
+The runner reads the windows topic from the beginning (it is small and kept forever),
+without a consumer group: which windows are done is the registry's business, not a
+committed offset, so a replayed, duplicated or out-of-order event trains nothing
+twice. Each poll's new windows run in window order, each as a subprocess
+(``python -m jobs.job``) with a timeout and its own log file
+``<model.path>/logs/<window>.<attempt>.log``. A failed or timed-out attempt is retried
+after a backoff that doubles each time; after ``model.retries`` retries the window is
+recorded as failed and the runner goes on with the next one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+
+from schemas.config import PipelineConfig
+from schemas.errors import BrokerError
+from jobs.configio import config_to_json
+from jobs.dataset import parse_window, window_iso
+from jobs.registry import Registry, write_atomic
+
+log = logging.getLogger("dlabel.jobs.runner")
+ROOT = Path(__file__).resolve().parent.parent
+JobArgv = Callable[[Path, str, "str | None"], list]
+
+
+@dataclass
+class RunSummary:
+    """What one runner pass did: window names by outcome, event counts."""
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    events: int = 0
+    duplicates: int = 0
+    ignored: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class WindowsFeed:
+    """Reads the windows topic from offset 0 on every partition; no group, no commits."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        try:
+            self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                          enable_auto_commit=False,
+                                          allow_auto_create_topics=False,
+                                          client_id="dlabel-jobs")
+        except KafkaError as e:
+            raise BrokerError(f"cannot reach the Kafka broker at {bootstrap} ({e}); start one "
+                              "with `dlabel broker`") from None
+        self.assigned: set[int] = set()
+
+    def _assign(self) -> None:
+        parts = self.consumer.partitions_for_topic(self.topic) or set()
+        if parts - self.assigned:
+            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            new = [tp for tp in tps if tp.partition not in self.assigned]
+            self.consumer.assign(tps)
+            self.consumer.seek_to_beginning(*new)
+            self.assigned = set(parts)
+
+    def poll(self, idle_s: float = 2.0) -> list[bytes]:
+        """New record values, until ``idle_s`` seconds pass without one."""
+        self._assign()
+        if not self.assigned:
+            time.sleep(min(idle_s, 0.5))
+            return []
+        out: list[bytes] = []
+        last = time.monotonic()
+        while time.monotonic() - last < idle_s:
+            batch = self.consumer.poll(timeout_ms=200)
+            for records in batch.values():
+                out.extend(r.value for r in records)
+                last = time.monotonic()
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def parse_events(values: Iterable[bytes], pipeline: str,
+                 summary: RunSummary) -> dict[int, str | None]:
+    """``{window_start_ms: manifest}`` of this pipeline's valid events (duplicates once)."""
+    out: dict[int, str | None] = {}
+    for raw in values:
+        summary.events += 1
+        try:
+            ev = json.loads(raw)
+            if ev.get("pipeline") != pipeline:
+                raise ValueError(f"pipeline {ev.get('pipeline')!r} is not {pipeline!r}")
+            start = parse_window(ev["window_start"])
+        except Exception as e:  # a bad event must not stop the runner
+            summary.ignored += 1
+            log.warning("ignoring windows event %r: %s", raw[:200], e)
+            continue
+        if start in out:
+            summary.duplicates += 1
+        out[start] = ev.get("manifest") or out.get(start)
+    return out
+
+
+def default_job_argv(config_json: Path, window: str, manifest: str | None) -> list[str]:
+    """``python -m jobs.job --config-json F --window W [--manifest M]``."""
+    argv = [sys.executable, "-m", "jobs.job", "--config-json", str(config_json),
+            "--window", window]
+    return argv + (["--manifest", manifest] if manifest else [])
+
+
+class Runner:
+    """Runs the jobs of windows in order, in subprocesses, with retries."""
+
+    def __init__(self, config: PipelineConfig, *, job_argv: JobArgv = default_job_argv,
+                 sleep: Callable[[float], None] = time.sleep, retry_failed: bool = False,
+                 echo: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.registry = Registry(config.model.path)
+        self.job_argv = job_argv
+        self.sleep = sleep
+        self.retry_failed = retry_failed
+        self.echo = echo or (lambda msg: None)
+        self.config_json = self.registry.root / "runner" / "config.json"
+        write_atomic(self.config_json, config_to_json(config).encode())
+        self.latest: int | None = None
+
+    def run_windows(self, windows: dict[int, str | None], summary: RunSummary) -> None:
+        """Run every window not yet done, in window order."""
+        for start in sorted(windows):
+            name = window_iso(start)
+            rec = self.registry.window_record(name)
+            if rec and (rec["status"] == "trained" or not self.retry_failed):
+                summary.skipped.append(name)
+                continue
+            if self.latest is not None and start < self.latest:
+                log.warning("window %s arrived after the later window %s was trained; training "
+                            "it now, out of order", name, window_iso(self.latest))
+            ok = self.run_window(name, windows[start])
+            (summary.trained if ok else summary.failed).append(name)
+            self.latest = max(start, self.latest or start)
+
+    def run_window(self, name: str, manifest: str | None) -> bool:
+        """One window's job with retries; True when it ended trained."""
+        m = self.config.model
+        attempts = 1 + m.retries
+        error = ""
+        for attempt in range(1, attempts + 1):
+            path = self.registry.log_path(name, attempt)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            argv = self.job_argv(self.config_json, name, manifest)
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+            t0 = time.monotonic()
+            with open(path, "ab") as out:
+                try:
+                    rc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                        timeout=m.job_timeout_ms / 1000).returncode
+                    error = f"exit status {rc}"
+                except subprocess.TimeoutExpired:
+                    rc = None
+                    error = f"timed out after {m.job_timeout_ms / 1000:g}s (killed)"
+                    out.write(f"\n[runner] {error}\n".encode())
+            rec = self.registry.window_record(name)
+            if rc == 0 and rec and rec.get("status") == "trained":
+                self.echo(f"{name}: trained {rec.get('version')}"
+                          f"{' (promoted)' if rec.get('promoted') else ''} in "
+                          f"{time.monotonic() - t0:.1f}s")
+                return True
+            if rc == 0:
+                error = "the job exited 0 but recorded nothing"
+            log.warning("window %s attempt %d/%d failed: %s (log %s)", name, attempt, attempts,
+                        error, path)
+            if attempt < attempts:
+                self.sleep(m.retry_backoff_ms / 1000 * 2 ** (attempt - 1))
+        self.registry.record_window(name, status="failed", attempts=attempts, error=error,
+                                    log=str(self.registry.log_path(name, attempts)))
+        self.echo(f"{name}: FAILED after {attempts} attempt(s): {error}")
+        return False
+
+
+def run_until_idle(config: PipelineConfig, *, idle_s: float = 2.0,
+                   job_argv: JobArgv = default_job_argv,
+                   sleep: Callable[[float], None] = time.sleep, retry_failed: bool = False,
+                   echo: Callable[[str], None] | None = None) -> RunSummary:
+    """Read the windows topic until ``idle_s`` pass without an event, run every pending
+    window in order, and return what happened (what the demo and tests call)."""
+    summary = RunSummary()
+    runner = Runner(config, job_argv=job_argv, sleep=sleep, retry_failed=retry_failed,
+                    echo=echo)
+    feed = WindowsFeed(config.bootstrap_servers, config.topics.windows)
+    try:
+        windows = parse_events(feed.poll(idle_s), config.pipeline, summary)
+    finally:
+        feed.close()
+    runner.run_windows(windows, summary)
+    return summary
+
+
+def run_forever(config: PipelineConfig, *, idle_s: float = 1.0,
+                echo: Callable[[str], None] | None = None,
+                stop: Callable[[], bool] = lambda: False) -> RunSummary:
+    """Follow the windows topic, running new windows as their events come, until ``stop()``."""
+    summary = RunSummary()
+    runner = Runner(config, echo=echo)
+    feed = WindowsFeed(config.bootstrap_servers, config.topics.windows)
+    try:
+        while not stop():
+            values = feed.poll(idle_s)
+            if values:
+                runner.run_windows(parse_events(values, config.pipeline, summary), summary)
+    finally:
+        feed.close()
+    return summary
