@@ -126,12 +126,14 @@ def datasets(config_path: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--requests", "n_requests", default=5000, show_default=True)
+@click.option("--requests", "n_requests", default=24000, show_default=True,
+              help="requests over one simulated day")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--scenario", type=click.Choice(["ctr", "airport"]), default="ctr", show_default=True)
 @click.option("--workdir", default="dlabel-demo", show_default=True, type=click.Path())
 def demo(n_requests: int, seed: int, scenario: str, workdir: str) -> None:
-    """End-to-end demo on an embedded broker: simulate, label, summarize."""
+    """End-to-end demo on an embedded broker: a simulated day of traffic, labeled,
+    written as hourly Parquet windows, retrained window by window, reported."""
     from streams.demo import run_demo
     os.environ.setdefault("DLABEL_PII_KEY", "demo-key-not-secret")
     try:
@@ -139,6 +141,14 @@ def demo(n_requests: int, seed: int, scenario: str, workdir: str) -> None:
     except DlabelError as e:
         raise click.ClickException(str(e)) from None
 
+
+def _register_jobs_commands() -> None:
+    from jobs.cli import jobs, models, report, retrain
+    for command in (jobs, retrain, models, report):
+        main.add_command(command)
+
+
+_register_jobs_commands()
 
 if __name__ == "__main__":
     main()
