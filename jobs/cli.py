@@ -32,11 +32,16 @@ def _config(path: str, broker: Optional[str] = None):
 @click.option("--idle-timeout", default=2.0, show_default=True,
               help="seconds without a windows event that count as idle")
 @click.option("--retry-failed", is_flag=True, help="also retry windows recorded as failed")
+@click.option("--metrics-port", type=int, default=None, envvar="DLABEL_METRICS_PORT",
+              help="serve Prometheus metrics on this port")
 def jobs(config_path: str, broker: Optional[str], until_idle: bool, idle_timeout: float,
-         retry_failed: bool) -> None:
+         retry_failed: bool, metrics_port: Optional[int]) -> None:
     """Run one retraining job per closed window (windows topic), in window order."""
     from jobs.runner import run_forever, run_until_idle
+    from streams import kafka_clients, metrics
     cfg = _config(config_path, broker)
+    kafka_clients.configure(cfg.kafka)
+    metrics.serve(metrics_port, "jobs runner")
     try:
         if until_idle:
             summary = run_until_idle(cfg, idle_s=idle_timeout, retry_failed=retry_failed,

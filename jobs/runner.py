@@ -29,6 +29,7 @@ from schemas.errors import BrokerError
 from jobs.configio import config_to_json
 from jobs.dataset import parse_window, window_iso
 from jobs.registry import Registry, write_atomic
+from streams import kafka_clients, metrics
 
 log = logging.getLogger("dlabel.jobs.runner")
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,8 @@ class WindowsFeed:
             self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                           enable_auto_commit=False,
                                           allow_auto_create_topics=False,
-                                          client_id="dlabel-jobs")
+                                          client_id="dlabel-jobs",
+                                          **kafka_clients.kafka_python())
         except KafkaError as e:
             raise BrokerError(f"cannot reach the Kafka broker at {bootstrap} ({e}); start one "
                               "with `dlabel broker`") from None
@@ -173,11 +175,15 @@ class Runner:
                     error = f"timed out after {m.job_timeout_ms / 1000:g}s (killed)"
                     out.write(f"\n[runner] {error}\n".encode())
             rec = self.registry.window_record(name)
+            metrics.JOB_SECONDS.observe(time.monotonic() - t0)
             if rc == 0 and rec and rec.get("status") == "trained":
+                metrics.JOBS.labels(outcome="trained").inc()
+                self._export_metrics(rec.get("version"))
                 self.echo(f"{name}: trained {rec.get('version')}"
                           f"{' (promoted)' if rec.get('promoted') else ''} in "
                           f"{time.monotonic() - t0:.1f}s")
                 return True
+            metrics.JOBS.labels(outcome="attempt_failed").inc()
             if rc == 0:
                 error = "the job exited 0 but recorded nothing"
             log.warning("window %s attempt %d/%d failed: %s (log %s)", name, attempt, attempts,
@@ -187,7 +193,33 @@ class Runner:
         self.registry.record_window(name, status="failed", attempts=attempts, error=error,
                                     log=str(self.registry.log_path(name, attempts)))
         self.echo(f"{name}: FAILED after {attempts} attempt(s): {error}")
+        metrics.JOBS.labels(outcome="failed").inc()
         return False
+
+    def _export_metrics(self, version: str | None) -> None:
+        """Champion metrics on the window (prequential) and drift flags, as gauges."""
+        if not version:
+            return
+        try:
+            m = self.registry.metrics(version)
+        except (OSError, ValueError) as e:
+            log.warning("no metrics for %s: %s", version, e)
+            return
+        champion = self.registry.champion()
+        if champion:
+            metrics.CHAMPION_VERSION.set(int(champion.lstrip("v")))
+        preq = m.get("prequential") or {}
+        for name, value in (preq.get("overall") or {}).items():
+            if isinstance(value, (int, float)) and value == value:
+                metrics.CHAMPION_METRIC.labels(metric=name, slice="overall").set(value)
+        for feature, values in (preq.get("slices") or {}).items():
+            for value_name, ms in values.items():
+                for name, value in ms.items():
+                    if isinstance(value, (int, float)) and value == value:
+                        metrics.CHAMPION_METRIC.labels(
+                            metric=name, slice=f"{feature}={value_name}").set(value)
+        for feature, d in ((m.get("drift") or {}).get("features") or {}).items():
+            metrics.DRIFT_FLAGGED.labels(feature=feature).set(1 if d.get("flagged") else 0)
 
 
 def run_until_idle(config: PipelineConfig, *, idle_s: float = 2.0,

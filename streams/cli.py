@@ -126,6 +126,22 @@ def datasets(config_path: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("-c", "--config", "config_path", required=True, type=click.Path(exists=True))
+@click.option("--broker", envvar="DLABEL_BROKER", help=BROKER_HELP)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option("--no-broker", is_flag=True, help="leave out lag and watermark (no broker needed)")
+def status(config_path: str, broker: Optional[str], as_json: bool, no_broker: bool) -> None:
+    """One screen for an operator: lag, watermark, windows, jobs, champion."""
+    from streams.status import collect_status, format_status
+    cfg = _config(config_path, broker)
+    try:
+        s = collect_status(cfg, broker=not no_broker)
+    except DlabelError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(json.dumps(s, indent=2, default=str) if as_json else format_status(s))
+
+
+@main.command()
 @click.option("--requests", "n_requests", default=24000, show_default=True,
               help="requests over one simulated day")
 @click.option("--seed", default=1, show_default=True)

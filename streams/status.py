@@ -1,0 +1,151 @@
+"""`dlabel status`: one screen for an operator, or JSON for scripts.
+
+Everything is read from where it already lives - consumer-group offsets and topic ends
+on the broker, the join's watermark reports, the dataset's manifests, the model
+registry - so status works whether or not the pipeline is running.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+from kafka import KafkaAdminClient
+from kafka.structs import TopicPartition
+
+from schemas.config import PipelineConfig
+from schemas.dataset_schema import iso_utc
+from streams import kafka_clients
+from streams.sink import sink_group
+from streams.storage import open_storage
+from streams.tail import read_topic
+from streams.tansu_quirks import fetch_end_offsets
+from streams.watermark_reports import DRAINED, decode_report, input_names
+from streams.window_manifest import list_windows
+
+
+def join_group(config: PipelineConfig) -> str:
+    """The join workers' consumer group (the Faust app id)."""
+    from streams.worker import app_id
+    return app_id(config)
+
+
+def consumer_lag(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Committed offset, end offset and lag per partition for the join and the sink."""
+    t = config.topics
+    wanted = {join_group(config): [t.requests, t.feedback], sink_group(config): [t.labeled]}
+    tps = [TopicPartition(topic, p) for topics in wanted.values() for topic in topics
+           for p in range(t.partitions)]
+    ends = asyncio.run(fetch_end_offsets(config.bootstrap_servers, tps))
+    admin = KafkaAdminClient(bootstrap_servers=config.bootstrap_servers,
+                             client_id="dlabel-status", **kafka_clients.kafka_python())
+    rows = []
+    try:
+        for group, topics in wanted.items():
+            committed = admin.list_group_offsets(group).get(group, {}) or {}
+            for topic in topics:
+                for p in range(t.partitions):
+                    tp = TopicPartition(topic, p)
+                    meta = committed.get(tp)
+                    offset = meta.offset if meta is not None and meta.offset >= 0 else None
+                    end = ends.get(tp)
+                    rows.append({"group": group, "topic": topic, "partition": p,
+                                 "committed": offset, "end": end,
+                                 "lag": None if end is None else end - (offset or 0)})
+    finally:
+        admin.close()
+    return rows
+
+
+def join_watermark(config: PipelineConfig) -> dict[str, Any]:
+    """The join's closed time as reported to the sink: per input and the minimum."""
+    latest: dict[str, int] = {}
+    for rec in read_topic(config.bootstrap_servers, config.topics.watermarks, idle_timeout_s=1.0):
+        try:
+            name, closed, _ = decode_report(rec.value)
+        except ValueError:
+            continue
+        latest[name] = max(closed, latest.get(name, closed))
+    missing = [n for n in input_names(config) if n not in latest]
+    low = None if missing else min(latest.values())
+    return {"closed_ms": low, "closed": _time(low), "inputs": {k: _time(v) for k, v in
+                                                               sorted(latest.items())},
+            "unreported_inputs": missing}
+
+
+def _time(ms: Optional[int]) -> Optional[str]:
+    if ms is None:
+        return None
+    return "drained" if ms >= DRAINED else iso_utc(ms)
+
+
+def models_status(config: PipelineConfig) -> dict[str, Any]:
+    """Champion version, the last job and the champion's latest prequential metrics."""
+    from jobs.registry import Registry
+    reg = Registry(config.model.path)
+    records = reg.window_records()
+    last = records[max(records)] if records else None
+    failed = sorted(w for w, r in records.items() if r.get("status") == "failed")
+    out: dict[str, Any] = {"champion": reg.champion(), "versions": len(reg.versions()),
+                           "last_job": last, "failed_windows": failed, "latest_metrics": None}
+    trained = [r for r in records.values() if r.get("status") == "trained" and r.get("version")]
+    if trained:
+        newest = max(trained, key=lambda r: r["window"])
+        metrics = reg.metrics(newest["version"])
+        out["latest_metrics"] = {"window": newest["window"],
+                                 "champion_on_window": (metrics.get("prequential") or {}).get("overall")}
+    return out
+
+
+def collect_status(config: PipelineConfig, broker: bool = True) -> dict[str, Any]:
+    """The whole status; ``broker=False`` leaves out what needs the broker."""
+    windows = list_windows(open_storage(config.dataset.path))
+    closed = [w for w in windows if w["status"] == "closed"]
+    status: dict[str, Any] = {
+        "pipeline": config.pipeline,
+        "windows": {"open": sum(1 for w in windows if w["status"] == "open"),
+                    "closed": len(closed),
+                    "last_closed": closed[-1]["window_start"] if closed else None,
+                    "rows_closed": sum(w["rows"] or 0 for w in closed)},
+        "models": models_status(config),
+    }
+    if broker:
+        status["lag"] = consumer_lag(config)
+        status["watermark"] = join_watermark(config)
+    return status
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """The status as a few aligned blocks of text."""
+    lines = [f"pipeline {s['pipeline']}"]
+    if "watermark" in s:
+        wm = s["watermark"]
+        extra = f" (not yet reported: {', '.join(wm['unreported_inputs'])})" \
+            if wm["unreported_inputs"] else ""
+        lines.append(f"join watermark (closed time): {wm['closed'] or '-'}{extra}")
+    if "lag" in s:
+        lines.append("")
+        lines.append(f"{'group':<28} {'topic':<28} {'part':>4} {'committed':>10} {'end':>10} {'lag':>8}")
+        for r in s["lag"]:
+            lines.append(f"{r['group']:<28} {r['topic']:<28} {r['partition']:>4} "
+                         f"{_n(r['committed']):>10} {_n(r['end']):>10} {_n(r['lag']):>8}")
+    w = s["windows"]
+    lines += ["", f"windows: {w['closed']} closed ({w['rows_closed']} rows), {w['open']} open; "
+                  f"last closed {w['last_closed'] or '-'}"]
+    m = s["models"]
+    lines.append(f"champion: {m['champion'] or '-'} of {m['versions']} version(s)")
+    if m["last_job"]:
+        j = m["last_job"]
+        lines.append(f"last job: window {j['window']} {j.get('status')} "
+                     f"{j.get('version') or ''}{' (promoted)' if j.get('promoted') else ''}")
+    if m["failed_windows"]:
+        lines.append(f"failed windows: {', '.join(m['failed_windows'])}")
+    if m["latest_metrics"] and m["latest_metrics"]["champion_on_window"]:
+        o = m["latest_metrics"]["champion_on_window"]
+        shown = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in o.items())
+        lines.append(f"champion on {m['latest_metrics']['window']}: {shown}")
+    return "\n".join(lines)
+
+
+def _n(v: Optional[int]) -> str:
+    return "-" if v is None else str(v)
