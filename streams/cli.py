@@ -27,10 +27,12 @@ def _config(path: str, broker: Optional[str]):
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="log at INFO")
-def main(verbose: bool) -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              envvar="DLABEL_LOG_FORMAT", help="text (default) or one JSON object per line")
+def main(verbose: bool, log_format: Optional[str]) -> None:
     """dlabel: label inference requests with their feedback, on Kafka."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from streams.logs import setup_logging
+    setup_logging(logging.INFO if verbose else logging.WARNING, log_format)
 
 
 @main.command()

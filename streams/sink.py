@@ -253,7 +253,8 @@ def run_sink(config: PipelineConfig, drain: bool = False, parent_pid: Optional[i
 def sink_process_main(config: PipelineConfig, drain: bool, loglevel: str, conn,
                       metrics_port: Optional[int] = None) -> None:
     """Entry point of the sink as a child process of ``dlabel worker`` (spawned)."""
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from streams.logs import setup_logging
+    setup_logging(loglevel)
     try:
         summary = run_sink(config, drain=drain, parent_pid=os.getppid(),
                            metrics_port=metrics_port)
