@@ -82,11 +82,16 @@ class Window:
 def open_window(root: str | Path, start_ms: int, manifest: str | Path | None = None) -> Window:
     """The closed window starting at ``start_ms`` under ``root`` (DatasetError if not closed).
 
-    ``manifest`` (e.g. from a windows-topic event) overrides where the manifest is.
+    ``manifest`` (e.g. from a windows-topic event) must name the window's own manifest
+    under ``root``: an event cannot make a job read anything else (DatasetError).
     """
-    mpath = Path(manifest) if manifest else Path(root) / window_dirname(start_ms) / MANIFEST
-    if str(mpath).startswith("file://"):
-        mpath = Path(str(mpath)[7:])
+    mpath = Path(root) / window_dirname(start_ms) / MANIFEST
+    if manifest:
+        given = Path(str(manifest)[7:] if str(manifest).startswith("file://") else manifest)
+        if given.resolve() != mpath.resolve():
+            raise DatasetError(f"window {window_iso(start_ms)}: manifest {str(manifest)!r} is not "
+                               f"this window's manifest under dataset.path ({mpath}); refusing "
+                               "to read it")
     try:
         data = json.loads(mpath.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -111,7 +116,11 @@ def read_window(window: Window) -> pd.DataFrame:
     """All rows of a closed window, from the files its manifest lists, in that order."""
     frames = []
     for entry in window.manifest["files"]:
-        path = window.path / entry["path"]
+        name = str(entry["path"])
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise DatasetError(f"window {window.name}: manifest file name {name!r} is not a "
+                               "plain file name in the window directory")
+        path = window.path / name
         try:
             table = pq.read_table(path)
         except (OSError, ValueError) as e:
