@@ -1,0 +1,257 @@
+"""The join worker's batch loop: input records in, labeled examples out, state and offsets kept.
+
+``JoinRunner`` reads the two input topics in large batches with its own ``InputFeed``
+(assigned the input partitions Faust's group gives this worker), runs them through the
+pure ``JoinProcessor`` and commits each batch with ``_commit_batch`` (see there for the
+order of its steps). Faust owns the group, the rebalances and the changelog-backed
+state table; on every rebalance the runner stops reading, finishes the batch in flight,
+and after Faust's table recovery reloads the join from the table and reads on from the
+committed offsets.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable, Optional
+
+from aiokafka.structs import TopicPartition
+from faust.utils import json as faust_json
+
+from schemas.records import dead_letter, encode_labeled
+from streams.input_feed import InputFeed, commit_input_offsets, pause_in_faust
+from streams.join import DONE, EARLY, PENDING, DeadLetterOut, LabeledOut
+from streams.processor import FEEDBACK, REQUESTS, JoinProcessor
+from streams.publisher import BatchPublisher
+from streams.state_store import store_writer
+
+log = logging.getLogger("dlabel.worker")
+
+KIND_PREFIX = {PENDING: "p:", EARLY: "e:", DONE: "d:"}
+
+#: ``await hook(runner, publisher)`` after a batch's outputs were acked, before its state
+#: is written (e.g. watermark markers for a downstream sink); records it adds to the
+#: publisher are acked before the state write too.
+AfterOutputsHook = Callable[["JoinRunner", BatchPublisher], Awaitable[None]]
+
+
+class JoinRunner:
+    """Glue between Faust (group, table), the input feed and the pure JoinProcessor."""
+
+    def __init__(self, config, opts, app, table, pii, clock) -> None:
+        self.config, self.opts, self.app, self.table = config, opts, app, table
+        self.pii, self.clock = pii, clock
+        topics = config.topics
+        self.roles = {topics.requests: REQUESTS, topics.feedback: FEEDBACK}
+        self.proc = JoinProcessor(config, pii, clock)
+        self.feed = InputFeed(opts.bootstrap, client_id=f"dlabel-{config.pipeline}-input")
+        self.lock = asyncio.Lock()
+        self.ready = False       # state loaded and feed assigned for the current assignment
+        self.generation = 0      # bumped by every rebalance callback
+        self.positions: dict[TopicPartition, int] = {}  # next offset to read, per input
+        self.committed: dict[TopicPartition, int] = {}
+        self.after_outputs: list[AfterOutputsHook] = []
+        self.drained = False
+        self.sent_labeled = 0
+        self.batches = 0
+        self.first_event_at: Optional[float] = None  # monotonic, for throughput figures
+        self.last_event_at: Optional[float] = None
+        self.on_drained: Optional[Callable[[], None]] = None
+
+    # ------------------------------------------------------------- rebalances
+    async def on_revoked(self) -> None:
+        """Faust is revoking partitions: stop reading; let the batch in flight finish."""
+        self.generation += 1
+        self.ready = False
+        async with self.lock:  # the batch in flight commits (or fails to) first
+            self.feed.unassign()
+
+    def on_assigned(self) -> None:
+        """Faust has a new assignment: the next batch waits for its table recovery."""
+        self.generation += 1
+        self.ready = False
+
+    async def _become_ready(self) -> bool:
+        """After table recovery: rebuild the join from the table, assign the feed."""
+        app = self.app
+        if not app.tables.actives_ready or app.rebalancing:
+            return False
+        generation = self.generation
+        async with self.lock:
+            if generation != self.generation:
+                return False
+            self._reload()
+            consumer = app.consumer
+            committed = consumer._committed_offset  # refreshed by Faust's seek after recovery
+            positions = {}
+            for tp in consumer.assignment():
+                if tp.topic in self.roles:
+                    ktp = TopicPartition(tp.topic, tp.partition)
+                    positions[ktp] = committed.get(tp) or None
+            await self.feed.assign(positions)
+            await pause_in_faust(consumer, positions)
+            self.positions = {tp: off or 0 for tp, off in positions.items()}
+            self.committed = dict(self.positions)
+            self.ready = generation == self.generation
+            log.info("reading inputs from %s", {f"{tp.topic}:{tp.partition}": off
+                                                for tp, off in positions.items()})
+            return self.ready
+
+    def _reload(self) -> None:
+        """Rebuild the in-memory join from the recovered table."""
+        self.proc = JoinProcessor(self.config, self.pii, self.clock)
+        assigned = {(self.roles[tp.topic], tp.partition)
+                    for tp in self.app.consumer.assignment() if tp.topic in self.roles}
+        self.proc.watermark.assign(assigned)
+        kinds = {v: k for k, v in KIND_PREFIX.items()}
+        n = 0
+        for key, value in self.table.data.items():
+            kind = kinds.get(key[:2])
+            if kind is not None and value is not None:  # None: a deleted key
+                self.proc.join.restore(kind, key[2:], value)
+                n += 1
+        log.info("join state loaded: %d entries, inputs %s", n, sorted(assigned))
+
+    # ------------------------------------------------------------- the loop
+    async def run(self) -> None:
+        """Read and process input batches until the app stops."""
+        await self.feed.start()
+        try:
+            while not self.app.should_stop:
+                if not self.ready and not await self._become_ready():
+                    await asyncio.sleep(0.05)
+                    continue
+                generation = self.generation
+                records = await self.feed.getmany(timeout_ms=200,
+                                                  max_records=self.opts.batch_size)
+                if not records:
+                    continue
+                async with self.lock:
+                    if generation != self.generation or not self.ready:
+                        continue  # fetched before a rebalance: nothing done, read again later
+                    await self._on_records(records)
+        finally:
+            await self.feed.stop()
+
+    async def _on_records(self, records: dict) -> None:
+        now = time.monotonic()
+        self.batches += 1
+        if self.first_event_at is None:
+            self.first_event_at = now
+        outputs = []
+        process = self.proc.process_batch
+        positions = self.positions
+        for tp, recs in records.items():
+            outputs.extend(process(self.roles[tp.topic], tp.partition, recs))
+            positions[tp] = recs[-1].offset + 1
+        self._update_caught_up()
+        outputs.extend(self.proc.tick())
+        await self._commit_batch(outputs)
+        self.last_event_at = time.monotonic()
+
+    async def on_timer(self) -> None:
+        """Idle inputs and the drain: finalize what the clock alone closes."""
+        if not self.ready:
+            return
+        async with self.lock:
+            if not self.ready:
+                return
+            self._update_caught_up()
+            outputs = self.proc.tick()
+            if (self.opts.drain and not self.drained
+                    and self.proc.watermark.all_caught_up(self.opts.drain_quiet_ms)):
+                outputs.extend(self.proc.drain())
+                self.drained = True
+                log.info("draining at input ends %s", {
+                    f"{tp.topic}:{tp.partition}": (self.feed.highwater(tp), off)
+                    for tp, off in self.positions.items()})
+            if outputs or self.proc.join._dirty or self.committed != self.positions:
+                await self._commit_batch(outputs)
+        if self.drained:
+            log.info("drained: all input consumed, every pending request finalized")
+            await self.app.producer.flush()
+            if self.on_drained is not None:
+                self.on_drained()
+
+    def _update_caught_up(self) -> None:
+        """Tell the watermark which inputs have reached their end (only those may idle).
+
+        The end is the high watermark of our feed's last fetch (right on every broker,
+        unlike ListOffsets on Tansu); the position is what this worker has processed.
+        """
+        set_caught_up = self.proc.watermark.set_caught_up
+        for tp, position in self.positions.items():
+            hw = self.feed.highwater(tp)
+            set_caught_up(self.roles[tp.topic], tp.partition, hw is not None and position >= hw)
+
+    # ------------------------------------------------------------- commit
+    async def _commit_batch(self, outputs) -> None:
+        """Make one batch durable, in this order (a crash anywhere replays the batch):
+
+        1. publish the labeled examples and dead letters, wait until the broker acked them;
+        2. run the ``after_outputs`` hooks (e.g. watermark markers), acked likewise;
+        3. write the state the batch changed to the table and its changelog, wait for
+           the changelog acks (RocksDB: then record the changelog offsets persisted);
+        4. commit the input offsets through Faust's group member.
+
+        State written in 3 only reflects outputs acked in 1-2, so a replayed request
+        whose label was already sent is sent again as an identical copy; offsets
+        committed in 4 only cover batches whose state is durable.
+        """
+        pub = BatchPublisher(self.app.producer._producer)
+        await self._publish(pub, outputs)
+        await pub.flush()
+        for hook in self.after_outputs:
+            await hook(self, pub)
+            await pub.flush()
+        self._persist(pub)
+        last = await pub.flush()
+        self._mark_persisted(last)
+        offsets = {tp: off for tp, off in self.positions.items()
+                   if self.committed.get(tp) != off}
+        if offsets and await commit_input_offsets(self.app.consumer, offsets):
+            self.committed.update(offsets)
+
+    async def _publish(self, pub: BatchPublisher, outputs) -> None:
+        topics = self.config.topics
+        labeled, add = topics.labeled, pub.add
+        for o in outputs:
+            if type(o) is LabeledOut:
+                ex = o.example
+                add(labeled, o.partition, ex["request_id"].encode(), encode_labeled(ex))
+                self.sent_labeled += 1
+            elif type(o) is DeadLetterOut:
+                src = o.source
+                topic = topics.requests if src.role == REQUESTS else topics.feedback
+                await pub.add_any_partition(topics.dead_letter, None, dead_letter(
+                    o.reason, o.detail, topic, src.partition, src.offset, o.original))
+
+    def _persist(self, pub: BatchPublisher) -> None:
+        """Queue the changed join state: written to the table's store and its changelog.
+
+        The watermark is not persisted: after a restart it is rebuilt from the replayed
+        input, so a record read again is never judged late against a watermark that its
+        first reading had already moved.
+        """
+        dirty = self.proc.join.take_dirty()
+        if not dirty:
+            return
+        write = store_writer(self.table.data)
+        changelog = self.table.changelog_topic.get_topic_name()
+        dumps = faust_json.dumps  # the bytes Faust's json serializer writes
+        add = pub.add
+        for (kind, key), (partition, value) in dirty.items():
+            tkey = KIND_PREFIX[kind] + key
+            write(partition, tkey, value)
+            add(changelog, partition, dumps(tkey), dumps(value))
+
+    def _mark_persisted(self, last: dict) -> None:
+        """RocksDB: remember the changelog offsets the store now holds (as Faust does)."""
+        set_offset = getattr(self.table.data, "set_persisted_offset", None)
+        changelog = self.table.changelog_topic.get_topic_name()
+        if set_offset is None or not hasattr(self.table.data, "_db_for_partition"):
+            return
+        from faust.types import TP
+        for (topic, partition), offset in last.items():
+            if topic == changelog:
+                set_offset(TP(topic, partition), offset)
