@@ -7,9 +7,12 @@ code of DESIGN.md; PII values are never quoted in error details.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
+
+import orjson
 
 from schemas.config import PipelineConfig
 from schemas.errors import ConfigError, EventError
@@ -188,14 +191,27 @@ def _number(v: Any, field: str) -> float | None:
     raise EventError("bad_type", f"{field}: {_short(v)} is not a finite number or null")
 
 
+#: 19+ digits in a row: maybe an integer beyond 64 bits, which orjson reads as a float.
+_LONG_NUMBER = re.compile(rb"[0-9]{19}").search
+
+
 def _load(raw: bytes) -> dict[str, Any]:
     if raw is None:
         raise EventError("malformed_json", "empty value (tombstone); expected a JSON object")
-    try:
-        text = raw if type(raw) is str else str(raw, "utf-8")
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
-        raise EventError("malformed_json", str(e)[:200]) from None
+    obj = None
+    # Fast path: orjson. Where it would differ from json (NaN, 1e400, lone surrogates,
+    # integers beyond 64 bits) it raises or the digit scan skips it, and json decides.
+    if type(raw) is bytes and _LONG_NUMBER(raw) is None:
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            obj = None
+    if obj is None:
+        try:
+            text = raw if type(raw) is str else str(raw, "utf-8")
+            obj = json.loads(text)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            raise EventError("malformed_json", str(e)[:200]) from None
     if type(obj) is not dict:
         raise EventError("malformed_json", f"{type(obj).__name__} is not a JSON object")
     return obj

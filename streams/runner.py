@@ -16,18 +16,19 @@ import time
 from typing import Awaitable, Callable, Optional
 
 from aiokafka.structs import TopicPartition
-from faust.utils import json as faust_json
+import orjson
 
 from schemas.records import dead_letter, encode_labeled
 from streams.input_feed import InputFeed, commit_input_offsets, pause_in_faust
-from streams.join import DONE, EARLY, PENDING, DeadLetterOut, LabeledOut
+from streams.join import DONE, EARLY, PENDING, REQUEST, DeadLetterOut, LabeledOut
 from streams.processor import FEEDBACK, REQUESTS, JoinProcessor
 from streams.publisher import BatchPublisher
 from streams.state_store import store_writer
 
 log = logging.getLogger("dlabel.worker")
 
-KIND_PREFIX = {PENDING: "p:", EARLY: "e:", DONE: "d:"}
+#: Table key prefixes per kind of join state (``p:`` and ``d:``: older layout, still read).
+KIND_PREFIX = {REQUEST: "r:", EARLY: "e:", PENDING: "p:", DONE: "d:"}
 
 #: ``await hook(runner, publisher)`` after a batch's outputs were acked, before its state
 #: is written (e.g. watermark markers for a downstream sink); records it adds to the
@@ -238,10 +239,11 @@ class JoinRunner:
             return
         write = store_writer(self.table.data)
         changelog = self.table.changelog_topic.get_topic_name()
-        dumps = faust_json.dumps  # the bytes Faust's json serializer writes
-        add = pub.add
-        for (kind, key), (partition, value) in dirty.items():
-            tkey = KIND_PREFIX[kind] + key
+        add, dumps, prefix = pub.add, orjson.dumps, KIND_PREFIX
+        # orjson.dumps writes what Faust's json serializer (orjson-backed) writes for
+        # these plain values, so Faust's recovery reads the records back as its own.
+        for kind, key, partition, value in dirty:
+            tkey = prefix[kind] + key
             write(partition, tkey, value)
             add(changelog, partition, dumps(tkey), dumps(value))
 
