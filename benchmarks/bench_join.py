@@ -66,8 +66,12 @@ async def raw_consume(bootstrap: str, topics: list[str]) -> tuple[int, float]:
 
 
 def run_worker(config_path: Path, log: Path) -> tuple[dict, float]:
-    """`dlabel worker --drain` in a child; (summary, peak RSS MiB of the child)."""
-    env = {**os.environ, "DLABEL_PII_KEY": PII_KEY}
+    """`dlabel worker --drain` in a child; (summary, peak RSS MiB of the child).
+
+    The summary gets ``seconds``: where the worker's batch loop spent its time.
+    """
+    stats = log.with_suffix(".stats.json")
+    env = {**os.environ, "DLABEL_PII_KEY": PII_KEY, "DLABEL_WORKER_STATS": str(stats)}
     with open(log, "wb") as out:
         proc = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "-c",
                                str(config_path), "--drain", "--batch-size", "5000"],
@@ -77,7 +81,10 @@ def run_worker(config_path: Path, log: Path) -> tuple[dict, float]:
         raise SystemExit(f"worker failed ({proc.returncode}):\n" + "\n".join(text[-30:]))
     last = text[-1]
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return json.loads(last[last.index("{"):]), rss
+    summary = json.loads(last[last.index("{"):])
+    if stats.exists():
+        summary["seconds"] = json.loads(stats.read_text())["seconds"]
+    return summary, rss
 
 
 def pending_memory(config, n: int) -> float:
@@ -138,7 +145,10 @@ def main() -> None:
                    "labeled": summary["labeled_sent"]}
             row["ratio"] = row["join_eps"] / row["raw_eps"]
             rows.append(row)
-            print(json.dumps({"run": run, **{k: round(v, 3) for k, v in row.items()}}), flush=True)
+            print(json.dumps({"run": run, **{k: round(v, 3) for k, v in row.items()},
+                              "busy_s": summary["busy_seconds"],
+                              "steps_s": {k: round(v, 2) for k, v in
+                                          summary.get("seconds", {}).items()}}), flush=True)
         mem = pending_memory(cfg, args.pending)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print(f"\n| metric (median of {len(rows)} runs, {args.requests} requests, "

@@ -7,7 +7,6 @@ code of DESIGN.md; PII values are never quoted in error details.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -191,21 +190,38 @@ def _number(v: Any, field: str) -> float | None:
     raise EventError("bad_type", f"{field}: {_short(v)} is not a finite number or null")
 
 
-#: 19+ digits in a row: maybe an integer beyond 64 bits, which orjson reads as a float.
-_LONG_NUMBER = re.compile(rb"[0-9]{19}").search
+def _maybe_huge_int(obj: Any) -> bool:
+    """Whether orjson may have read an integer beyond 64 bits (it makes those floats).
+
+    A float that large is rare in real events; then ``json`` parses the record again.
+    """
+    for v in (obj.values() if type(obj) is dict else obj):
+        t = type(v)
+        if t is float:
+            if not -9.2e18 < v < 9.2e18:
+                return True
+        elif (t is dict or t is list) and _maybe_huge_int(v):
+            return True
+    return False
 
 
 def _load(raw: bytes) -> dict[str, Any]:
     if raw is None:
         raise EventError("malformed_json", "empty value (tombstone); expected a JSON object")
     obj = None
-    # Fast path: orjson. Where it would differ from json (NaN, 1e400, lone surrogates,
-    # integers beyond 64 bits) it raises or the digit scan skips it, and json decides.
-    if type(raw) is bytes and _LONG_NUMBER(raw) is None:
+    # Fast path: orjson. Where it would differ from json (NaN, 1e400, lone surrogates:
+    # it raises; integers beyond 64 bits: it makes floats) json parses the record again.
+    if type(raw) is bytes:
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
             obj = None
+        else:
+            try:
+                if (type(obj) is dict or type(obj) is list) and _maybe_huge_int(obj):
+                    obj = None
+            except RecursionError:  # deeper than Python's stack: json decides
+                obj = None
     if obj is None:
         try:
             text = raw if type(raw) is str else str(raw, "utf-8")
