@@ -47,17 +47,21 @@ class BatchPublisher:
         """Send one record to a partition the producer's partitioner chooses (rare records)."""
         self._loose.append(await self._producer.send(topic, value=value, key=key))
 
-    async def flush(self) -> dict[tuple[str, int], int]:
-        """Send what is open, wait for every ack; ``{(topic, partition): last offset}``.
-
-        Raises the producer's error if any batch failed (nothing is committed then).
-        """
+    async def send(self) -> None:
+        """Hand every queued record to the producer now, without waiting for acks."""
         full, self._full = self._full, []
         full.extend((tp, batch, n) for tp, (batch, n) in self._open.items() if n)
         self._open.clear()
         for tp, batch, n in full:
             fut = await self._producer.send_batch(batch, tp[0], partition=tp[1])
             self._pending.append((tp, n, fut))
+
+    async def flush(self) -> dict[tuple[str, int], int]:
+        """Send what is queued, wait for every ack; ``{(topic, partition): last offset}``.
+
+        Raises the producer's error if any batch failed (nothing is committed then).
+        """
+        await self.send()
         pending, self._pending = self._pending, []
         loose, self._loose = self._loose, []
         if not pending and not loose:

@@ -1,12 +1,13 @@
-"""The join worker's batch loop: input records in, labeled examples out, state and offsets kept.
+"""The join worker's batch loop: input records in, labeled examples out.
 
 ``JoinRunner`` reads the two input topics in large batches with its own ``InputFeed``
 (assigned the input partitions Faust's group gives this worker), runs them through the
-pure ``JoinProcessor`` and commits each batch with ``_commit_batch`` (see there for the
-order of its steps). Faust owns the group, the rebalances and the changelog-backed
-state table; on every rebalance the runner stops reading, finishes the batch in flight,
-and after Faust's table recovery reloads the join from the table and reads on from the
-committed offsets.
+pure ``JoinProcessor`` and hands each processed batch to the ``BatchCommitter``, which
+makes it durable in order (outputs acked, then state, then offsets) while the next
+batch is processed. Faust owns the group, the rebalances and the changelog-backed
+state table; on every rebalance the runner stops reading, lets the batches in flight
+finish, and after Faust's table recovery reloads the join from the table and reads on
+from the committed offsets.
 """
 from __future__ import annotations
 
@@ -16,28 +17,21 @@ import logging
 import os
 import time
 from collections import defaultdict
-from typing import Awaitable, Callable, Optional
+from typing import Callable, Optional
 
 from aiokafka.structs import TopicPartition
-import orjson
 
 from schemas.records import dead_letter, encode_labeled
-from streams.input_feed import InputFeed, commit_input_offsets, pause_in_faust
+from streams.batch_commit import Batch, BatchCommitter, encode_changes
+from streams.input_feed import InputFeed, pause_in_faust
 from streams.join import DONE, EARLY, PENDING, REQUEST, DeadLetterOut, LabeledOut
 from streams.processor import FEEDBACK, REQUESTS, JoinProcessor
 from streams.publisher import BatchPublisher
-from streams.state_store import store_writer
 
 log = logging.getLogger("dlabel.worker")
 
 #: Table key prefixes per kind of join state (``p:`` and ``d:``: older layout, still read).
 KIND_PREFIX = {REQUEST: "r:", EARLY: "e:", PENDING: "p:", DONE: "d:"}
-
-#: ``await hook(runner, publisher)`` after a batch's outputs were acked, before its state
-#: is written (e.g. watermark markers for a downstream sink); records it adds to the
-#: publisher are acked before the state write too.
-AfterOutputsHook = Callable[["JoinRunner", BatchPublisher], Awaitable[None]]
-
 
 class JoinRunner:
     """Glue between Faust (group, table), the input feed and the pure JoinProcessor."""
@@ -53,24 +47,27 @@ class JoinRunner:
         self.ready = False       # state loaded and feed assigned for the current assignment
         self.generation = 0      # bumped by every rebalance callback
         self.positions: dict[TopicPartition, int] = {}  # next offset to read, per input
-        self.committed: dict[TopicPartition, int] = {}
-        self.after_outputs: list[AfterOutputsHook] = []
         self.drained = False
         self.sent_labeled = 0
         self.batches = 0
         self.first_event_at: Optional[float] = None  # monotonic, for throughput figures
         self.last_event_at: Optional[float] = None
         self.on_drained: Optional[Callable[[], None]] = None
-        #: seconds spent per step of the batch loop (see ``_commit_batch``), for profiling
+        #: seconds spent per step of the batch loop, for profiling
         self.seconds: dict[str, float] = defaultdict(float)
+        self.committer = BatchCommitter(app, table, self.seconds)
+        self.committer.on_input_durable = self._input_durable
+        #: hooks run after each batch's outputs were acked (see ``BatchCommitter``)
+        self.after_outputs = self.committer.after_outputs
 
     # ------------------------------------------------------------- rebalances
     async def on_revoked(self) -> None:
         """Faust is revoking partitions: stop reading; let the batch in flight finish."""
         self.generation += 1
         self.ready = False
-        async with self.lock:  # the batch in flight commits (or fails to) first
+        async with self.lock:  # the batch being processed is submitted first
             self.feed.unassign()
+            await self.committer.wait()  # and every batch in flight is durable
 
     def on_assigned(self) -> None:
         """Faust has a new assignment: the next batch waits for its table recovery."""
@@ -86,6 +83,7 @@ class JoinRunner:
         async with self.lock:
             if generation != self.generation:
                 return False
+            await self.committer.wait()
             self._reload()
             consumer = app.consumer
             committed = consumer._committed_offset  # refreshed by Faust's seek after recovery
@@ -97,7 +95,7 @@ class JoinRunner:
             await self.feed.assign(positions)
             await pause_in_faust(consumer, positions)
             self.positions = {tp: off or 0 for tp, off in positions.items()}
-            self.committed = dict(self.positions)
+            self.committer.committed = dict(self.positions)
             self.ready = generation == self.generation
             log.info("reading inputs from %s", {f"{tp.topic}:{tp.partition}": off
                                                 for tp, off in positions.items()})
@@ -143,10 +141,9 @@ class JoinRunner:
             await self.feed.stop()
 
     async def _on_records(self, records: dict) -> None:
-        now = time.monotonic()
-        self.batches += 1
         if self.first_event_at is None:
-            self.first_event_at = now
+            self.first_event_at = time.monotonic()
+        self.batches += 1
         t0 = time.perf_counter()
         outputs = []
         process = self.proc.process_batch
@@ -154,10 +151,27 @@ class JoinRunner:
         for tp, recs in records.items():
             outputs.extend(process(self.roles[tp.topic], tp.partition, recs))
             positions[tp] = recs[-1].offset + 1
+            await asyncio.sleep(0)  # let acks and fetches in flight progress
         self._update_caught_up()
         outputs.extend(self.proc.tick())
         self.seconds["process"] += time.perf_counter() - t0
-        await self._commit_batch(outputs)
+        await self._submit(outputs, from_input=True)
+
+    async def _submit(self, outputs, from_input: bool) -> None:
+        """Encode the batch's outputs and state changes; hand them to the committer."""
+        t0 = time.perf_counter()
+        pub = self.committer.publisher()
+        await self._publish(pub, outputs)
+        t1 = time.perf_counter()
+        changes = encode_changes(self.proc.join.take_dirty(), KIND_PREFIX)
+        t2 = time.perf_counter()
+        self.seconds["publish"] += t1 - t0
+        self.seconds["persist"] += t2 - t1
+        batch = Batch(changes, dict(self.positions), self.proc.watermark.last,
+                      from_input=from_input)
+        await self.committer.submit(batch, pub)
+
+    def _input_durable(self) -> None:
         self.last_event_at = time.monotonic()
 
     async def on_timer(self) -> None:
@@ -176,8 +190,10 @@ class JoinRunner:
                 log.info("draining at input ends %s", {
                     f"{tp.topic}:{tp.partition}": (self.feed.highwater(tp), off)
                     for tp, off in self.positions.items()})
-            if outputs or self.proc.join._dirty or self.committed != self.positions:
-                await self._commit_batch(outputs)
+            if outputs or self.proc.join._dirty or self.committer.committed != self.positions:
+                await self._submit(outputs, from_input=False)
+            if self.drained:
+                await self.committer.wait()
         if self.drained:
             log.info("drained: all input consumed, every pending request finalized")
             path = os.environ.get("DLABEL_WORKER_STATS")
@@ -199,46 +215,7 @@ class JoinRunner:
             hw = self.feed.highwater(tp)
             set_caught_up(self.roles[tp.topic], tp.partition, hw is not None and position >= hw)
 
-    # ------------------------------------------------------------- commit
-    async def _commit_batch(self, outputs) -> None:
-        """Make one batch durable, in this order (a crash anywhere replays the batch):
-
-        1. publish the labeled examples and dead letters, wait until the broker acked them;
-        2. run the ``after_outputs`` hooks (e.g. watermark markers), acked likewise;
-        3. write the state the batch changed to the table and its changelog, wait for
-           the changelog acks (RocksDB: then record the changelog offsets persisted);
-        4. commit the input offsets through Faust's group member.
-
-        State written in 3 only reflects outputs acked in 1-2, so a replayed request
-        whose label was already sent is sent again as an identical copy; offsets
-        committed in 4 only cover batches whose state is durable.
-        """
-        clock, seconds = time.perf_counter, self.seconds
-        t0 = clock()
-        pub = BatchPublisher(self.app.producer._producer)
-        await self._publish(pub, outputs)
-        t1 = clock()
-        await pub.flush()
-        t2 = clock()
-        for hook in self.after_outputs:
-            await hook(self, pub)
-            await pub.flush()
-        t3 = clock()
-        self._persist(pub)
-        t4 = clock()
-        last = await pub.flush()
-        self._mark_persisted(last)
-        t5 = clock()
-        offsets = {tp: off for tp, off in self.positions.items()
-                   if self.committed.get(tp) != off}
-        if offsets and await commit_input_offsets(self.app.consumer, offsets):
-            self.committed.update(offsets)
-        t6 = clock()
-        for step, dt in (("publish", t1 - t0), ("outputs_acked", t2 - t1), ("hooks", t3 - t2),
-                         ("persist", t4 - t3), ("changelog_acked", t5 - t4),
-                         ("commit", t6 - t5)):
-            seconds[step] += dt
-
+    # ------------------------------------------------------------- outputs
     async def _publish(self, pub: BatchPublisher, outputs) -> None:
         topics = self.config.topics
         labeled, add = topics.labeled, pub.add
@@ -252,34 +229,3 @@ class JoinRunner:
                 topic = topics.requests if src.role == REQUESTS else topics.feedback
                 await pub.add_any_partition(topics.dead_letter, None, dead_letter(
                     o.reason, o.detail, topic, src.partition, src.offset, o.original))
-
-    def _persist(self, pub: BatchPublisher) -> None:
-        """Queue the changed join state: written to the table's store and its changelog.
-
-        The watermark is not persisted: after a restart it is rebuilt from the replayed
-        input, so a record read again is never judged late against a watermark that its
-        first reading had already moved.
-        """
-        dirty = self.proc.join.take_dirty()
-        if not dirty:
-            return
-        write = store_writer(self.table.data)
-        changelog = self.table.changelog_topic.get_topic_name()
-        add, dumps, prefix = pub.add, orjson.dumps, KIND_PREFIX
-        # orjson.dumps writes what Faust's json serializer (orjson-backed) writes for
-        # these plain values, so Faust's recovery reads the records back as its own.
-        for kind, key, partition, value in dirty:
-            tkey = prefix[kind] + key
-            write(partition, tkey, value)
-            add(changelog, partition, dumps(tkey), dumps(value))
-
-    def _mark_persisted(self, last: dict) -> None:
-        """RocksDB: remember the changelog offsets the store now holds (as Faust does)."""
-        set_offset = getattr(self.table.data, "set_persisted_offset", None)
-        changelog = self.table.changelog_topic.get_topic_name()
-        if set_offset is None or not hasattr(self.table.data, "_db_for_partition"):
-            return
-        from faust.types import TP
-        for (topic, partition), offset in last.items():
-            if topic == changelog:
-                set_offset(TP(topic, partition), offset)
