@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Optional
 
 import orjson
@@ -40,11 +40,12 @@ log = logging.getLogger("dlabel.worker")
 class Batch:
     """What one processed batch must make durable."""
 
-    changes: list            # [(partition, key bytes, value bytes, deleted)]
-    positions: dict          # {TopicPartition: next offset to read}
+    outputs: BatchPublisher   # labeled examples and dead letters (sent on submit)
+    state: BatchPublisher     # changelog records of the state it changed (sent later)
+    store_writes: list        # RocksDB only: [(partition, key bytes, value bytes or None)]
+    positions: dict           # {TopicPartition: next offset to read}
     watermark: Optional[int]  # the join's watermark after the batch
     from_input: bool = True   # False: made by the timer (idle inputs, drain)
-    outputs: Optional[BatchPublisher] = field(default=None, repr=False)
 
 
 #: ``await hook(publisher, batch)`` after a batch's outputs were acked and before its
@@ -52,15 +53,25 @@ class Batch:
 AfterOutputsHook = Callable[[BatchPublisher, Batch], Awaitable[None]]
 
 
-def encode_changes(dirty, prefix: dict) -> list:
-    """Encode ``take_dirty()`` entries as the table's changelog records.
+def encode_changes(dirty, prefix: dict, changelog: str, state: BatchPublisher,
+                   keep_for_store: bool) -> list:
+    """Queue ``take_dirty()`` entries on ``state`` as the table's changelog records.
 
     ``orjson.dumps`` writes exactly what Faust's (orjson-backed) json serializer writes
     for these plain values, so Faust's recovery reads them back as its own records.
+    The publisher copies each record into its batch at once: orjson's bytes objects
+    keep a 4 KiB buffer each, so they must not live long. With ``keep_for_store`` the
+    encoded pairs are also returned (compact copies), for a RocksDB store.
     """
-    dumps = orjson.dumps
-    return [(partition, dumps(prefix[kind] + key), dumps(value), value is None)
-            for kind, key, partition, value in dirty]
+    dumps, add = orjson.dumps, state.add
+    kept = []
+    for kind, key, partition, value in dirty:
+        k, v = dumps(prefix[kind] + key), dumps(value)
+        add(changelog, partition, k, v)
+        if keep_for_store:
+            kept.append((partition, bytes(memoryview(k)),
+                         None if value is None else bytes(memoryview(v))))
+    return kept
 
 
 class BatchCommitter:
@@ -79,11 +90,15 @@ class BatchCommitter:
         """A publisher on the app's producer."""
         return BatchPublisher(self.app.producer._producer)
 
-    async def submit(self, batch: Batch, outputs: BatchPublisher) -> None:
+    @property
+    def keeps_store(self) -> bool:
+        """Whether batches must carry their state for a local (RocksDB) store too."""
+        return hasattr(self.table.data, "_db_for_partition")
+
+    async def submit(self, batch: Batch) -> None:
         """Send the batch's outputs now; finish it after the batch before it."""
         t0 = time.perf_counter()
-        await outputs.send()
-        batch.outputs = outputs
+        await batch.outputs.send()
         await self.wait()  # at most one batch in flight
         self._inflight = task = asyncio.ensure_future(self._finish(batch))
         task.add_done_callback(self._crash_on_error)
@@ -111,8 +126,7 @@ class BatchCommitter:
             await hook(pub, batch)
             await pub.flush()
         t2 = clock()
-        if batch.changes:
-            await self._write_state(batch.changes)
+        await self._write_state(batch)
         t3 = clock()
         offsets = {tp: off for tp, off in batch.positions.items()
                    if self.committed.get(tp) != off}
@@ -125,19 +139,15 @@ class BatchCommitter:
         if batch.from_input and self.on_input_durable is not None:
             self.on_input_durable()
 
-    async def _write_state(self, changes: list) -> None:
-        pub = self.publisher()
-        add, changelog = pub.add, self.changelog
-        for partition, key, value, _ in changes:
-            add(changelog, partition, key, value)
-        last = await pub.flush()
-        store = self.table.data
-        db_for_partition = getattr(store, "_db_for_partition", None)
-        if db_for_partition is None:
+    async def _write_state(self, batch: Batch) -> None:
+        last = await batch.state.flush()
+        if not batch.store_writes:
             return  # memory store: Faust's recovery reads the changelog at each rebalance
-        for partition, key, value, deleted in changes:
+        store = self.table.data
+        db_for_partition = store._db_for_partition
+        for partition, key, value in batch.store_writes:
             db = db_for_partition(partition)
-            if deleted:
+            if value is None:
                 db.delete(key)
             else:
                 db.put(key, value)

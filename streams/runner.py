@@ -159,17 +159,21 @@ class JoinRunner:
 
     async def _submit(self, outputs, from_input: bool) -> None:
         """Encode the batch's outputs and state changes; hand them to the committer."""
+        committer = self.committer
         t0 = time.perf_counter()
-        pub = self.committer.publisher()
+        pub = committer.publisher()
         await self._publish(pub, outputs)
         t1 = time.perf_counter()
-        changes = encode_changes(self.proc.join.take_dirty(), KIND_PREFIX)
+        state = committer.publisher()
+        store_writes = encode_changes(self.proc.join.take_dirty(), KIND_PREFIX,
+                                      committer.changelog, state, committer.keeps_store)
         t2 = time.perf_counter()
-        self.seconds["publish"] += t1 - t0
-        self.seconds["persist"] += t2 - t1
-        batch = Batch(changes, dict(self.positions), self.proc.watermark.last,
-                      from_input=from_input)
-        await self.committer.submit(batch, pub)
+        prefix = "" if from_input else "timer_"
+        self.seconds[prefix + "publish"] += t1 - t0
+        self.seconds[prefix + "persist"] += t2 - t1
+        batch = Batch(pub, state, store_writes, dict(self.positions),
+                      self.proc.watermark.last, from_input=from_input)
+        await committer.submit(batch)
 
     def _input_durable(self) -> None:
         self.last_event_at = time.monotonic()
