@@ -27,8 +27,8 @@ class InputFeed:
     """A group-less consumer of the input topics, assigned by hand."""
 
     def __init__(self, bootstrap: str, client_id: str = "dlabel-input",
-                 max_partition_fetch_bytes: int = 4 << 20,
-                 fetch_max_bytes: int = 32 << 20) -> None:
+                 max_partition_fetch_bytes: int = 16 << 20,
+                 fetch_max_bytes: int = 64 << 20) -> None:
         self._settings = dict(
             bootstrap_servers=bootstrap, client_id=client_id, group_id=None,
             enable_auto_commit=False, auto_offset_reset="earliest",

@@ -75,6 +75,9 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
         broker_max_poll_records=opts.batch_size,
         stream_buffer_maxsize=max(16_384, opts.batch_size * 4),
         producer_acks=-1,
+        # the runner publishes thousands of records per batch: fewer, larger requests
+        producer_max_batch_size=256 * 1024,
+        producer_max_request_size=4 * 1024 * 1024,
         web_enabled=False,
         web_host="127.0.0.1",
         web_port=opts.web_port or 0,
