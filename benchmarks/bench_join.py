@@ -87,6 +87,56 @@ def run_worker(config_path: Path, log: Path) -> tuple[dict, float]:
     return summary, rss
 
 
+def pending_worker_rss(broker, tmp: Path, n: int, store: str) -> dict:
+    """RSS of a running worker (no --drain) holding ``n`` pending requests in ``store``.
+
+    ``n`` requests without feedback, all inside one label window, so none is finalized;
+    the worker runs until its committed offsets reach the ends of both inputs, then its
+    RSS is read from /proc and it is stopped.
+    """
+    from kafka import KafkaAdminClient
+    from tests.pipeline_runs import start_worker
+    work = tmp / f"pending-{store}"
+    work.mkdir()
+    path = write_pipeline(work, "ctr", broker.url, f"pend{store}{os.getpid()}",
+                          partitions=4, store=store)
+    cfg = load(path)
+    span_ms = cfg.join.label_window_ms // 2  # every request stays pending
+    events = [e for e in generate(cfg, "ctr", n, seed=1, rate_per_s=n * 1000 / span_ms,
+                                  bad_fraction=0, duplicate_fraction=0, orphan_fraction=0,
+                                  early_fraction=0) if e.role == "requests"]
+    produce(broker.bootstrap, cfg, events)
+    del events
+    gc.collect()
+    tps = [TopicPartition(t, p) for t in (cfg.topics.requests, cfg.topics.feedback)
+           for p in range(cfg.topics.partitions)]
+    ends = asyncio.run(fetch_end_offsets(broker.bootstrap, tps))
+    proc = start_worker(path, work / "worker.log")
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    t0 = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"worker exited {proc.returncode}; see {work / 'worker.log'}")
+            group = f"dlabel-{cfg.pipeline}"
+            offsets = {tuple(tp): meta.offset for tp, meta in
+                       admin.list_group_offsets({group: None}).get(group, {}).items()}
+            done = all(offsets.get(tuple(tp), 0) >= end for tp, end in ends.items())
+            if done:
+                break
+            time.sleep(1)
+        seconds = time.monotonic() - t0
+        time.sleep(2)
+        with open(f"/proc/{proc.pid}/status") as f:
+            status = {line.split(":")[0]: line.split()[1] for line in f if line.split()[1:]}
+        return {"store": store, "pending": n, "rss_mib": int(status["VmRSS"]) / 1024,
+                "peak_rss_mib": int(status["VmHWM"]) / 1024, "seconds_to_consume": seconds}
+    finally:
+        admin.close()
+        proc.kill()
+        proc.wait()
+
+
 def pending_memory(config, n: int) -> float:
     """MiB per million pending requests held by the in-memory join."""
     from schemas.events import Request
@@ -118,8 +168,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--pending", type=int, default=1_000_000)
+    ap.add_argument("--pending-rss", choices=["memory", "rocksdb"], action="append",
+                    help="only measure the RSS of a worker holding --pending pending "
+                         "requests with this store (repeatable)")
     args = ap.parse_args()
     rows = []
+    if args.pending_rss:
+        with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+            broker.start()
+            for store in args.pending_rss:
+                print(json.dumps(pending_worker_rss(broker, Path(tmp), args.pending, store)),
+                      flush=True)
+        return
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         broker.start()
         for run in range(args.runs):

@@ -50,8 +50,12 @@ class InputFeed:
             self._started = False
             await self._consumer.stop()
 
-    async def assign(self, positions: Mapping[TopicPartition, Optional[int]]) -> None:
-        """Read exactly these partitions, each from its offset (None: from the beginning)."""
+    async def assign(self, positions: Mapping[TopicPartition, Optional[int]]
+                     ) -> dict[TopicPartition, int]:
+        """Read exactly these partitions, each from its offset (None: from the beginning).
+
+        Returns the offset each partition will be read from.
+        """
         consumer = self._consumer
         consumer.assign(list(positions))
         start = [tp for tp, offset in positions.items() if offset is None]
@@ -60,6 +64,7 @@ class InputFeed:
                 consumer.seek(tp, offset)
         if start:
             await consumer.seek_to_beginning(*start)
+        return {tp: await consumer.position(tp) for tp in positions}
 
     def unassign(self) -> None:
         """Stop reading every partition (a rebalance is under way)."""

@@ -92,13 +92,12 @@ class JoinRunner:
                 if tp.topic in self.roles:
                     ktp = TopicPartition(tp.topic, tp.partition)
                     positions[ktp] = committed.get(tp) or None
-            await self.feed.assign(positions)
+            self.positions = await self.feed.assign(positions)
             await pause_in_faust(consumer, positions)
-            self.positions = {tp: off or 0 for tp, off in positions.items()}
             self.committer.committed = dict(self.positions)
             self.ready = generation == self.generation
             log.info("reading inputs from %s", {f"{tp.topic}:{tp.partition}": off
-                                                for tp, off in positions.items()})
+                                                for tp, off in self.positions.items()})
             return self.ready
 
     def _reload(self) -> None:

@@ -5,8 +5,8 @@ topics, so their partitions and the state table's changelog are assigned togethe
 the rebalances and the table with its recovery. The input records themselves do not
 go through Faust's per-record stream path: ``streams.runner.JoinRunner`` reads them in
 large batches with its own consumer, assigned what Faust's group gives this worker,
-and commits each batch in the order its ``_commit_batch`` documents (outputs acked,
-state written, offsets committed), so a crash at any point loses nothing.
+and ``streams.batch_commit.BatchCommitter`` makes each batch durable in order (outputs
+acked, state written, offsets committed), so a crash at any point loses nothing.
 """
 from __future__ import annotations
 
