@@ -66,8 +66,12 @@ async def raw_consume(bootstrap: str, topics: list[str]) -> tuple[int, float]:
 
 
 def run_worker(config_path: Path, log: Path) -> tuple[dict, float]:
-    """`dlabel worker --drain` in a child; (summary, peak RSS MiB of the child)."""
-    env = {**os.environ, "DLABEL_PII_KEY": PII_KEY}
+    """`dlabel worker --drain` in a child; (summary, peak RSS MiB of the child).
+
+    The summary gets ``seconds``: where the worker's batch loop spent its time.
+    """
+    stats = log.with_suffix(".stats.json")
+    env = {**os.environ, "DLABEL_PII_KEY": PII_KEY, "DLABEL_WORKER_STATS": str(stats)}
     with open(log, "wb") as out:
         proc = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "-c",
                                str(config_path), "--drain", "--batch-size", "5000"],
@@ -77,7 +81,60 @@ def run_worker(config_path: Path, log: Path) -> tuple[dict, float]:
         raise SystemExit(f"worker failed ({proc.returncode}):\n" + "\n".join(text[-30:]))
     last = text[-1]
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return json.loads(last[last.index("{"):]), rss
+    summary = json.loads(last[last.index("{"):])
+    if stats.exists():
+        summary["seconds"] = json.loads(stats.read_text())["seconds"]
+    return summary, rss
+
+
+def pending_worker_rss(broker, tmp: Path, n: int, store: str) -> dict:
+    """RSS of a running worker (no --drain) holding ``n`` pending requests in ``store``.
+
+    ``n`` requests without feedback, all inside one label window, so none is finalized;
+    the worker runs until its committed offsets reach the ends of both inputs, then its
+    RSS is read from /proc and it is stopped.
+    """
+    from kafka import KafkaAdminClient
+    from tests.pipeline_runs import start_worker
+    work = tmp / f"pending-{store}"
+    work.mkdir()
+    path = write_pipeline(work, "ctr", broker.url, f"pend{store}{os.getpid()}",
+                          partitions=4, store=store)
+    cfg = load(path)
+    span_ms = cfg.join.label_window_ms // 2  # every request stays pending
+    events = [e for e in generate(cfg, "ctr", n, seed=1, rate_per_s=n * 1000 / span_ms,
+                                  bad_fraction=0, duplicate_fraction=0, orphan_fraction=0,
+                                  early_fraction=0) if e.role == "requests"]
+    produce(broker.bootstrap, cfg, events)
+    del events
+    gc.collect()
+    tps = [TopicPartition(t, p) for t in (cfg.topics.requests, cfg.topics.feedback)
+           for p in range(cfg.topics.partitions)]
+    ends = asyncio.run(fetch_end_offsets(broker.bootstrap, tps))
+    proc = start_worker(path, work / "worker.log")
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    t0 = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"worker exited {proc.returncode}; see {work / 'worker.log'}")
+            group = f"dlabel-{cfg.pipeline}"
+            offsets = {tuple(tp): meta.offset for tp, meta in
+                       admin.list_group_offsets({group: None}).get(group, {}).items()}
+            done = all(offsets.get(tuple(tp), 0) >= end for tp, end in ends.items())
+            if done:
+                break
+            time.sleep(1)
+        seconds = time.monotonic() - t0
+        time.sleep(2)
+        with open(f"/proc/{proc.pid}/status") as f:
+            status = {line.split(":")[0]: line.split()[1] for line in f if line.split()[1:]}
+        return {"store": store, "pending": n, "rss_mib": int(status["VmRSS"]) / 1024,
+                "peak_rss_mib": int(status["VmHWM"]) / 1024, "seconds_to_consume": seconds}
+    finally:
+        admin.close()
+        proc.kill()
+        proc.wait()
 
 
 def pending_memory(config, n: int) -> float:
@@ -111,8 +168,18 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--pending", type=int, default=1_000_000)
+    ap.add_argument("--pending-rss", choices=["memory", "rocksdb"], action="append",
+                    help="only measure the RSS of a worker holding --pending pending "
+                         "requests with this store (repeatable)")
     args = ap.parse_args()
     rows = []
+    if args.pending_rss:
+        with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+            broker.start()
+            for store in args.pending_rss:
+                print(json.dumps(pending_worker_rss(broker, Path(tmp), args.pending, store)),
+                      flush=True)
+        return
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         broker.start()
         for run in range(args.runs):
@@ -138,7 +205,10 @@ def main() -> None:
                    "labeled": summary["labeled_sent"]}
             row["ratio"] = row["join_eps"] / row["raw_eps"]
             rows.append(row)
-            print(json.dumps({"run": run, **{k: round(v, 3) for k, v in row.items()}}), flush=True)
+            print(json.dumps({"run": run, **{k: round(v, 3) for k, v in row.items()},
+                              "busy_s": summary["busy_seconds"],
+                              "steps_s": {k: round(v, 2) for k, v in
+                                          summary.get("seconds", {}).items()}}), flush=True)
         mem = pending_memory(cfg, args.pending)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print(f"\n| metric (median of {len(rows)} runs, {args.requests} requests, "

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+import orjson
+
 from schemas.config import PipelineConfig
 from schemas.errors import ConfigError, EventError
 from schemas.pii import PII_KEY_ENV, PiiHasher
@@ -188,14 +190,72 @@ def _number(v: Any, field: str) -> float | None:
     raise EventError("bad_type", f"{field}: {_short(v)} is not a finite number or null")
 
 
+def _maybe_huge_int(obj: Any) -> bool:
+    """Whether orjson may have read an integer beyond 64 bits (it makes those floats).
+
+    A float that large is rare in real events; then ``json`` parses the record again.
+    """
+    for v in (obj.values() if type(obj) is dict else obj):
+        t = type(v)
+        if t is float:
+            if not -9.2e18 < v < 9.2e18:
+                return True
+        elif (t is dict or t is list) and _maybe_huge_int(v):
+            return True
+    return False
+
+
+#: Bounds that keep one bad event from costing unbounded memory: a message larger than
+#: MAX_EVENT_BYTES, or a string (id, feature, type, version) longer than MAX_STRING_CHARS,
+#: is dead-lettered as ``too_large`` before anything of it enters the join state.
+MAX_EVENT_BYTES = 1 << 20
+MAX_STRING_CHARS = 16_384
+
+
+def _check_text(obj: Any) -> None:
+    """Strings must be valid Unicode text (json accepts lone surrogates, UTF-8 cannot)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventError("bad_type", "a string holds a lone surrogate (\\ud800-\\udfff), "
+                                     "which is not valid Unicode text") from None
+
+
+def _too_long(field: str, v: str) -> EventError:
+    return EventError("too_large", f"{field}: a string of {len(v)} characters is over the "
+                                   f"{MAX_STRING_CHARS} limit")
+
+
 def _load(raw: bytes) -> dict[str, Any]:
     if raw is None:
         raise EventError("malformed_json", "empty value (tombstone); expected a JSON object")
-    try:
-        text = raw if type(raw) is str else str(raw, "utf-8")
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
-        raise EventError("malformed_json", str(e)[:200]) from None
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventError("too_large", f"{len(raw)} bytes is over the {MAX_EVENT_BYTES} byte "
+                                      "limit of one event")
+    obj = None
+    # Fast path: orjson. Where it would differ from json (NaN, 1e400, lone surrogates:
+    # it raises; integers beyond 64 bits: it makes floats) json parses the record again.
+    if type(raw) is bytes:
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            obj = None
+        else:
+            try:
+                if (type(obj) is dict or type(obj) is list) and _maybe_huge_int(obj):
+                    obj = None
+            except RecursionError:  # deeper than Python's stack: json decides
+                obj = None
+    if obj is None:
+        try:
+            text = raw if type(raw) is str else str(raw, "utf-8")
+            obj = json.loads(text)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+            raise EventError("malformed_json", str(e)[:200]) from None
+        try:
+            _check_text(obj)  # orjson refused it: perhaps for a lone surrogate
+        except RecursionError:
+            raise EventError("malformed_json", "nested too deeply") from None
     if type(obj) is not dict:
         raise EventError("malformed_json", f"{type(obj).__name__} is not a JSON object")
     return obj
@@ -227,6 +287,8 @@ class EventParser:
             raise EventError("missing_field", f"{self._key} is missing")
         if type(rid) is not str or not rid:
             raise EventError("bad_type", f"{self._key}: {_short(rid)} is not a non-empty string")
+        if len(rid) > MAX_STRING_CHARS:
+            raise _too_long(self._key, rid)
         ts = obj.get("ts")
         if ts is None:
             raise EventError("missing_field", "ts is missing")
@@ -249,6 +311,8 @@ class EventParser:
                 out[name] = None
                 continue
             present += 1
+            if type(v) is str and len(v) > MAX_STRING_CHARS:
+                raise _too_long(f"features.{name}", v)
             try:
                 out[name] = None if v is None else coerce(v)
             except _Bad as e:
@@ -260,6 +324,8 @@ class EventParser:
         if version is not None and type(version) is not str:
             raise EventError("bad_type", f"model_version: {_short(version)} is not a string "
                                          "or null")
+        if version is not None and len(version) > MAX_STRING_CHARS:
+            raise _too_long("model_version", version)
         if len(feats) > present:
             present += sum(1 for name in self._dropped if name in feats)
             self.undeclared_features += len(feats) - present
@@ -278,9 +344,10 @@ class EventParser:
             raise EventError("missing_field", "type is missing")
         if type(ftype) is not str or not ftype:
             raise EventError("bad_type", f"type: {_short(ftype)} is not a non-empty string")
+        if len(ftype) > MAX_STRING_CHARS:
+            raise _too_long("type", ftype)
         value = _number(obj.get("value"), "value")
-        fixed = self._fixed
-        fields = {k: v for k, v in obj.items() if k not in fixed}
+        fields: dict[str, Any] = {}  # only the label's value field is kept (bounded state)
         name = self._outcome
         if name is not None and ftype in self._outcome_types:
             outcome = obj.get(name)

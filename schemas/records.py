@@ -6,6 +6,8 @@ import binascii
 import json
 from typing import Any
 
+import orjson
+
 from schemas.events import Request
 
 LABELED_BASE_COLUMNS = ("request_id", "request_ts", "window_start", "label", "label_ts",
@@ -40,7 +42,24 @@ def labeled_example(req: Request, label: float | int, label_ts: int,
 
 
 def encode_labeled(example: dict[str, Any]) -> bytes:
-    """Encode a labeled example as compact UTF-8 JSON (NaN/infinity raise ValueError)."""
+    """Encode a labeled example as compact UTF-8 JSON (NaN/infinity raise ValueError).
+
+    orjson writes the same bytes as ``json.dumps(..., separators=(",", ":"),
+    ensure_ascii=False)`` except for floats Python writes with an exponent below 1e-4
+    (``5e-05`` vs ``0.00005``), non-finite floats and ints beyond 64 bits; examples
+    holding one of those take the ``json`` path, so every copy of a record is
+    byte-identical whichever path wrote it.
+    """
+    for v in example.values():
+        if type(v) is float and not (1e-4 <= abs(v) < 1e16) and v != 0.0:
+            return _encode_labeled_json(example)
+    try:
+        return orjson.dumps(example)
+    except TypeError:  # an int beyond 64 bits, a lone surrogate...
+        return _encode_labeled_json(example)
+
+
+def _encode_labeled_json(example: dict[str, Any]) -> bytes:
     return json.dumps(example, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
 

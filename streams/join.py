@@ -26,6 +26,10 @@ from schemas.records import labeled_example
 DEFAULT_DEDUPE_RETENTION_MS = 24 * 3600 * 1000
 
 PENDING, EARLY, DONE = "pending", "early", "done"
+#: Persisted state of one request: its pending state (a dict), its done marker (a list)
+#: or nothing. One key for both halves of a request's life, so that finalizing it is
+#: one changelog record, not a deletion plus a marker.
+REQUEST = "request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +162,7 @@ class EventTimeJoin:
             return [self._late(src, raw, req.ts)]
         pending = PendingRequest(req, src.partition, src.offset)
         self.pending[rid] = pending
-        self._mark(PENDING, rid, src.partition)
+        self._mark(REQUEST, rid, src.partition)
         heapq.heappush(self._deadlines, (req.ts + self.label_window, rid))
         out: list[Output] = []
         early = self.early.pop(rid, None)
@@ -248,7 +252,7 @@ class EventTimeJoin:
             marker = self.done.get(rid)
             if marker is not None and self._done_expires(marker) <= closed:
                 del self.done[rid]
-                self._mark(DONE, rid, marker.partition)
+                self._mark(REQUEST, rid, marker.partition)
         return out
 
     def flush_all(self) -> list[Output]:
@@ -256,24 +260,38 @@ class EventTimeJoin:
         return self.advance(2**62)
 
     # ------------------------------------------------------------ persistence
-    def take_dirty(self) -> dict[tuple[str, str], tuple[int, Any]]:
-        """Return and clear the changed keys: ``{(kind, key): (partition, json or None)}``."""
+    def take_dirty(self) -> list[tuple[str, str, int, Any]]:
+        """Return and clear the changed keys: ``[(kind, key, partition, json or None)]``.
+
+        ``kind`` is ``REQUEST`` (value: a pending request's dict, a done marker's list,
+        or None once both are gone) or ``EARLY`` (a list of early feedback, or None).
+        """
         dirty, self._dirty = self._dirty, {}
-        result = {}
+        pending, done, early = self.pending.get, self.done.get, self.early.get
+        result = []
+        append = result.append
         for (kind, key), partition in dirty.items():
-            if kind == PENDING:
-                v = self.pending.get(key)
-                result[(kind, key)] = (partition, v.to_json() if v else None)
-            elif kind == EARLY:
-                v = self.early.get(key)
-                result[(kind, key)] = (partition, [e.to_json() for e in v] if v else None)
+            if kind == REQUEST:
+                v = pending(key)
+                if v is not None:
+                    append((kind, key, partition, v.to_json()))
+                else:
+                    m = done(key)
+                    append((kind, key, partition, None if m is None else
+                            [m.ts, m.partition, m.offset, m.label, m.label_ts]))
             else:
-                v = self.done.get(key)
-                result[(kind, key)] = (partition, v.to_json() if v else None)
+                v = early(key)
+                append((kind, key, partition, [e.to_json() for e in v] if v else None))
         return result
 
     def restore(self, kind: str, key: str, value: Any) -> None:
-        """Load one persisted entry (after a restart); rebuilds the time indexes."""
+        """Load one persisted entry (after a restart); rebuilds the time indexes.
+
+        ``REQUEST`` entries hold a pending request (dict) or a done marker (list);
+        ``PENDING`` and ``DONE`` are the same halves as kept apart by older versions.
+        """
+        if kind == REQUEST:
+            kind = PENDING if isinstance(value, dict) else DONE
         if kind == PENDING:
             p = PendingRequest.from_json(key, value)
             self.pending[key] = p
@@ -319,7 +337,7 @@ class EventTimeJoin:
             self._count("feedback_without_value")
             return []
         pending.candidates.append([ts, offset, outcome])
-        self._mark(PENDING, r.request_id, pending.partition)
+        self._mark(REQUEST, r.request_id, pending.partition)
         heapq.heappush(self._ready, (ts, r.request_id))
         if self.closed_time is not None and ts < self.closed_time:
             best = min(pending.candidates, key=lambda c: (c[0], c[1]))
@@ -348,8 +366,7 @@ class EventTimeJoin:
         del self.pending[r.request_id]
         marker = DoneMarker(r.ts, pending.partition, pending.offset, label, label_ts)
         self.done[r.request_id] = marker
-        self._mark(PENDING, r.request_id, pending.partition)
-        self._mark(DONE, r.request_id, pending.partition)
+        self._mark(REQUEST, r.request_id, pending.partition)
         heapq.heappush(self._done_expiry, (self._done_expires(marker), r.request_id))
         if label is None:
             return None

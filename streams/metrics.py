@@ -55,3 +55,43 @@ def serve(port: Optional[int], what: str) -> None:
         return
     start_http_server(port)
     log.info("%s metrics on http://0.0.0.0:%d/metrics", what, port)
+
+
+class JoinMetrics:
+    """Exports a join worker's counters and gauges after each batch (cheap: per batch,
+    from the processor's own cumulative counts, never per record)."""
+
+    def __init__(self, topics: dict[str, str]) -> None:
+        self.topics = topics  # role -> topic name
+        self._records: dict[str, int] = {}
+        self._dead: dict[str, int] = {}
+
+    def observe(self, proc, outputs) -> None:
+        for role, n in proc.records_in.items():
+            delta = n - self._records.get(role, 0)
+            if delta > 0:
+                EVENTS_IN.labels(topic=self.topics.get(role, role)).inc(delta)
+            self._records[role] = n
+        for reason, n in proc.dead_letters.items():
+            delta = n - self._dead.get(reason, 0)
+            if delta > 0:
+                DEAD_LETTERS.labels(reason=reason).inc(delta)
+            self._dead[reason] = n
+        labels: dict[str, int] = {}
+        for o in outputs:
+            example = getattr(o, "example", None)
+            if example is not None:
+                key = str(example["label"])
+                labels[key] = labels.get(key, 0) + 1
+        for label, n in labels.items():
+            LABELED.labels(label=label).inc(n)
+        join = proc.join
+        PENDING.set(len(join.pending))
+        EARLY.set(len(join.early))
+        wm = proc.watermark.last
+        if wm is not None:
+            WATERMARK.set(join.closed_time if join.closed_time is not None else wm)
+            newest = max((s.max_ts for s in proc.watermark._parts.values()
+                          if s.max_ts is not None), default=None)
+            if newest is not None:
+                WATERMARK_LAG.set(max(0, newest - wm) / 1000)

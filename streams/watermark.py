@@ -75,6 +75,11 @@ class WatermarkTracker:
         state = self._parts.get((role, partition))
         return state.max_ts if state else None
 
+    @property
+    def last(self) -> Optional[int]:
+        """The watermark as last computed by ``current`` (None before it is bounded)."""
+        return self._watermark
+
     def current(self) -> Optional[int]:
         """The watermark now (monotonic), or None while nothing bounds it yet."""
         now = self.clock()

@@ -290,7 +290,8 @@ def test_custom_join_key():
         parser.parse_request(b'{"request_id": "o1", "ts": 5}')
     assert (e.value.reason, e.value.detail) == ("missing_field", "order_id is missing")
     fb = parser.parse_feedback(b'{"order_id": "o1", "ts": 6, "type": "click", "request_id": 1}')
-    assert fb.request_id == "o1" and fb.fields == {"request_id": 1}
+    # only the label's value field is kept from the extra fields (bounded join state)
+    assert fb.request_id == "o1" and fb.fields == {}
 
 
 def _as_dict(cfg: PipelineConfig) -> dict:
@@ -308,7 +309,7 @@ def test_parse_feedback():
     parser = EventParser(make_config({"x": "int"}), None)
     fb = parser.parse_feedback(b'{"request_id": "r1", "ts": "1970-01-01T00:00:01Z", '
                                b'"type": "click", "value": 2, "page": "home", "n": 3}')
-    assert fb == Feedback("r1", 1000, "click", 2.0, {"page": "home", "n": 3})
+    assert fb == Feedback("r1", 1000, "click", 2.0, {})  # extra fields are not kept
     assert type(fb.value) is float
 
 

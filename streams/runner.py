@@ -1,0 +1,244 @@
+"""The join worker's batch loop: input records in, labeled examples out.
+
+``JoinRunner`` reads the two input topics in large batches with its own ``InputFeed``
+(assigned the input partitions Faust's group gives this worker), runs them through the
+pure ``JoinProcessor`` and hands each processed batch to the ``BatchCommitter``, which
+makes it durable in order (outputs acked, then state, then offsets) while the next
+batch is processed. Faust owns the group, the rebalances and the changelog-backed
+state table; on every rebalance the runner stops reading, lets the batches in flight
+finish, and after Faust's table recovery reloads the join from the table and reads on
+from the committed offsets.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from typing import Callable, Optional
+
+from aiokafka.structs import TopicPartition
+
+from schemas.records import dead_letter, encode_labeled
+from streams.batch_commit import Batch, BatchCommitter, encode_changes
+from streams.input_feed import InputFeed, pause_in_faust
+from streams.join import DONE, EARLY, PENDING, REQUEST, DeadLetterOut, LabeledOut
+from streams.processor import FEEDBACK, REQUESTS, JoinProcessor
+from streams.publisher import BatchPublisher
+from streams.metrics import JoinMetrics
+from streams.watermark_reports import DRAINED
+
+log = logging.getLogger("dlabel.worker")
+
+#: Table key prefixes per kind of join state (``p:`` and ``d:``: older layout, still read).
+KIND_PREFIX = {REQUEST: "r:", EARLY: "e:", PENDING: "p:", DONE: "d:"}
+
+class JoinRunner:
+    """Glue between Faust (group, table), the input feed and the pure JoinProcessor."""
+
+    def __init__(self, config, opts, app, table, pii, clock) -> None:
+        self.config, self.opts, self.app, self.table = config, opts, app, table
+        self.pii, self.clock = pii, clock
+        topics = config.topics
+        self.roles = {topics.requests: REQUESTS, topics.feedback: FEEDBACK}
+        self.proc = JoinProcessor(config, pii, clock)
+        self.feed = InputFeed(opts.bootstrap, client_id=f"dlabel-{config.pipeline}-input")
+        self.lock = asyncio.Lock()
+        self.ready = False       # state loaded and feed assigned for the current assignment
+        self.generation = 0      # bumped by every rebalance callback
+        self.positions: dict[TopicPartition, int] = {}  # next offset to read, per input
+        self.drained = False
+        self.sent_labeled = 0
+        self.batches = 0
+        self.first_event_at: Optional[float] = None  # monotonic, for throughput figures
+        self.last_event_at: Optional[float] = None
+        self.on_drained: Optional[Callable[[], None]] = None
+        #: seconds spent per step of the batch loop, for profiling
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.committer = BatchCommitter(app, table, self.seconds)
+        self._closed_submitted: Optional[int] = None
+        self.metrics = JoinMetrics({REQUESTS: config.topics.requests,
+                                    FEEDBACK: config.topics.feedback})
+        self.committer.on_input_durable = self._input_durable
+        #: hooks run after each batch's outputs were acked (see ``BatchCommitter``)
+        self.after_outputs = self.committer.after_outputs
+
+    # ------------------------------------------------------------- rebalances
+    async def on_revoked(self) -> None:
+        """Faust is revoking partitions: stop reading; let the batch in flight finish."""
+        self.generation += 1
+        self.ready = False
+        async with self.lock:  # the batch being processed is submitted first
+            self.feed.unassign()
+            await self.committer.wait()  # and every batch in flight is durable
+
+    def on_assigned(self) -> None:
+        """Faust has a new assignment: the next batch waits for its table recovery."""
+        self.generation += 1
+        self.ready = False
+
+    async def _become_ready(self) -> bool:
+        """After table recovery: rebuild the join from the table, assign the feed."""
+        app = self.app
+        if not app.tables.actives_ready or app.rebalancing:
+            return False
+        generation = self.generation
+        async with self.lock:
+            if generation != self.generation:
+                return False
+            await self.committer.wait()
+            self._reload()
+            consumer = app.consumer
+            committed = consumer._committed_offset  # refreshed by Faust's seek after recovery
+            positions = {}
+            for tp in consumer.assignment():
+                if tp.topic in self.roles:
+                    ktp = TopicPartition(tp.topic, tp.partition)
+                    positions[ktp] = committed.get(tp) or None
+            self.positions = await self.feed.assign(positions)
+            await pause_in_faust(consumer, positions)
+            self.committer.committed = dict(self.positions)
+            self.ready = generation == self.generation
+            log.info("reading inputs from %s", {f"{tp.topic}:{tp.partition}": off
+                                                for tp, off in self.positions.items()})
+            return self.ready
+
+    def _reload(self) -> None:
+        """Rebuild the in-memory join from the recovered table."""
+        self.proc = JoinProcessor(self.config, self.pii, self.clock)
+        assigned = {(self.roles[tp.topic], tp.partition)
+                    for tp in self.app.consumer.assignment() if tp.topic in self.roles}
+        self.proc.watermark.assign(assigned)
+        kinds = {v: k for k, v in KIND_PREFIX.items()}
+        n = 0
+        for key, value in self.table.data.items():
+            kind = kinds.get(key[:2])
+            if kind is not None and value is not None:  # None: a deleted key
+                self.proc.join.restore(kind, key[2:], value)
+                n += 1
+        log.info("join state loaded: %d entries, inputs %s", n, sorted(assigned))
+
+    # ------------------------------------------------------------- the loop
+    async def run(self) -> None:
+        """Read and process input batches until the app stops."""
+        await self.feed.start()
+        try:
+            while not self.app.should_stop:
+                if not self.ready and not await self._become_ready():
+                    await asyncio.sleep(0.05)
+                    continue
+                generation = self.generation
+                t0 = time.perf_counter()
+                records = await self.feed.getmany(timeout_ms=200,
+                                                  max_records=self.opts.batch_size)
+                if self.first_event_at is not None:
+                    self.seconds["fetch"] += time.perf_counter() - t0
+                if not records:
+                    continue
+                async with self.lock:
+                    if generation != self.generation or not self.ready:
+                        continue  # fetched before a rebalance: nothing done, read again later
+                    await self._on_records(records)
+        finally:
+            await self.feed.stop()
+
+    async def _on_records(self, records: dict) -> None:
+        if self.first_event_at is None:
+            self.first_event_at = time.monotonic()
+        self.batches += 1
+        t0 = time.perf_counter()
+        outputs = []
+        process = self.proc.process_batch
+        positions = self.positions
+        for tp, recs in records.items():
+            outputs.extend(process(self.roles[tp.topic], tp.partition, recs))
+            positions[tp] = recs[-1].offset + 1
+            await asyncio.sleep(0)  # let acks and fetches in flight progress
+        self._update_caught_up()
+        outputs.extend(self.proc.tick())
+        self.seconds["process"] += time.perf_counter() - t0
+        await self._submit(outputs, from_input=True)
+
+    async def _submit(self, outputs, from_input: bool) -> None:
+        """Encode the batch's outputs and state changes; hand them to the committer."""
+        committer = self.committer
+        t0 = time.perf_counter()
+        pub = committer.publisher()
+        await self._publish(pub, outputs)
+        self.metrics.observe(self.proc, outputs)
+        t1 = time.perf_counter()
+        state = committer.publisher()
+        store_writes = encode_changes(self.proc.join.take_dirty(), KIND_PREFIX,
+                                      committer.changelog, state, committer.keeps_store)
+        t2 = time.perf_counter()
+        prefix = "" if from_input else "timer_"
+        self.seconds[prefix + "publish"] += t1 - t0
+        self.seconds[prefix + "persist"] += t2 - t1
+        batch = Batch(pub, state, store_writes, dict(self.positions),
+                      self.proc.watermark.last, from_input=from_input,
+                      closed=DRAINED if self.drained else self.proc.join.closed_time)
+        self._closed_submitted = self.proc.join.closed_time
+        await committer.submit(batch)
+
+    def _input_durable(self) -> None:
+        self.last_event_at = time.monotonic()
+
+    async def on_timer(self) -> None:
+        """Idle inputs and the drain: finalize what the clock alone closes."""
+        if not self.ready:
+            return
+        async with self.lock:
+            if not self.ready:
+                return
+            self._update_caught_up()
+            outputs = self.proc.tick()
+            if (self.opts.drain and not self.drained
+                    and self.proc.watermark.all_caught_up(self.opts.drain_quiet_ms)):
+                outputs.extend(self.proc.drain())
+                self.drained = True
+                log.info("draining at input ends %s", {
+                    f"{tp.topic}:{tp.partition}": (self.feed.highwater(tp), off)
+                    for tp, off in self.positions.items()})
+            # a moved closed time is a batch too: the dataset sink learns of it (a report)
+            if (outputs or self.proc.join._dirty or self.committer.committed != self.positions
+                    or self.proc.join.closed_time != self._closed_submitted or self.drained):
+                await self._submit(outputs, from_input=False)
+            if self.drained:
+                await self.committer.wait()
+        if self.drained:
+            log.info("drained: all input consumed, every pending request finalized")
+            path = os.environ.get("DLABEL_WORKER_STATS")
+            if path:  # the benchmark reads where the time went
+                with open(path, "w") as f:
+                    json.dump({"seconds": dict(self.seconds), "batches": self.batches}, f)
+            await self.app.producer.flush()
+            if self.on_drained is not None:
+                self.on_drained()
+
+    def _update_caught_up(self) -> None:
+        """Tell the watermark which inputs have reached their end (only those may idle).
+
+        The end is the high watermark of our feed's last fetch (right on every broker,
+        unlike ListOffsets on Tansu); the position is what this worker has processed.
+        """
+        set_caught_up = self.proc.watermark.set_caught_up
+        for tp, position in self.positions.items():
+            hw = self.feed.highwater(tp)
+            set_caught_up(self.roles[tp.topic], tp.partition, hw is not None and position >= hw)
+
+    # ------------------------------------------------------------- outputs
+    async def _publish(self, pub: BatchPublisher, outputs) -> None:
+        topics = self.config.topics
+        labeled, add = topics.labeled, pub.add
+        for o in outputs:
+            if type(o) is LabeledOut:
+                ex = o.example
+                add(labeled, o.partition, ex["request_id"].encode(), encode_labeled(ex))
+                self.sent_labeled += 1
+            elif type(o) is DeadLetterOut:
+                src = o.source
+                topic = topics.requests if src.role == REQUESTS else topics.feedback
+                await pub.add_any_partition(topics.dead_letter, None, dead_letter(
+                    o.reason, o.detail, topic, src.partition, src.offset, o.original))
