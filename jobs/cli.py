@@ -42,6 +42,8 @@ def jobs(config_path: str, broker: Optional[str], until_idle: bool, idle_timeout
     cfg = _config(config_path, broker)
     kafka_clients.configure(cfg.kafka)
     metrics.serve(metrics_port, "jobs runner")
+    from streams.broker_probe import BrokerProbe
+    BrokerProbe(cfg.bootstrap_servers).start()
     try:
         if until_idle:
             summary = run_until_idle(cfg, idle_s=idle_timeout, retry_failed=retry_failed,

@@ -15,6 +15,8 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger("dlabel.metrics")
 
+BROKER_UP = Gauge("dlabel_broker_up", "1 while the broker answers this process's probe, else 0")
+
 # join worker
 EVENTS_IN = Counter("dlabel_events_in_total", "Records consumed from an input topic", ["topic"])
 LABELED = Counter("dlabel_labeled_total", "Labeled examples published", ["label"])

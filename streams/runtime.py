@@ -36,6 +36,8 @@ def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool
         return {"sink": run_sink(config, drain=drain, metrics_port=metrics_port)}
     load_pii_key(config)  # refuse to start without a PII key before touching the broker
     metrics.serve(metrics_port, "join worker")
+    from streams.broker_probe import BrokerProbe
+    BrokerProbe(config.bootstrap_servers).start()
     if only == "join":
         return run_worker(config, drain=drain, loglevel=loglevel, batch_size=batch_size,
                           session_timeout_s=session_timeout_s)

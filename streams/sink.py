@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -26,6 +27,7 @@ from schemas.config import PipelineConfig
 from schemas.dataset_schema import window_dir
 from schemas.records import dead_letter
 from streams import kafka_clients, metrics
+from streams.broker_probe import BrokerProbe
 from streams.dataset_writer import STATE_DIR, DatasetWriter
 from streams.storage import open_storage
 from streams.watermark_reports import DRAINED, SinkWatermark, decode_report, input_names
@@ -240,13 +242,14 @@ def run_sink(config: PipelineConfig, drain: bool = False, parent_pid: Optional[i
     sink = DatasetSink(config, SinkOptions(bootstrap=config.bootstrap_servers, drain=drain,
                                            parent_pid=parent_pid))
     metrics.serve(metrics_port, "dataset sink")
-    import signal
+    probe = BrokerProbe(config.bootstrap_servers).start()
     previous = signal.signal(signal.SIGTERM, lambda *_: sink.stop())
     try:
         return sink.run()
     except KeyboardInterrupt:
         return sink.summary()
     finally:
+        probe.stop()
         signal.signal(signal.SIGTERM, previous)
 
 
