@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", required=True)
     ap.add_argument("--manifest")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from streams.logs import setup_logging
+    setup_logging(logging.INFO)  # text or JSON, as the runner was started (env)
     config = config_from_json(Path(args.config_json).read_text())
     try:
         record = run_job(config, args.window, manifest=args.manifest)
