@@ -36,6 +36,7 @@ from streams.window_manifest import MANIFEST, read_manifest, window_event
 log = logging.getLogger("dlabel.sink")
 
 SENT_STATE = f"{STATE_DIR}/windows-sent.json"
+LOCK = f"{STATE_DIR}/active.lock"
 
 
 @dataclass
@@ -87,6 +88,8 @@ class DatasetSink:
             labeled = [TopicPartition(t.labeled, p) for p in range(t.partitions)]
             reports = TopicPartition(t.watermarks, 0)
             self.consumer.assign(labeled + [reports])
+            if not self._take_lock():
+                return self.summary()
             resume = self.writer.recover(list(range(t.partitions)))
             for tp in labeled:
                 self.consumer.seek(tp, resume[tp.partition])
@@ -106,10 +109,29 @@ class DatasetSink:
             self.producer.flush()
             self.producer.close()
             self.consumer.close(autocommit=False)
+            if getattr(self, "_lock_fd", None) not in (None, -1):
+                os.close(self._lock_fd)
+                self._lock_fd = None
         return self.summary()
 
     def stop(self) -> None:
         self.stopping = True
+
+    def _take_lock(self) -> bool:
+        """One active sink per dataset: a second one (e.g. of a second `dlabel worker` on
+        the same host) stands by until the first one exits, then takes over."""
+        fd = self.storage.try_lock(LOCK)
+        if fd is None:
+            log.warning("sink: another sink holds %s; standing by", self.storage.uri(LOCK))
+            while fd is None and not self.stopping:
+                if self.opts.parent_pid is not None and os.getppid() != self.opts.parent_pid:
+                    raise SystemExit(0)
+                time.sleep(self.opts.retry_s)
+                fd = self.storage.try_lock(LOCK)
+            if fd is not None:
+                log.warning("sink: took over %s", self.storage.uri(LOCK))
+        self._lock_fd = fd
+        return fd is not None
 
     def summary(self) -> dict:
         lat = sorted(self.close_latency_ms)

@@ -75,6 +75,20 @@ class LocalStorage:
         from pyarrow.fs import LocalFileSystem
         return LocalFileSystem(), self.root
 
+    def try_lock(self, rel: str) -> Optional[int]:
+        """An exclusive lock on ``rel`` (a file descriptor to keep open), or None if
+        another process holds it. Released when the process exits, however it exits."""
+        import fcntl
+        path = self.uri(rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
 
 class ObjectStorage:
     """An S3 (or S3-compatible) prefix through pyarrow's filesystem layer."""
@@ -128,6 +142,10 @@ class ObjectStorage:
 
     def filesystem(self):
         return self.fs, self.root
+
+    def try_lock(self, rel: str) -> Optional[int]:
+        """S3 has no locks: always granted (run one sink per S3 dataset; see the README)."""
+        return -1
 
 
 def open_storage(path: str):

@@ -191,3 +191,40 @@ def test_unwritable_dataset_path_stalls_the_sink_then_it_resumes(broker, make_co
     assert any("resuming" in r.getMessage() for r in caplog.records)
     assert metrics.SINK_STALLED._value.get() == 0
     assert len(pd.read_parquet(data, partitioning=None)) == 50
+
+
+def test_a_second_sink_stands_by_and_takes_over(broker, make_config, tmp_path, caplog):
+    """Two sinks on one dataset (e.g. two `dlabel worker` on one host): one writes, the
+    other waits on the dataset's lock; when the first stops, the second takes over."""
+    import dataclasses
+    import logging
+    import threading
+    import time
+    from streams.runtime import prepare
+    from streams.sink import DatasetSink, SinkOptions
+    from tests.test_dataset_writer import T0, example
+
+    cfg = make_config("ctr", broker=broker.url, partitions=1)
+    data = tmp_path / "d"
+    cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(cfg.dataset, path=str(data)))
+    prepare(cfg, broker.bootstrap)
+    first = DatasetSink(cfg, SinkOptions(bootstrap=broker.bootstrap, retry_s=0.2))
+    second = DatasetSink(cfg, SinkOptions(bootstrap=broker.bootstrap, drain=True, retry_s=0.2))
+    results = {}
+    t1 = threading.Thread(target=lambda: results.update(first=first.run()))
+    t2 = threading.Thread(target=lambda: results.update(second=second.run()))
+    with caplog.at_level(logging.INFO, logger="dlabel.sink"):
+        t1.start()
+        time.sleep(2)
+        t2.start()
+        time.sleep(2)
+        assert any("standing by" in r.getMessage() for r in caplog.records)
+        _produce_labeled(broker.bootstrap, cfg, [example(f"r{i}", T0 + i, 1) for i in range(30)])
+        time.sleep(2)
+        first.stop()
+        t1.join(30)
+        t2.join(60)
+    assert not t2.is_alive()
+    assert any("took over" in r.getMessage() for r in caplog.records)
+    df = pd.read_parquet(data, partitioning=None)
+    assert len(df) == 30 and df.request_id.is_unique
