@@ -113,7 +113,7 @@ def test_windows_event_lost_in_a_crash_is_sent_on_restart_once(broker, make_conf
         thread = threading.Thread(target=sink.run)
         thread.start()
         try:
-            deadline = __import__("time").monotonic() + 20
+            deadline = __import__("time").monotonic() + 60
             while not windows_events(broker.bootstrap, cfg.topics.windows) and \
                     __import__("time").monotonic() < deadline:
                 pass
@@ -170,7 +170,7 @@ def test_unwritable_dataset_path_stalls_the_sink_then_it_resumes(broker, make_co
     thread = threading.Thread(target=lambda: result.update(sink.run()))
     with caplog.at_level(logging.INFO, logger="dlabel.sink"):
         thread.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while sink.stalled is None and time.monotonic() < deadline:
             time.sleep(0.1)
         assert sink.stalled is not None, "the sink did not notice the unwritable path"
