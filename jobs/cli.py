@@ -43,7 +43,7 @@ def jobs(config_path: str, broker: Optional[str], until_idle: bool, idle_timeout
     kafka_clients.configure(cfg.kafka)
     metrics.serve(metrics_port, "jobs runner")
     from streams.broker_probe import BrokerProbe
-    BrokerProbe(cfg.bootstrap_servers).start()
+    probe = BrokerProbe(cfg.bootstrap_servers).start()
     try:
         if until_idle:
             summary = run_until_idle(cfg, idle_s=idle_timeout, retry_failed=retry_failed,
@@ -56,6 +56,8 @@ def jobs(config_path: str, broker: Optional[str], until_idle: bool, idle_timeout
                 return
     except DlabelError as e:
         raise click.ClickException(str(e)) from None
+    finally:
+        probe.stop()
     click.echo(json.dumps(summary.as_dict()))
     if summary.failed:
         raise SystemExit(1)

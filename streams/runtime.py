@@ -22,22 +22,32 @@ def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool
 
     The sink runs in a child process (the join keeps one core busy). Metrics: the join
     on ``metrics_port``, the sink on ``metrics_port + 1`` (``only="sink"``: on
-    ``metrics_port``). With ``drain``
-    both stop when the input is consumed and every window is closed. Returns the join's
-    summary with the sink's under ``"sink"``.
+    ``metrics_port``). With ``drain`` both stop when the input is consumed and every
+    window is closed. Returns the join's summary with the sink's under ``"sink"``.
     """
-    import multiprocessing
-    from streams.sink import run_sink, sink_process_main
-
     from streams import kafka_clients, metrics
+    from streams.broker_probe import BrokerProbe
+    from streams.sink import run_sink
+
     kafka_clients.configure(config.kafka)
     if only == "sink":
         prepare(config, config.bootstrap_servers)
         return {"sink": run_sink(config, drain=drain, metrics_port=metrics_port)}
     load_pii_key(config)  # refuse to start without a PII key before touching the broker
     metrics.serve(metrics_port, "join worker")
-    from streams.broker_probe import BrokerProbe
-    BrokerProbe(config.bootstrap_servers).start()
+    probe = BrokerProbe(config.bootstrap_servers).start()
+    try:
+        return _run_join_and_sink(config, only, drain, loglevel, batch_size, session_timeout_s,
+                                  metrics_port)
+    finally:
+        probe.stop()
+
+
+def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool, loglevel: str,
+                       batch_size: int, session_timeout_s: float,
+                       metrics_port: Optional[int]) -> dict:
+    import multiprocessing
+    from streams.sink import sink_process_main
     if only == "join":
         return run_worker(config, drain=drain, loglevel=loglevel, batch_size=batch_size,
                           session_timeout_s=session_timeout_s)

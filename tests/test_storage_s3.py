@@ -8,10 +8,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from streams.broker import free_port
-from streams.dataset_writer import DatasetWriter
 from streams.storage import ObjectStorage, open_storage
 from streams.window_manifest import list_windows, read_window
-from tests.test_dataset_writer import MIN, T0, Crash, example, labeled_topic, run
+from tests.test_dataset_writer import MIN, Crash, labeled_topic, run
 
 moto_server = pytest.importorskip("moto.server")
 
