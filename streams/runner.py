@@ -12,6 +12,7 @@ from the committed offsets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -118,11 +119,14 @@ class JoinRunner:
             if kind is not None and value is not None:  # None: a deleted key
                 self.proc.join.restore(kind, key[2:], value)
                 n += 1
+        gc.collect()
+        gc.freeze()  # the loaded state is long-lived: keep the collector from rescanning it
         log.info("join state loaded: %d entries, inputs %s", n, sorted(assigned))
 
     # ------------------------------------------------------------- the loop
     async def run(self) -> None:
         """Read and process input batches until the app stops."""
+        tune_gc()
         await self.feed.start()
         try:
             while not self.app.should_stop:
@@ -242,3 +246,20 @@ class JoinRunner:
                 topic = topics.requests if src.role == REQUESTS else topics.feedback
                 await pub.add_any_partition(topics.dead_letter, None, dead_letter(
                     o.reason, o.detail, topic, src.partition, src.offset, o.original))
+
+
+#: Young-generation threshold of the cyclic garbage collector in the worker.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage less often than CPython's default (every 700 allocations).
+
+    The worker allocates a few containers per record (parsed JSON, events, outputs),
+    and the default thresholds made the collector take ~30% of the in-process join's
+    time (41k -> 57k events/s with these, in-process, 100k requests). The join's state
+    holds no reference cycles: it is freed by reference counting as before; only
+    cyclic garbage (asyncio, aiokafka) waits a little longer.
+    """
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), max(middle, 20), old)
