@@ -60,6 +60,7 @@ class JoinRunner:
         self.seconds: dict[str, float] = defaultdict(float)
         self.committer = BatchCommitter(app, table, self.seconds)
         self._closed_submitted: Optional[int] = None
+        self._closed_submitted_at = 0.0  # monotonic; closed-time-only batches at most 1/s
         self.metrics = JoinMetrics({REQUESTS: config.topics.requests,
                                     FEEDBACK: config.topics.feedback})
         self.committer.on_input_durable = self._input_durable
@@ -184,7 +185,14 @@ class JoinRunner:
                       self.proc.watermark.last, from_input=from_input,
                       closed=DRAINED if self.drained else self.proc.join.closed_time)
         self._closed_submitted = self.proc.join.closed_time
+        self._closed_submitted_at = time.monotonic()
         await committer.submit(batch)
+
+    def _closed_moved(self) -> bool:
+        """The closed time moved since the last batch (at most once a second: an idle
+        join's closed time moves with the clock, and each move is a watermark report)."""
+        return (self.proc.join.closed_time != self._closed_submitted
+                and time.monotonic() - self._closed_submitted_at >= 1.0)
 
     def _input_durable(self) -> None:
         self.last_event_at = time.monotonic()
@@ -207,7 +215,7 @@ class JoinRunner:
                     for tp, off in self.positions.items()})
             # a moved closed time is a batch too: the dataset sink learns of it (a report)
             if (outputs or self.proc.join._dirty or self.committer.committed != self.positions
-                    or self.proc.join.closed_time != self._closed_submitted or self.drained):
+                    or self.drained or self._closed_moved()):
                 await self._submit(outputs, from_input=False)
             if self.drained:
                 await self.committer.wait()

@@ -7,6 +7,7 @@ registry - so status works whether or not the pipeline is running.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Optional
 
 from kafka import KafkaAdminClient
@@ -17,7 +18,6 @@ from schemas.dataset_schema import iso_utc
 from streams import kafka_clients
 from streams.sink import sink_group
 from streams.storage import open_storage
-from streams.tail import read_topic
 from streams.tansu_quirks import fetch_end_offsets
 from streams.watermark_reports import DRAINED, decode_report, input_names
 from streams.window_manifest import list_windows
@@ -59,7 +59,7 @@ def consumer_lag(config: PipelineConfig) -> list[dict[str, Any]]:
 def join_watermark(config: PipelineConfig) -> dict[str, Any]:
     """The join's closed time as reported to the sink: per input and the minimum."""
     latest: dict[str, int] = {}
-    for rec in read_topic(config.bootstrap_servers, config.topics.watermarks, idle_timeout_s=1.0):
+    for rec in _read_to_end(config.bootstrap_servers, config.topics.watermarks):
         try:
             name, closed, _ = decode_report(rec.value)
         except ValueError:
@@ -70,6 +70,26 @@ def join_watermark(config: PipelineConfig) -> dict[str, Any]:
     return {"closed_ms": low, "closed": _time(low), "inputs": {k: _time(v) for k, v in
                                                                sorted(latest.items())},
             "unreported_inputs": missing}
+
+
+def _read_to_end(bootstrap: str, topic: str):
+    """The records of a one-partition topic up to its end as of now (it may keep growing)."""
+    from kafka import KafkaConsumer
+    tp = TopicPartition(topic, 0)
+    end = asyncio.run(fetch_end_offsets(bootstrap, [tp])).get(tp, 0)
+    if not end:
+        return
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             enable_auto_commit=False, **kafka_clients.kafka_python())
+    try:
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        deadline = time.monotonic() + 60
+        while consumer.position(tp) < end and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                yield from (r for r in records if r.offset < end)
+    finally:
+        consumer.close()
 
 
 def _time(ms: Optional[int]) -> Optional[str]:

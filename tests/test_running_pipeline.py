@@ -97,6 +97,17 @@ def test_metrics_scraped_and_no_pii_anywhere(broker, tmp_path, unique_name):
         sink_page = _scrape(worker_port + 1)
         jobs_page = _scrape(jobs_port)
         join_page = _scrape(worker_port)
+        # `dlabel status` against the running pipeline
+        status = subprocess.run([sys.executable, "-m", "streams.cli", "status", "-c", str(path),
+                                 "--json"], env=worker_env(), cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+        assert status.returncode == 0, status.stderr
+        st = __import__("json").loads(status.stdout)
+        assert {r["topic"] for r in st["lag"]} == {cfg.topics.requests, cfg.topics.feedback,
+                                                   cfg.topics.labeled}
+        assert st["watermark"]["closed"] is not None and not st["watermark"]["unreported_inputs"]
+        assert st["windows"]["closed"] >= 2 and st["models"]["champion"] is not None
+        assert st["models"]["last_job"]["status"] == "trained"
     finally:
         kill_group(worker, signal.SIGTERM)
         kill_group(jobs, signal.SIGTERM)
