@@ -72,11 +72,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
     metric = rows[0]["metric"] if rows else "metric"
     sl = rows[0]["slice"] if rows and rows[0]["slice"] else "slice"
-    head = (f"{'window':<21}{'rows':>7}{'label':>7}  {'champion ' + metric:>18}  "
+    head = (f"{'window':<21}{'rows':>7} {'label':>8}  {'champion ' + metric:>18}  "
             f"{sl + ' ' + metric:>30}{'rate':>7}{'cal.gap':>8}  {'version':<8}{'promoted':<9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['window']:<21}{r['rows']:>7}{f(r['label_rate']):>7}  "
+        lines.append(f"{r['window']:<21}{r['rows']:>7} {f(r['label_rate']):>8}  "
                      f"{f(r['champion_metric']):>18}  {f(r['slice_metric']):>30}"
                      f"{f(r['slice_label_rate']):>7}{f(r['slice_calibration_gap'], '+.3f'):>8}  "
                      f"{r['version']:<8}{'yes' if r['promoted'] else 'no':<9}")
