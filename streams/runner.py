@@ -188,6 +188,13 @@ class JoinRunner:
         self._closed_submitted_at = time.monotonic()
         await committer.submit(batch)
 
+    def _owns_every_input(self) -> bool:
+        """A drain is a one-worker bounded replay: it finishes only once this worker holds
+        every input partition (after a crash, the dead member's partitions come back to
+        the group when its session expires; draining without them would end too early)."""
+        want = 2 * self.config.topics.partitions
+        return len(self.positions) >= want
+
     def _closed_moved(self) -> bool:
         """The closed time moved since the last batch (at most once a second: an idle
         join's closed time moves with the clock, and each move is a watermark report)."""
@@ -206,7 +213,7 @@ class JoinRunner:
                 return
             self._update_caught_up()
             outputs = self.proc.tick()
-            if (self.opts.drain and not self.drained
+            if (self.opts.drain and not self.drained and self._owns_every_input()
                     and self.proc.watermark.all_caught_up(self.opts.drain_quiet_ms)):
                 outputs.extend(self.proc.drain())
                 self.drained = True

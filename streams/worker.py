@@ -94,20 +94,24 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
     runner = JoinRunner(config, opts, app, table, pii, clock)
     runner.after_outputs.append(WatermarkReporter(config, runner.roles).hook)
     app.dlabel_runner = runner  # for tests and the CLI summary
+    # Before anything starts: Faust's fetcher must never read the input partitions
+    # (installed in a task it raced with the fetcher's first fetch after a restart).
+    keep_inputs_from_faust(app.consumer, runner.roles)
 
     @app.agent(inputs)
     async def join_agent(stream):
         # Declared so that Faust's group subscribes the inputs and co-partitions the
-        # table with them; the records are read by the runner, never by this agent.
+        # table with them; the records are read by the runner. Should Faust ever hand
+        # one over anyway, it is ignored: never acked, so Faust commits nothing for it.
+        warned = False
         async for _ in stream.noack():
-            exc = RuntimeError("Faust delivered an input record, which the runner reads "
-                               "itself (keep_inputs_from_faust is not in effect)")
-            await app.crash(exc)
-            raise exc
+            if not warned:
+                log.warning("Faust delivered an input record that the runner reads itself; "
+                            "ignoring it (and any more)")
+                warned = True
 
     @app.task
     async def input_loop():
-        keep_inputs_from_faust(app.consumer, runner.roles)
         try:
             await runner.run()
         except Exception as exc:  # Faust would log and go on without it: stop instead
