@@ -7,35 +7,20 @@ are read, never a glob, so a reader never sees uncommitted files.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 
+from schemas.dataset_schema import iso_utc, parse_window_arg, parse_window_dir, window_dir
 from schemas.errors import DatasetError
+from streams.window_manifest import MANIFEST
 
-MANIFEST = "_manifest.json"
-_DIR_FMT = "%Y-%m-%dT%H-%M-%SZ"
-_ISO_FMT = "%Y-%m-%dT%H:%M:%SZ"
-_DIR_RE = re.compile(r"^window_start=(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ)$")
-
-
-def window_dirname(start_ms: int) -> str:
-    """``window_start=2026-11-27T10-00-00Z`` for a window starting at ``start_ms``."""
-    return "window_start=" + _utc(start_ms).strftime(_DIR_FMT)
-
-
-def window_iso(start_ms: int) -> str:
-    """``2026-11-27T10:00:00Z``: how events, manifests and the registry name a window."""
-    return _utc(start_ms).strftime(_ISO_FMT)
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+# The window names and the manifest's name are the sink's (one definition each).
+window_dirname = window_dir
+window_iso = iso_utc
 
 
 def parse_window(text: str | int) -> int:
@@ -43,23 +28,11 @@ def parse_window(text: str | int) -> int:
     ``[window_start=]2026-11-27T10-00-00Z``, any ISO time with a zone, or integer ms."""
     if isinstance(text, int) and not isinstance(text, bool):
         return text
-    s = str(text).strip()
-    if s.isdigit():
-        return int(s)
-    s = s.removeprefix("window_start=")
-    for fmt in (_DIR_FMT, _ISO_FMT):
-        try:
-            return int(datetime.strptime(s, fmt).replace(tzinfo=timezone.utc).timestamp() * 1000)
-        except ValueError:
-            pass
     try:
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+        return parse_window_arg(str(text))
     except ValueError:
-        dt = None
-    if dt is None or dt.tzinfo is None:
         raise DatasetError(f"window {text!r} is not a window start; write e.g. "
-                           "2026-11-27T10:00:00Z (UTC, with the Z)")
-    return int(dt.timestamp() * 1000)
+                           "2026-11-27T10:00:00Z (UTC, with the Z)") from None
 
 
 @dataclass(frozen=True)
@@ -142,9 +115,9 @@ def closed_windows(root: str | Path) -> list[int]:
     if not base.is_dir():
         return out
     for child in base.iterdir():
-        m = _DIR_RE.match(child.name)
-        if m and (child / MANIFEST).is_file():
-            out.append(parse_window(m.group(1)))
+        start = parse_window_dir(child.name)
+        if start is not None and (child / MANIFEST).is_file():
+            out.append(start)
     return sorted(out)
 
 
