@@ -32,34 +32,12 @@ from typing import Any
 import skops.io as sio
 
 from schemas.errors import RegistryError
+from streams.storage import fsync_dir
+from streams.storage import write_file_atomic as write_atomic  # also used by jobs.runner
 from jobs.estimators import Model
 
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 MODEL_FILE = "model.skops"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a hidden temp file, fsync, rename, fsync the dir."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _finite(obj: Any) -> Any:
@@ -140,7 +118,7 @@ class Registry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return name
 
     def load(self, version: str | int) -> Model:

@@ -24,6 +24,36 @@ def _check_relative(rel: str) -> str:
     return norm
 
 
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make renames and creations in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write a local file so that readers see all of it or none: a hidden temp file
+    (``.<name>.tmp-<pid>``, skipped by dataset readers), fsync, rename, fsync the dir."""
+    directory, name = os.path.split(os.fspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
 class LocalStorage:
     """A directory on a local (POSIX) filesystem."""
 
@@ -35,20 +65,7 @@ class LocalStorage:
 
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Write ``data`` at ``rel`` so that readers never see a partial file."""
-        path = self.uri(rel)
-        directory, name = os.path.split(path)
-        os.makedirs(directory, exist_ok=True)
-        tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # make the rename itself durable
-        finally:
-            os.close(fd)
+        write_file_atomic(self.uri(rel), data)
 
     def read(self, rel: str) -> Optional[bytes]:
         try:
