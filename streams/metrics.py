@@ -68,7 +68,8 @@ class JoinMetrics:
         self._records: dict[str, int] = {}
         self._dead: dict[str, int] = {}
 
-    def observe(self, proc, outputs) -> None:
+    def observe(self, proc, labels: dict) -> None:
+        """After a batch: ``proc``'s cumulative counts, ``labels`` = {label: examples sent}."""
         for role, n in proc.records_in.items():
             delta = n - self._records.get(role, 0)
             if delta > 0:
@@ -79,14 +80,8 @@ class JoinMetrics:
             if delta > 0:
                 DEAD_LETTERS.labels(reason=reason).inc(delta)
             self._dead[reason] = n
-        labels: dict[str, int] = {}
-        for o in outputs:
-            example = getattr(o, "example", None)
-            if example is not None:
-                key = str(example["label"])
-                labels[key] = labels.get(key, 0) + 1
         for label, n in labels.items():
-            LABELED.labels(label=label).inc(n)
+            LABELED.labels(label=str(label)).inc(n)
         join = proc.join
         PENDING.set(len(join.pending))
         EARLY.set(len(join.early))

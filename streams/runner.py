@@ -171,8 +171,7 @@ class JoinRunner:
         committer = self.committer
         t0 = time.perf_counter()
         pub = committer.publisher()
-        await self._publish(pub, outputs)
-        self.metrics.observe(self.proc, outputs)
+        self.metrics.observe(self.proc, await self._publish(pub, outputs))
         t1 = time.perf_counter()
         state = committer.publisher()
         store_writes = encode_changes(self.proc.join.take_dirty(), KIND_PREFIX,
@@ -248,19 +247,24 @@ class JoinRunner:
             set_caught_up(self.roles[tp.topic], tp.partition, hw is not None and position >= hw)
 
     # ------------------------------------------------------------- outputs
-    async def _publish(self, pub: BatchPublisher, outputs) -> None:
+    async def _publish(self, pub: BatchPublisher, outputs) -> dict:
+        """Queue the outputs on ``pub``; returns the labeled count per label value."""
         topics = self.config.topics
         labeled, add = topics.labeled, pub.add
+        labels: dict = {}
         for o in outputs:
             if type(o) is LabeledOut:
                 ex = o.example
                 add(labeled, o.partition, ex["request_id"].encode(), encode_labeled(ex))
+                label = ex["label"]
+                labels[label] = labels.get(label, 0) + 1
                 self.sent_labeled += 1
             elif type(o) is DeadLetterOut:
                 src = o.source
                 topic = topics.requests if src.role == REQUESTS else topics.feedback
                 await pub.add_any_partition(topics.dead_letter, None, dead_letter(
                     o.reason, o.detail, topic, src.partition, src.offset, o.original))
+        return labels
 
 
 #: Young-generation threshold of the cyclic garbage collector in the worker.
