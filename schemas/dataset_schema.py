@@ -89,3 +89,17 @@ def parse_window_arg(text: str) -> int:
 def unify(schemas: Iterable[pa.Schema]) -> pa.Schema:
     """One schema for windows written under different configs (new features are added)."""
     return pa.unify_schemas(list(schemas), promote_options="default")
+
+
+_PART_RE = re.compile(r"^part-(\d{3,})-(\d{12,})-(\d{12,})\.parquet$")
+
+
+def part_name(partition: int, first: int, last: int) -> str:
+    """The deterministic name of the file made from offsets ``first..last`` of a partition."""
+    return f"part-{partition:03d}-{first:012d}-{last:012d}.parquet"
+
+
+def parse_part_name(name: str) -> tuple[int, int, int] | None:
+    """``(partition, first, last)`` of a data file name, or None."""
+    m = _PART_RE.match(name)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -26,26 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
-from schemas.dataset_schema import arrow_schema, examples_to_table, parse_window_dir, window_dir
+from schemas.dataset_schema import (arrow_schema, examples_to_table, parse_part_name,
+                                    parse_window_dir, part_name, window_dir)
 from streams.window_manifest import build_manifest, manifest_exists, write_manifest
 
 log = logging.getLogger("dlabel.sink")
 
 STATE_DIR = "_sink"
-_PART_RE = re.compile(r"^part-(\d{3,})-(\d{12,})-(\d{12,})\.parquet$")
-
-
-def part_name(partition: int, first: int, last: int) -> str:
-    """The deterministic name of the file made from offsets ``first..last`` of a partition."""
-    return f"part-{partition:03d}-{first:012d}-{last:012d}.parquet"
-
-
-def parse_part_name(name: str) -> Optional[tuple[int, int, int]]:
-    """``(partition, first, last)`` of a data file name, or None."""
-    m = _PART_RE.match(name)
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
-
-
 @dataclass
 class Rejected:
     """A labeled record the writer did not take (goes to the dead-letter topic)."""

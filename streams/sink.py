@@ -99,7 +99,7 @@ class DatasetSink:
             log.info("sink started at %s", {f"{t.labeled}:{p}": o for p, o in resume.items()})
             while not self.stopping:
                 self._poll_once()
-                if self.opts.parent_pid is not None and os.getppid() != self.opts.parent_pid:
+                if self._parent_gone():
                     log.warning("sink: the worker process is gone; stopping")
                     break
                 if self.opts.drain and self._drained():
@@ -117,6 +117,10 @@ class DatasetSink:
     def stop(self) -> None:
         self.stopping = True
 
+    def _parent_gone(self) -> bool:
+        """As a child of `dlabel worker`: whether that worker has exited."""
+        return self.opts.parent_pid is not None and os.getppid() != self.opts.parent_pid
+
     def _take_lock(self) -> bool:
         """One active sink per dataset: a second one (e.g. of a second `dlabel worker` on
         the same host) stands by until the first one exits, then takes over."""
@@ -124,7 +128,7 @@ class DatasetSink:
         if fd is None:
             log.warning("sink: another sink holds %s; standing by", self.storage.uri(LOCK))
             while fd is None and not self.stopping:
-                if self.opts.parent_pid is not None and os.getppid() != self.opts.parent_pid:
+                if self._parent_gone():
                     raise SystemExit(0)
                 time.sleep(self.opts.retry_s)
                 fd = self.storage.try_lock(LOCK)

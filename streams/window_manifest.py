@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
-from schemas.dataset_schema import iso_utc, parse_window_dir, unify
+from schemas.dataset_schema import iso_utc, parse_part_name, parse_window_dir, unify
 
 MANIFEST = "_manifest.json"
 FORMAT = 1
@@ -26,14 +26,12 @@ def manifest_exists(storage, dirname: str) -> bool:
 
 
 def _data_files(storage, dirname: str) -> list[str]:
-    from streams.dataset_writer import parse_part_name
     return [n for n in storage.list_dir(dirname) if parse_part_name(n) is not None]
 
 
 def build_manifest(config: PipelineConfig, storage, dirname: str, window: int,
                    schema: pa.Schema, labeled_topic: str) -> dict[str, Any]:
     """The manifest of a window from its committed files."""
-    from streams.dataset_writer import parse_part_name
     files, tables, offsets = [], [], {}
     for name in _data_files(storage, dirname):
         table = pq.read_table(io.BytesIO(storage.read(f"{dirname}/{name}")),

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pytest
 
 from schemas.dataset_schema import arrow_schema
-from streams.dataset_writer import DatasetWriter, parse_part_name
+from schemas.dataset_schema import parse_part_name
+from streams.dataset_writer import DatasetWriter
 from streams.storage import LocalStorage
 from streams.window_manifest import list_windows, read_manifest, read_window
 
