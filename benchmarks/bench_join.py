@@ -31,9 +31,9 @@ from aiokafka import AIOKafkaConsumer  # noqa: E402
 from aiokafka.structs import TopicPartition  # noqa: E402
 
 from schemas.pii import PiiHasher  # noqa: E402
-from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.simulate import generate, produce  # noqa: E402
-from streams.tansu_quirks import fetch_end_offsets  # noqa: E402
+from streams.kafka.broker import EmbeddedBroker  # noqa: E402
+from streams.dev.simulate import generate, produce  # noqa: E402
+from streams.kafka.tansu_quirks import fetch_end_offsets  # noqa: E402
 from tests.oracle import oracle_labels  # noqa: E402
 from tests.pipeline_runs import PII_KEY, load, write_pipeline  # noqa: E402
 
@@ -140,7 +140,7 @@ def pending_worker_rss(broker, tmp: Path, n: int, store: str) -> dict:
 def pending_memory(config, n: int) -> float:
     """MiB per million pending requests held by the in-memory join."""
     from schemas.events import Request
-    from streams.join import EventTimeJoin, Source
+    from streams.join.event_time_join import EventTimeJoin, Source
     gc.collect()
     before = _rss_mib()
     join = EventTimeJoin(config)

@@ -31,10 +31,10 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 
 from schemas.config import load_config  # noqa: E402
 from schemas.dataset_schema import arrow_schema, examples_to_table  # noqa: E402
-from streams.broker import EmbeddedBroker  # noqa: E402
-from streams.runtime import prepare  # noqa: E402
-from streams.sink import DatasetSink, SinkOptions  # noqa: E402
-from streams.watermark_reports import DRAINED, encode_report, input_names  # noqa: E402
+from streams.kafka.broker import EmbeddedBroker  # noqa: E402
+from streams.pipeline import prepare  # noqa: E402
+from streams.dataset.sink import DatasetSink, SinkOptions  # noqa: E402
+from streams.join.closed_time_reports import DRAINED, encode_report, input_names  # noqa: E402
 
 HOUR = 3_600_000
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % HOUR

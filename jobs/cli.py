@@ -38,11 +38,12 @@ def jobs(config_path: str, broker: Optional[str], until_idle: bool, idle_timeout
          retry_failed: bool, metrics_port: Optional[int]) -> None:
     """Run one retraining job per closed window (windows topic), in window order."""
     from jobs.runner import run_forever, run_until_idle
-    from streams import kafka_clients, metrics
+    from streams.kafka import clients as kafka_clients
+    from streams.common import metrics
     cfg = _config(config_path, broker)
     kafka_clients.configure(cfg.kafka)
     metrics.serve(metrics_port, "jobs runner")
-    from streams.broker_probe import BrokerProbe
+    from streams.kafka.probe import BrokerProbe
     probe = BrokerProbe(cfg.bootstrap_servers).start()
     try:
         if until_idle:

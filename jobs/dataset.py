@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from schemas.dataset_schema import iso_utc, parse_window_arg, parse_window_dir, window_dir
 from schemas.errors import DatasetError
-from streams.window_manifest import MANIFEST
+from streams.dataset.manifest import MANIFEST
 
 # The window names and the manifest's name are the sink's (one definition each).
 window_dirname = window_dir

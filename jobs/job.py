@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", required=True)
     ap.add_argument("--manifest")
     args = ap.parse_args(argv)
-    from streams.logs import setup_logging
+    from streams.common.logs import setup_logging
     setup_logging(logging.INFO)  # text or JSON, as the runner was started (env)
     config = config_from_json(Path(args.config_json).read_text())
     try:

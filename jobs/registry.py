@@ -32,8 +32,8 @@ from typing import Any
 import skops.io as sio
 
 from schemas.errors import RegistryError
-from streams.storage import fsync_dir
-from streams.storage import write_file_atomic as write_atomic  # also used by jobs.runner
+from streams.common.storage import fsync_dir
+from streams.common.storage import write_file_atomic as write_atomic  # also used by jobs.runner
 from jobs.estimators import Model
 
 _VERSION_RE = re.compile(r"^v(\d{4,})$")

@@ -29,7 +29,8 @@ from schemas.errors import BrokerError
 from jobs.configio import config_to_json
 from jobs.dataset import parse_window, window_iso
 from jobs.registry import Registry, write_atomic
-from streams import kafka_clients, metrics
+from streams.kafka import clients as kafka_clients
+from streams.common import metrics
 
 log = logging.getLogger("dlabel.jobs.runner")
 ROOT = Path(__file__).resolve().parent.parent

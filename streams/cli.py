@@ -16,7 +16,7 @@ BROKER_HELP = "kafka://host:port of the cluster (overrides the config; env DLABE
 
 
 def _config(path: str, broker: Optional[str]):
-    from streams import kafka_clients
+    from streams.kafka import clients as kafka_clients
     try:
         cfg = load_config(path, broker=broker)
     except DlabelError as e:
@@ -31,7 +31,7 @@ def _config(path: str, broker: Optional[str]):
               envvar="DLABEL_LOG_FORMAT", help="text (default) or one JSON object per line")
 def main(verbose: bool, log_format: Optional[str]) -> None:
     """dlabel: label inference requests with their feedback, on Kafka."""
-    from streams.logs import setup_logging
+    from streams.common.logs import setup_logging
     setup_logging(logging.INFO if verbose else logging.WARNING, log_format)
 
 
@@ -40,7 +40,7 @@ def main(verbose: bool, log_format: Optional[str]) -> None:
 @click.option("--host", default="0.0.0.0", show_default=True)
 def broker(port: int, host: str) -> None:
     """Run the embedded Tansu broker in the foreground until Ctrl-C."""
-    from streams.broker import run_foreground
+    from streams.kafka.broker import run_foreground
     sys.exit(run_foreground(port=port, host=host))
 
 
@@ -58,7 +58,7 @@ def worker(config_path: str, broker: Optional[str], drain: bool, only: Optional[
            batch_size: int, loglevel: str, metrics_port: Optional[int]) -> None:
     """Run the join worker (requests + feedback -> labeled) and the dataset sink
     (labeled -> Parquet windows -> windows topic)."""
-    from streams.runtime import run_pipeline
+    from streams.pipeline import run_pipeline
     cfg = _config(config_path, broker)
     try:
         summary = run_pipeline(cfg, only=only, drain=drain, batch_size=batch_size,
@@ -76,7 +76,7 @@ def worker(config_path: str, broker: Optional[str], drain: bool, only: Optional[
 @click.option("--seed", default=1, show_default=True)
 def simulate(config_path: str, broker: Optional[str], scenario: str, n_requests: int, seed: int) -> None:
     """Produce realistic simulated requests and feedback to the pipeline's topics."""
-    from streams.simulate import generate, produce
+    from streams.dev.simulate import generate, produce
     cfg = _config(config_path, broker)
     events = generate(cfg, scenario, n_requests, seed)
     try:
@@ -95,7 +95,7 @@ def simulate(config_path: str, broker: Optional[str], scenario: str, n_requests:
 @click.option("--timeout", default=0.0, help="stop after this many idle seconds (0: never)")
 def tail(config_path: str, broker: Optional[str], topic: str, max_records: int, timeout: float) -> None:
     """Print records of one of the pipeline's topics, from the beginning."""
-    from streams.tail import tail_topic
+    from streams.dev.tail import tail_topic
     cfg = _config(config_path, broker)
     name = getattr(cfg.topics, topic)
     for record in tail_topic(cfg.bootstrap_servers, name, max_records, timeout):
@@ -107,8 +107,8 @@ def tail(config_path: str, broker: Optional[str], topic: str, max_records: int, 
 @click.option("--json", "as_json", is_flag=True, help="print JSON (one object per window)")
 def datasets(config_path: str, as_json: bool) -> None:
     """List the dataset's windows: status, rows, label rate, files (from the manifests)."""
-    from streams.storage import open_storage
-    from streams.window_manifest import list_windows
+    from streams.common.storage import open_storage
+    from streams.dataset.manifest import list_windows
     cfg = _config(config_path, None)
     try:
         windows = list_windows(open_storage(cfg.dataset.path))
@@ -152,7 +152,7 @@ def status(config_path: str, broker: Optional[str], as_json: bool, no_broker: bo
 def demo(n_requests: int, seed: int, scenario: str, workdir: str) -> None:
     """End-to-end demo on an embedded broker: a simulated day of traffic, labeled,
     written as hourly Parquet windows, retrained window by window, reported."""
-    from streams.demo import run_demo
+    from streams.dev.demo import run_demo
     os.environ.setdefault("DLABEL_PII_KEY", "demo-key-not-secret")
     try:
         run_demo(scenario, n_requests, seed, workdir, echo=click.echo)

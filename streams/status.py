@@ -15,17 +15,17 @@ from kafka.structs import TopicPartition
 
 from schemas.config import PipelineConfig
 from schemas.dataset_schema import iso_utc
-from streams import kafka_clients
-from streams.sink import sink_group
-from streams.storage import open_storage
-from streams.tansu_quirks import fetch_end_offsets
-from streams.watermark_reports import DRAINED, decode_report, input_names
-from streams.window_manifest import list_windows
+from streams.kafka import clients as kafka_clients
+from streams.dataset.sink import sink_group
+from streams.common.storage import open_storage
+from streams.kafka.tansu_quirks import fetch_end_offsets
+from streams.join.closed_time_reports import DRAINED, decode_report, input_names
+from streams.dataset.manifest import list_windows
 
 
 def join_group(config: PipelineConfig) -> str:
     """The join workers' consumer group (the Faust app id)."""
-    from streams.worker import app_id
+    from streams.join.faust_adapter import app_id
     return app_id(config)
 
 

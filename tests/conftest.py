@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import pytest
 
 from schemas.config import PipelineConfig, TopicsSpec, load_config
-from streams.broker import EmbeddedBroker
+from streams.kafka.broker import EmbeddedBroker
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

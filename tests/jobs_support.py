@@ -9,7 +9,7 @@ import pandas as pd
 import yaml
 
 from schemas.config import DatasetSpec, PipelineConfig
-from jobs.synthetic import ctr_window, write_window
+from streams.dev.synthetic_windows import ctr_window, write_window
 
 H = 3_600_000
 START = 1_794_999_600_000  # 2026-11-18T11:00:00Z

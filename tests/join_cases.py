@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 from schemas.config import PipelineConfig, config_from_dict
 from schemas.records import decode_dead_letter, dead_letter, encode_labeled
-from streams.join import DeadLetterOut, LabeledOut
-from streams.processor import JoinProcessor
+from streams.join.event_time_join import DeadLetterOut, LabeledOut
+from streams.join.processor import JoinProcessor
 
 MIN = 60_000
 

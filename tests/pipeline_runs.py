@@ -12,7 +12,7 @@ import yaml
 
 from schemas.config import load_config
 from schemas.records import decode_dead_letter
-from streams.tail import read_topic
+from streams.dev.tail import read_topic
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PII_KEY = "test-pii-key"

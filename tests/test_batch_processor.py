@@ -14,7 +14,7 @@ from types import SimpleNamespace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.processor import JoinProcessor
+from streams.join.processor import JoinProcessor
 from tests.join_cases import Run, _partition, make_config
 from tests.oracle import assert_matches_oracle, oracle_labels
 from tests.test_join_property import scenarios

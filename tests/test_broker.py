@@ -10,8 +10,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from schemas.errors import BrokerError
-from streams.broker import EmbeddedBroker, probe
-from streams.topics import ensure_topics, partition_count, topic_plan
+from streams.kafka.broker import EmbeddedBroker, probe
+from streams.kafka.topics import ensure_topics, partition_count, topic_plan
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def test_port_in_use_raises(broker: EmbeddedBroker) -> None:
 
 
 def test_child_dies_with_killed_parent(tmp_path: Path) -> None:
-    script = ("import time\nfrom streams.broker import EmbeddedBroker\n"
+    script = ("import time\nfrom streams.kafka.broker import EmbeddedBroker\n"
               "b = EmbeddedBroker().start()\nprint(b.pid, flush=True)\ntime.sleep(60)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True)

@@ -11,8 +11,8 @@ import urllib.request
 import pytest
 
 from schemas.pii import PiiHasher
-from streams.broker import EmbeddedBroker, free_port
-from streams.simulate import generate, produce
+from streams.kafka.broker import EmbeddedBroker, free_port
+from streams.dev.simulate import generate, produce
 from tests.oracle import assert_matches_oracle, oracle_labels
 from tests.pipeline_runs import (PII_KEY, dataset_examples, kill_group, labeled_records, load,
                                  run_drain, start_worker, write_pipeline)

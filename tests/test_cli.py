@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.broker import EmbeddedBroker
-from streams.simulate import generate
+from streams.kafka.broker import EmbeddedBroker
+from streams.dev.simulate import generate
 from tests.pipeline_runs import EXAMPLES, load, write_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,13 +179,13 @@ def test_tail_with_broker_from_the_environment(broker: EmbeddedBroker, tmp_path:
 def test_json_log_format_gives_one_object_per_line(tmp_path):
     """A failing command still logs as JSON lines when asked (no broker needed)."""
     import logging
-    from streams.logs import JsonFormatter
+    from streams.common.logs import JsonFormatter
     record = logging.LogRecord("dlabel.sink", logging.ERROR, __file__, 1, "cannot write to %s", ("x",), None)
     line = json.loads(JsonFormatter().format(record))
     assert line["level"] == "ERROR" and line["logger"] == "dlabel.sink"
     assert line["message"] == "cannot write to x" and line["ts"].endswith("Z")
     child = subprocess.run(
-        [sys.executable, "-c", "import logging; from streams.logs import setup_logging; "
+        [sys.executable, "-c", "import logging; from streams.common.logs import setup_logging; "
          "setup_logging('INFO', 'json'); logging.getLogger('dlabel.x').info('hello %s', 1)"],
         capture_output=True, text=True, cwd=str(ROOT), env=clean_env(), timeout=60)
     lines = [json.loads(line) for line in child.stderr.splitlines()]

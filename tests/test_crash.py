@@ -4,7 +4,7 @@ The set of labeled request ids must equal the oracle, none missing; a record rep
 by the at-least-once replay must be an identical copy; the Parquet dataset written by
 the sink (killed together with the join) equals the oracle with each request once. The join state is recovered
 from its changelog on the embedded broker, which needs the fetch-high-watermark fix
-of ``streams.tansu_quirks`` (without it Faust drops the changelog's tail).
+of ``streams.kafka.tansu_quirks`` (without it Faust drops the changelog's tail).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import time
 import pytest
 
 from schemas.pii import PiiHasher
-from streams.simulate import generate, produce
-from streams.tail import read_topic
+from streams.dev.simulate import generate, produce
+from streams.dev.tail import read_topic
 from tests.oracle import assert_matches_oracle, oracle_labels
 from tests.pipeline_runs import (PII_KEY, dataset_examples, dead_letters, kill_group,
                                  labeled_records, load, run_drain, start_worker, write_pipeline)

@@ -17,9 +17,9 @@ import pytest
 
 from schemas.dataset_schema import arrow_schema
 from schemas.dataset_schema import parse_part_name
-from streams.dataset_writer import DatasetWriter
-from streams.storage import LocalStorage
-from streams.window_manifest import list_windows, read_manifest, read_window
+from streams.dataset.writer import DatasetWriter
+from streams.common.storage import LocalStorage
+from streams.dataset.manifest import list_windows, read_manifest, read_window
 
 MIN = 60_000
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % (10 * MIN)

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY, K8S = ROOT / "deploy", ROOT / "deploy" / "k8s"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 VERSION = PROJECT["version"]
-PACKAGES = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+PACKAGES = [p.rstrip("*") for p in tomllib.loads((ROOT / "pyproject.toml").read_text())
+            ["tool"]["setuptools"]["packages"]["find"]["include"]]
 AWS_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 SECRET_ENV = {PII_KEY_ENV, "DLABEL_KAFKA_PASSWORD"} | AWS_KEYS
 KNOWN_ENV = SECRET_ENV | {BROKER_ENV, "DLABEL_METRICS_PORT", "AWS_REGION", "AWS_DEFAULT_REGION",

@@ -26,10 +26,10 @@ import pytest
 
 from jobs.registry import Registry
 from schemas.pii import PiiHasher
-from streams.simulate import generate, produce
-from streams.storage import LocalStorage
-from streams.tail import read_topic
-from streams.window_manifest import list_windows, read_manifest
+from streams.dev.simulate import generate, produce
+from streams.common.storage import LocalStorage
+from streams.dev.tail import read_topic
+from streams.dataset.manifest import list_windows, read_manifest
 from tests.oracle import assert_matches_oracle, oracle_labels
 from tests.pipeline_runs import (PII_KEY, dataset_examples, dead_letters, kill_group, load,
                                  run_drain, worker_cmd, worker_env, write_pipeline)

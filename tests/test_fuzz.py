@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.events import MAX_EVENT_BYTES, MAX_STRING_CHARS
-from streams.simulate import generate
+from streams.dev.simulate import generate
 from tests.join_cases import drive, make_config
 from tests.oracle import assert_matches_oracle, oracle_labels
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from jobs.cli import COMMANDS
 from jobs.registry import Registry
-from streams.simulate import ConceptDrift, generate
+from streams.dev.simulate import ConceptDrift, generate
 from tests.jobs_support import on_tmp, write_ctr_windows, write_yaml
 
 
@@ -81,7 +81,7 @@ def test_report_command(setup):
 def test_jobs_until_idle_command(broker, make_config, tmp_path):
     cfg = on_tmp(make_config("ctr", broker=broker.url), tmp_path)
     path = write_yaml(cfg, "ctr", tmp_path / "ctr.yaml")
-    from streams.topics import ensure_topics
+    from streams.kafka.topics import ensure_topics
     ensure_topics(broker.bootstrap, cfg)
     res = run("jobs", "-c", path, "--broker", broker.url, "--until-idle", "--idle-timeout", "1")
     assert json.loads(res.output.strip().splitlines()[-1])["trained"] == []

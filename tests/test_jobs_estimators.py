@@ -9,7 +9,7 @@ import skops.io as sio
 
 from schemas.config import ESTIMATORS
 from jobs.estimators import SUPPORTED, Model
-from jobs.synthetic import ctr_window
+from streams.dev.synthetic_windows import ctr_window
 from tests.jobs_support import H, START, airport_window
 
 

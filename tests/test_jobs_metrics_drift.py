@@ -10,7 +10,7 @@ import pytest
 from schemas.config import DriftSpec, FeatureSpec
 from jobs.drift import linf, psi, window_drift
 from jobs.metrics import binary_metrics, evaluate, regression_metrics
-from jobs.synthetic import ctr_window
+from streams.dev.synthetic_windows import ctr_window
 from tests.jobs_support import H, START
 
 

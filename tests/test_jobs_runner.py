@@ -11,9 +11,9 @@ from kafka import KafkaProducer
 from jobs.dataset import window_dirname, window_iso
 from jobs.registry import Registry
 from jobs.runner import RunSummary, Runner, parse_events, run_until_idle
-from jobs.synthetic import window_event
-from streams.broker import EmbeddedBroker
-from streams.topics import ensure_topics
+from streams.dev.synthetic_windows import window_event
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.topics import ensure_topics
 from tests.jobs_support import START, H, on_tmp, write_ctr_windows
 
 

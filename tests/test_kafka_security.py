@@ -15,7 +15,7 @@ import yaml
 
 from schemas.config import KafkaSecurity, load_config
 from schemas.errors import ConfigError
-from streams import kafka_clients
+from streams.kafka import clients as kafka_clients
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"DLABEL_PII_KEY": "k"}

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from schemas.pii import PiiHasher
-from streams.simulate import generate, produce
+from streams.dev.simulate import generate, produce
 from tests.oracle import assert_matches_oracle, oracle_labels
 from tests.pipeline_runs import (PII_KEY, dead_letters, labeled_records, load, run_drain,
                                  start_worker, write_pipeline)

@@ -11,7 +11,7 @@ import skops.io as sio
 from schemas.errors import RegistryError
 from jobs.estimators import Model
 from jobs.registry import Registry, write_atomic
-from jobs.synthetic import ctr_window
+from streams.dev.synthetic_windows import ctr_window
 from tests.jobs_support import H, START
 
 

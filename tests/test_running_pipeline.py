@@ -22,9 +22,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from streams.broker import free_port
-from streams.simulate import generate, produce
-from streams.tail import read_topic
+from streams.kafka.broker import free_port
+from streams.dev.simulate import generate, produce
+from streams.dev.tail import read_topic
 from tests.pipeline_runs import PII_KEY, kill_group, load, worker_cmd, worker_env, write_pipeline
 
 pytestmark = pytest.mark.broker
@@ -112,8 +112,8 @@ def test_metrics_scraped_and_no_pii_anywhere(broker, tmp_path, unique_name):
         kill_group(worker, signal.SIGTERM)
         kill_group(jobs, signal.SIGTERM)
 
-    from streams.storage import LocalStorage
-    from streams.window_manifest import list_windows
+    from streams.common.storage import LocalStorage
+    from streams.dataset.manifest import list_windows
     closed_rows = sum(w["rows"] for w in list_windows(LocalStorage(cfg.dataset.path))
                       if w["status"] == "closed")
     assert closed_rows > 300 and _metric(sink_page, "dlabel_sink_rows_total") >= closed_rows

@@ -9,7 +9,7 @@ from jobs import dataset as ds
 from schemas.config import config_from_dict
 from schemas.dataset_schema import parse_window_dir, window_dir
 from schemas.errors import CommitError, ConfigError, DlabelError
-from streams.storage import LocalStorage
+from streams.common.storage import LocalStorage
 
 
 @pytest.mark.parametrize("name", ["../etc", "a/b", ".hidden", "", "x" * 65, "a b"])

@@ -11,8 +11,8 @@ from kafka import KafkaConsumer, TopicPartition
 from schemas.errors import ConfigError, EventError
 from schemas.events import EventParser
 from schemas.pii import PiiHasher
-from streams.broker import EmbeddedBroker
-from streams.simulate import CATEGORIES, DEFAULT_START_MS, generate, produce
+from streams.kafka.broker import EmbeddedBroker
+from streams.dev.simulate import CATEGORIES, DEFAULT_START_MS, generate, produce
 
 REASONS = {"broken_json": "malformed_json", "garbage": "malformed_json",
            "zoneless_ts": "bad_timestamp", "nan_feature": "bad_type", "bad_type": "bad_type",

@@ -10,10 +10,10 @@ import pyarrow.dataset as ds
 import pytest
 
 from schemas.dataset_schema import arrow_schema, parse_window_dir
-from streams.simulate import generate, produce
-from streams.storage import LocalStorage
-from streams.tail import read_topic
-from streams.window_manifest import list_windows, read_manifest
+from streams.dev.simulate import generate, produce
+from streams.common.storage import LocalStorage
+from streams.dev.tail import read_topic
+from streams.dataset.manifest import list_windows, read_manifest
 from tests.oracle import assert_matches_oracle, oracle_labels
 from tests.pipeline_runs import PII_KEY, load, run_drain, write_pipeline
 from schemas.pii import PiiHasher
@@ -94,9 +94,9 @@ def test_windows_event_lost_in_a_crash_is_sent_on_restart_once(broker, make_conf
     """A crash after a manifest and before its windows event: the restarted sink sends it."""
     import dataclasses
     import threading
-    from streams.dataset_writer import DatasetWriter
-    from streams.runtime import prepare
-    from streams.sink import DatasetSink, SinkOptions
+    from streams.dataset.writer import DatasetWriter
+    from streams.pipeline import prepare
+    from streams.dataset.sink import DatasetSink, SinkOptions
     from tests.test_dataset_writer import T0, example
 
     cfg = make_config("ctr", broker=broker.url, partitions=1)
@@ -131,7 +131,7 @@ def test_windows_event_lost_in_a_crash_is_sent_on_restart_once(broker, make_conf
 def _produce_labeled(bootstrap: str, cfg, examples: list[bytes]) -> None:
     """Labeled records on partition 0 plus every input's 'drained' watermark report."""
     from kafka import KafkaProducer
-    from streams.watermark_reports import DRAINED, encode_report, input_names
+    from streams.join.closed_time_reports import DRAINED, encode_report, input_names
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
     last = None
     for value in examples:
@@ -151,9 +151,9 @@ def test_unwritable_dataset_path_stalls_the_sink_then_it_resumes(broker, make_co
     import time
     from kafka import KafkaAdminClient
     from schemas.dataset_schema import window_dir
-    from streams import metrics
-    from streams.runtime import prepare
-    from streams.sink import DatasetSink, SinkOptions, sink_group
+    from streams.common import metrics
+    from streams.pipeline import prepare
+    from streams.dataset.sink import DatasetSink, SinkOptions, sink_group
     from tests.test_dataset_writer import T0, example
 
     cfg = make_config("ctr", broker=broker.url, partitions=1)
@@ -200,8 +200,8 @@ def test_a_second_sink_stands_by_and_takes_over(broker, make_config, tmp_path, c
     import logging
     import threading
     import time
-    from streams.runtime import prepare
-    from streams.sink import DatasetSink, SinkOptions
+    from streams.pipeline import prepare
+    from streams.dataset.sink import DatasetSink, SinkOptions
     from tests.test_dataset_writer import T0, example
 
     cfg = make_config("ctr", broker=broker.url, partitions=1)

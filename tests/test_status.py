@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.simulate import generate, produce
+from streams.dev.simulate import generate, produce
 from tests.pipeline_runs import load, run_drain, worker_env, write_pipeline
 
 pytestmark = pytest.mark.broker

@@ -7,9 +7,9 @@ import json
 import pyarrow.dataset as ds
 import pytest
 
-from streams.broker import free_port
-from streams.storage import ObjectStorage, open_storage
-from streams.window_manifest import list_windows, read_window
+from streams.kafka.broker import free_port
+from streams.common.storage import ObjectStorage, open_storage
+from streams.dataset.manifest import list_windows, read_window
 from tests.test_dataset_writer import MIN, Crash, labeled_topic, run
 
 moto_server = pytest.importorskip("moto.server")

@@ -9,9 +9,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from streams.broker import EmbeddedBroker
-from streams.tansu_quirks import fetch_end_offsets, is_tansu
-from streams.topics import TOPIC_CONFIGS
+from streams.kafka.broker import EmbeddedBroker
+from streams.kafka.tansu_quirks import fetch_end_offsets, is_tansu
+from streams.kafka.topics import TOPIC_CONFIGS
 
 pytestmark = pytest.mark.broker
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.watermark import WatermarkTracker
+from streams.join.watermark import WatermarkTracker
 
 IDLE = 1_000  # idle_timeout_ms of every tracker here
 R0, R1, F0, F1 = ("requests", 0), ("requests", 1), ("feedback", 0), ("feedback", 1)

@@ -8,7 +8,7 @@ import pytest
 from schemas.errors import EventError
 from schemas.events import EventParser
 from schemas.pii import PiiHasher
-from streams.simulate import generate, produce
+from streams.dev.simulate import generate, produce
 from tests.oracle import assert_matches_oracle, oracle_labels
 from tests.pipeline_runs import PII_KEY, dead_letters, labeled_records, load, run_drain, write_pipeline
 

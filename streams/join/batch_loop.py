@@ -23,13 +23,13 @@ from typing import Callable, Optional
 from aiokafka.structs import TopicPartition
 
 from schemas.records import dead_letter, encode_labeled
-from streams.batch_commit import Batch, BatchCommitter, encode_changes
-from streams.input_feed import InputFeed, pause_in_faust
-from streams.join import DONE, EARLY, PENDING, REQUEST, DeadLetterOut, LabeledOut
-from streams.processor import FEEDBACK, REQUESTS, JoinProcessor
-from streams.publisher import BatchPublisher
-from streams.metrics import JoinMetrics
-from streams.watermark_reports import DRAINED
+from streams.join.batch_commit import Batch, BatchCommitter, encode_changes
+from streams.kafka.input_feed import InputFeed, pause_in_faust
+from streams.join.event_time_join import DONE, EARLY, PENDING, REQUEST, DeadLetterOut, LabeledOut
+from streams.join.processor import FEEDBACK, REQUESTS, JoinProcessor
+from streams.kafka.publisher import BatchPublisher
+from streams.common.metrics import JoinMetrics
+from streams.join.closed_time_reports import DRAINED
 
 log = logging.getLogger("dlabel.worker")
 

@@ -1,4 +1,4 @@
-"""Retraining benchmark: ``python -m jobs.bench [--windows 24] [--rows 5000]``.
+"""Retraining benchmark: ``python benchmarks/bench_jobs.py [--windows 24] [--rows 5000]``.
 
 1. Job time per 100k rows: one ``run_job`` on a synthetic window of 100k rows.
 2. Incremental retraining vs a full refit on all windows so far: at each window k, the
@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 from schemas.config import DatasetSpec, load_config
 from jobs.estimators import Model
 from jobs.job import run_job
-from jobs.synthetic import ctr_window, write_window
+from streams.dev.synthetic_windows import ctr_window, write_window
 
 H = 3_600_000
 START = 1_794_999_600_000

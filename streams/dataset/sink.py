@@ -26,12 +26,13 @@ from kafka.structs import OffsetAndMetadata
 from schemas.config import PipelineConfig
 from schemas.dataset_schema import window_dir
 from schemas.records import dead_letter
-from streams import kafka_clients, metrics
-from streams.broker_probe import BrokerProbe
-from streams.dataset_writer import STATE_DIR, DatasetWriter
-from streams.storage import open_storage
-from streams.watermark_reports import DRAINED, SinkWatermark, decode_report, input_names
-from streams.window_manifest import MANIFEST, read_manifest, window_event
+from streams.kafka import clients as kafka_clients
+from streams.common import metrics
+from streams.kafka.probe import BrokerProbe
+from streams.dataset.writer import STATE_DIR, DatasetWriter
+from streams.common.storage import open_storage
+from streams.join.closed_time_reports import DRAINED, SinkWatermark, decode_report, input_names
+from streams.dataset.manifest import MANIFEST, read_manifest, window_event
 
 log = logging.getLogger("dlabel.sink")
 
@@ -262,7 +263,7 @@ class DatasetSink:
 def run_sink(config: PipelineConfig, drain: bool = False, parent_pid: Optional[int] = None,
              metrics_port: Optional[int] = None) -> dict:
     """Run the dataset sink in this process until Ctrl-C (or drained)."""
-    from streams.runtime import prepare
+    from streams.pipeline import prepare
     kafka_clients.configure(config.kafka)
     prepare(config, config.bootstrap_servers)
     sink = DatasetSink(config, SinkOptions(bootstrap=config.bootstrap_servers, drain=drain,
@@ -282,7 +283,7 @@ def run_sink(config: PipelineConfig, drain: bool = False, parent_pid: Optional[i
 def sink_process_main(config: PipelineConfig, drain: bool, loglevel: str, conn,
                       metrics_port: Optional[int] = None) -> None:
     """Entry point of the sink as a child process of ``dlabel worker`` (spawned)."""
-    from streams.logs import setup_logging
+    from streams.common.logs import setup_logging
     setup_logging(loglevel)
     try:
         summary = run_sink(config, drain=drain, parent_pid=os.getppid(),

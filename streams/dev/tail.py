@@ -6,7 +6,7 @@ from typing import Iterator
 
 from kafka import KafkaConsumer, TopicPartition
 
-from streams import kafka_clients
+from streams.kafka import clients as kafka_clients
 
 
 def read_topic(bootstrap: str, topic: str, idle_timeout_s: float = 2.0,

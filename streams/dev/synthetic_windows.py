@@ -1,6 +1,6 @@
 """Synthetic closed windows in the dataset sink's exact layout (tests, benchmarks).
 
-``ctr_window`` draws labeled CTR examples the way ``streams.simulate`` draws clicks
+``ctr_window`` draws labeled CTR examples the way ``streams.dev.simulate`` draws clicks
 (same categories, prices, hour effect), with an optional concept drift: from
 ``drift_at_ms`` on, the ``drift_category`` is clicked ``drift_factor`` times as often
 (0: never). ``write_window`` writes them like the sink does: ``part-*.parquet`` files
@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from jobs.dataset import MANIFEST, window_dirname, window_iso
 from jobs.registry import write_atomic
-from streams.simulate import CATEGORIES, _CAT_CTR, _CAT_PRICE, _CAT_WEIGHTS
+from streams.dev.simulate import CATEGORIES, _CAT_CTR, _CAT_PRICE, _CAT_WEIGHTS
 
 _TS = pa.timestamp("ms", tz="UTC")
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}

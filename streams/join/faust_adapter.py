@@ -3,9 +3,9 @@
 Faust owns the consumer group (an agent is declared on the requests and feedback
 topics, so their partitions and the state table's changelog are assigned together),
 the rebalances and the table with its recovery. The input records themselves do not
-go through Faust's per-record stream path: ``streams.runner.JoinRunner`` reads them in
+go through Faust's per-record stream path: ``streams.join.batch_loop.JoinRunner`` reads them in
 large batches with its own consumer, assigned what Faust's group gives this worker,
-and ``streams.batch_commit.BatchCommitter`` makes each batch durable in order (outputs
+and ``streams.join.batch_commit.BatchCommitter`` makes each batch durable in order (outputs
 acked, state written, offsets committed), so a crash at any point loses nothing.
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ import faust
 
 from schemas.config import PipelineConfig
 from schemas.pii import PiiHasher
-from streams.input_feed import keep_inputs_from_faust
-from streams import kafka_clients
-from streams.runner import JoinRunner
-from streams.watermark_reports import WatermarkReporter
+from streams.kafka.input_feed import keep_inputs_from_faust
+from streams.kafka import clients as kafka_clients
+from streams.join.batch_loop import JoinRunner
+from streams.join.closed_time_reports import WatermarkReporter
 
 log = logging.getLogger("dlabel.worker")
 
@@ -57,7 +57,7 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
               clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> faust.App:
     """Build the Faust app of the join worker for ``config``."""
     if opts.tansu:
-        from streams.tansu_quirks import install_faust_recovery_fix
+        from streams.kafka.tansu_quirks import install_faust_recovery_fix
         install_faust_recovery_fix(opts.bootstrap)
     store = "rocksdb://" if config.store == "rocksdb" else "memory://"
     app = faust.App(

@@ -30,8 +30,8 @@ from typing import Awaitable, Callable, Optional
 import orjson
 from aiokafka.structs import TopicPartition
 
-from streams.input_feed import commit_input_offsets
-from streams.publisher import BatchPublisher
+from streams.kafka.input_feed import commit_input_offsets
+from streams.kafka.publisher import BatchPublisher
 
 log = logging.getLogger("dlabel.worker")
 

@@ -17,7 +17,7 @@ from kafka.admin import KafkaAdminClient
 import kafka.errors as kerr
 
 from schemas.errors import BrokerError
-from streams import kafka_clients
+from streams.kafka import clients as kafka_clients
 
 if TYPE_CHECKING:
     from schemas.config import PipelineConfig

@@ -8,9 +8,9 @@ from typing import Optional
 from schemas.config import PipelineConfig
 from schemas.errors import DlabelError
 from schemas.pii import PiiHasher, load_pii_key
-from streams.broker import free_port
-from streams.topics import ensure_topics
-from streams.worker import WorkerOptions, build_app, changelog_topic
+from streams.kafka.broker import free_port
+from streams.kafka.topics import ensure_topics
+from streams.join.faust_adapter import WorkerOptions, build_app, changelog_topic
 
 log = logging.getLogger("dlabel.runtime")
 
@@ -25,9 +25,10 @@ def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool
     ``metrics_port``). With ``drain`` both stop when the input is consumed and every
     window is closed. Returns the join's summary with the sink's under ``"sink"``.
     """
-    from streams import kafka_clients, metrics
-    from streams.broker_probe import BrokerProbe
-    from streams.sink import run_sink
+    from streams.kafka import clients as kafka_clients
+    from streams.common import metrics
+    from streams.kafka.probe import BrokerProbe
+    from streams.dataset.sink import run_sink
 
     kafka_clients.configure(config.kafka)
     if only == "sink":
@@ -47,7 +48,7 @@ def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool,
                        batch_size: int, session_timeout_s: float,
                        metrics_port: Optional[int]) -> dict:
     import multiprocessing
-    from streams.sink import sink_process_main
+    from streams.dataset.sink import sink_process_main
     if only == "join":
         return run_worker(config, drain=drain, loglevel=loglevel, batch_size=batch_size,
                           session_timeout_s=session_timeout_s)
@@ -81,7 +82,7 @@ def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool,
 
 def prepare(config: PipelineConfig, bootstrap: str) -> bool:
     """Create every topic the worker uses; return True when the broker is Tansu."""
-    from streams.tansu_quirks import is_tansu
+    from streams.kafka.tansu_quirks import is_tansu
     ensure_topics(bootstrap, config, compacted=[changelog_topic(config)])
     return is_tansu(bootstrap)
 

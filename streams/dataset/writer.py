@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from schemas.config import PipelineConfig
 from schemas.dataset_schema import (arrow_schema, examples_to_table, parse_part_name,
                                     parse_window_dir, part_name, window_dir)
-from streams.window_manifest import build_manifest, manifest_exists, write_manifest
+from streams.dataset.manifest import build_manifest, manifest_exists, write_manifest
 
 log = logging.getLogger("dlabel.sink")
 

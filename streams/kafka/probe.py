@@ -16,7 +16,8 @@ import threading
 import time
 from typing import Optional
 
-from streams import kafka_clients, metrics
+from streams.kafka import clients as kafka_clients
+from streams.common import metrics
 
 log = logging.getLogger("dlabel.broker")
 

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping, Optional
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from streams import kafka_clients
+from streams.kafka import clients as kafka_clients
 
 log = logging.getLogger("dlabel.input_feed")
 

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from kafka import KafkaAdminClient
 
-from streams import kafka_clients
+from streams.kafka import clients as kafka_clients
 
 log = logging.getLogger(__name__)
 

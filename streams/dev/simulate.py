@@ -26,7 +26,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from schemas.errors import BrokerError, ConfigError
-from streams import kafka_clients
+from streams.kafka import clients as kafka_clients
 
 if TYPE_CHECKING:
     from schemas.config import PipelineConfig
@@ -382,7 +382,7 @@ def produce(bootstrap: str, config: "PipelineConfig", events: Iterable[SimEvent]
     worker thread).
     """
     if ensure:
-        from streams.topics import ensure_topics
+        from streams.kafka.topics import ensure_topics
         ensure_topics(bootstrap, config)
     try:
         asyncio.get_running_loop()

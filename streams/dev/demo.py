@@ -15,8 +15,8 @@ from typing import Callable
 import yaml
 
 from schemas.config import load_config
-from streams.broker import EmbeddedBroker
-from streams.simulate import DEFAULT_START_MS, ConceptDrift, generate, produce
+from streams.kafka.broker import EmbeddedBroker
+from streams.dev.simulate import DEFAULT_START_MS, ConceptDrift, generate, produce
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 DAY_MS = 24 * 3_600_000
@@ -40,9 +40,9 @@ def run_demo(scenario: str, n_requests: int, seed: int, workdir: str,
     """Start a broker, simulate a day of traffic, run the pipeline until drained, then
     retrain on every closed window and write the report."""
     from jobs.loop import retrain_until_idle
-    from streams.runtime import run_pipeline
-    from streams.storage import open_storage
-    from streams.window_manifest import list_windows
+    from streams.pipeline import run_pipeline
+    from streams.common.storage import open_storage
+    from streams.dataset.manifest import list_windows
 
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)

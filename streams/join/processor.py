@@ -12,8 +12,8 @@ from schemas.config import PipelineConfig
 from schemas.errors import EventError
 from schemas.events import EventParser
 from schemas.pii import PiiHasher
-from streams.join import DeadLetterOut, EventTimeJoin, Output, Source
-from streams.watermark import WatermarkTracker
+from streams.join.event_time_join import DeadLetterOut, EventTimeJoin, Output, Source
+from streams.join.watermark import WatermarkTracker
 
 REQUESTS, FEEDBACK = "requests", "feedback"
 

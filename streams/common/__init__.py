@@ -1,0 +1,1 @@
+"""Plumbing every layer may use: logs, Prometheus metrics, dataset/registry storage."""

@@ -1,0 +1,1 @@
+"""The dataset sink: labeled topic -> Parquet windows, manifests, windows events."""

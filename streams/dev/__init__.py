@@ -1,0 +1,1 @@
+"""Development tools on top of everything: simulator, demo, tail, synthetic windows."""

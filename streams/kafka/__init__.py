@@ -1,0 +1,1 @@
+"""Kafka plumbing: clients, topics, the embedded brokers, broker quirks, the probe."""
