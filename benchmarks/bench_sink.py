@@ -34,7 +34,7 @@ from schemas.dataset_schema import arrow_schema, examples_to_table  # noqa: E402
 from streams.kafka.broker import EmbeddedBroker  # noqa: E402
 from streams.pipeline import prepare  # noqa: E402
 from streams.dataset.sink import DatasetSink, SinkOptions  # noqa: E402
-from streams.join.closed_time_reports import DRAINED, encode_report, input_names  # noqa: E402
+from schemas.closed_time_report import DRAINED, encode_report, input_names  # noqa: E402
 
 HOUR = 3_600_000
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % HOUR
@@ -67,7 +67,7 @@ def produce_topic(bootstrap: str, cfg, examples: list[dict]) -> None:
         meta = f.get(timeout=60)
         ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
     for name in input_names(cfg):
-        producer.send(cfg.topics.watermarks, key=name.encode(),
+        producer.send(cfg.topics.closed_time, key=name.encode(),
                       value=encode_report(name, DRAINED, ends), partition=0).get(timeout=30)
     producer.close()
 
@@ -107,7 +107,7 @@ def one_run(broker, rows: int, run: int, work: Path) -> dict:
     topics = dataclasses.replace(base.topics, requests=f"{name}.requests",
                                  feedback=f"{name}.feedback", labeled=f"{name}.labeled",
                                  dead_letter=f"{name}.dead-letter", windows=f"{name}.windows",
-                                 watermarks=f"{name}.watermarks", partitions=4)
+                                 closed_time=f"{name}.closed-time", partitions=4)
     cfg = dataclasses.replace(base, pipeline=name, topics=topics, dataset=dataclasses.replace(
         base.dataset, path=str(work / name / "data")))
     prepare(cfg, broker.bootstrap)

@@ -54,12 +54,12 @@ class TopicsSpec:
     windows: str
     partitions: int = 4
     replication_factor: int = 1
-    watermarks: str = ""        # the join's watermark reports for the dataset sink
+    closed_time: str = ""       # the join's closed-time reports for the dataset sink
 
 
-def default_watermarks_topic(labeled: str) -> str:
-    """Name of the watermark-report topic when ``topics.watermarks`` is not set."""
-    return f"{labeled}.watermarks"
+def default_closed_time_topic(labeled: str) -> str:
+    """Name of the closed-time report topic when ``topics.closed_time`` is not set."""
+    return f"{labeled}.closed-time"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,11 +194,11 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
         broker = top.get("broker", validate_broker, DEFAULT_BROKER)
 
     t = top.sub("topics", ("requests", "feedback", "labeled", "dead_letter", "windows",
-                           "watermarks", "partitions", "replication_factor"))
+                           "closed_time", "partitions", "replication_factor"))
     topic = _pattern(_TOPIC_RE, "kafka topic names use 1-249 letters, digits, '.', '_', '-'")
     names = {k: t.get(k, topic) for k in ("requests", "feedback", "labeled", "dead_letter",
                                           "windows")}
-    names["watermarks"] = t.get("watermarks", topic, default_watermarks_topic(names["labeled"]))
+    names["closed_time"] = t.get("closed_time", topic, default_closed_time_topic(names["labeled"]))
     for key, value in names.items():
         other = next((k for k, v in names.items() if v == value and k != key), None)
         if other:

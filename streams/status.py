@@ -1,7 +1,7 @@
 """`dlabel status`: one screen for an operator, or JSON for scripts.
 
 Everything is read from where it already lives - consumer-group offsets and topic ends
-on the broker, the join's watermark reports, the dataset's manifests, the model
+on the broker, the join's closed-time reports, the dataset's manifests, the model
 registry - so status works whether or not the pipeline is running.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from streams.kafka import clients as kafka_clients
 from streams.dataset.sink import sink_group
 from streams.common.storage import open_storage
 from streams.kafka.tansu_quirks import fetch_end_offsets
-from streams.join.closed_time_reports import DRAINED, decode_report, input_names
+from schemas.closed_time_report import DRAINED, decode_report, input_names
 from streams.dataset.manifest import list_windows
 
 
@@ -56,10 +56,10 @@ def consumer_lag(config: PipelineConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def join_watermark(config: PipelineConfig) -> dict[str, Any]:
+def join_closed_time(config: PipelineConfig) -> dict[str, Any]:
     """The join's closed time as reported to the sink: per input and the minimum."""
     latest: dict[str, int] = {}
-    for rec in _read_to_end(config.bootstrap_servers, config.topics.watermarks):
+    for rec in _read_to_end(config.bootstrap_servers, config.topics.closed_time):
         try:
             name, closed, _ = decode_report(rec.value)
         except ValueError:
@@ -130,18 +130,18 @@ def collect_status(config: PipelineConfig, broker: bool = True) -> dict[str, Any
     }
     if broker:
         status["lag"] = consumer_lag(config)
-        status["watermark"] = join_watermark(config)
+        status["closed_time"] = join_closed_time(config)
     return status
 
 
 def format_status(s: dict[str, Any]) -> str:
     """The status as a few aligned blocks of text."""
     lines = [f"pipeline {s['pipeline']}"]
-    if "watermark" in s:
-        wm = s["watermark"]
+    if "closed_time" in s:
+        wm = s["closed_time"]
         extra = f" (not yet reported: {', '.join(wm['unreported_inputs'])})" \
             if wm["unreported_inputs"] else ""
-        lines.append(f"join watermark (closed time): {wm['closed'] or '-'}{extra}")
+        lines.append(f"join closed time: {wm['closed'] or '-'}{extra}")
     if "lag" in s:
         lines.append("")
         lines.append(f"{'group':<28} {'topic':<28} {'part':>4} {'committed':>10} {'end':>10} {'lag':>8}")

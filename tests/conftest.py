@@ -55,7 +55,7 @@ def make_config(unique_name: str) -> Callable[..., PipelineConfig]:
         name = f"{unique_name}{suffix}"
         topics = TopicsSpec(requests=f"{name}.requests", feedback=f"{name}.feedback",
                             labeled=f"{name}.labeled", dead_letter=f"{name}.dead-letter",
-                            windows=f"{name}.windows", watermarks=f"{name}.watermarks",
+                            windows=f"{name}.windows", closed_time=f"{name}.closed-time",
                             partitions=partitions,
                             replication_factor=cfg.topics.replication_factor)
         return dataclasses.replace(cfg, pipeline=name, topics=topics, **fields)

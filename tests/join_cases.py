@@ -8,7 +8,7 @@ from typing import Any, Optional
 from schemas.config import PipelineConfig, config_from_dict
 from schemas.records import decode_dead_letter, dead_letter, encode_labeled
 from streams.join.event_time_join import DeadLetterOut, LabeledOut
-from streams.join.processor import JoinProcessor
+from streams.join.processor import InputRecord, JoinProcessor
 
 MIN = 60_000
 
@@ -85,7 +85,8 @@ def drive(config: PipelineConfig, arrivals: list[tuple[str, bytes]], drain: bool
         off = offsets.get((role, part), 0)
         offsets[(role, part)] = off + 1
         run.positions.append((role, part, off))
-        run.take(proc.process(role, part, off, raw))
+        run.take(proc.process(role, part, [InputRecord(off, raw)]))
+        run.take(proc.tick())
     if drain:
         run.take(proc.drain())
     return run

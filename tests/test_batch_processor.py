@@ -2,7 +2,7 @@
 
 The worker reads its inputs with ``getmany``: a batch holds, per input partition, a run
 of records in offset order, and the partitions of a batch come one after another.
-``JoinProcessor.process_batch`` handles such a run and the worker ticks the watermark
+``JoinProcessor.process`` handles such a run and the worker ticks the watermark
 once per batch. Whatever the batch boundaries, the output must equal the oracle on the
 events that were not dead-lettered as late, and nothing may be late when the allowed
 lateness covers the arrival disorder.
@@ -36,7 +36,7 @@ def drive_batches(config, arrivals, cuts, partitions: int = 1) -> Run:
             run.positions.append((role, part, off))
             groups.setdefault((role, part), []).append(SimpleNamespace(offset=off, value=raw))
         for (role, part), recs in groups.items():
-            run.take(proc.process_batch(role, part, recs))
+            run.take(proc.process(role, part, recs))
         run.take(proc.tick())
         start = end
     run.take(proc.drain())

@@ -88,11 +88,11 @@ def test_ensure_topics_partitions_and_idempotent(broker: EmbeddedBroker, make_co
     for name in (t.requests, t.feedback, t.labeled, t.dead_letter, extra):
         assert partition_count(broker.bootstrap, name) == 3
     assert partition_count(broker.bootstrap, t.windows) == 1
-    assert partition_count(broker.bootstrap, t.watermarks) == 1
+    assert partition_count(broker.bootstrap, t.closed_time) == 1
     ensure_topics(broker.bootstrap, cfg, extra=[extra])  # again: no error, nothing changes
     assert partition_count(broker.bootstrap, t.requests) == 3
     assert set(topic_plan(cfg, [extra])) == {t.requests, t.feedback, t.labeled, t.dead_letter,
-                                             t.windows, t.watermarks, extra}
+                                             t.windows, t.closed_time, extra}
 
 
 def test_topics_have_explicit_configs(broker: EmbeddedBroker, make_config) -> None:

@@ -131,13 +131,13 @@ def test_windows_event_lost_in_a_crash_is_sent_on_restart_once(broker, make_conf
 def _produce_labeled(bootstrap: str, cfg, examples: list[bytes]) -> None:
     """Labeled records on partition 0 plus every input's 'drained' watermark report."""
     from kafka import KafkaProducer
-    from streams.join.closed_time_reports import DRAINED, encode_report, input_names
+    from schemas.closed_time_report import DRAINED, encode_report, input_names
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
     last = None
     for value in examples:
         last = producer.send(cfg.topics.labeled, value=value, partition=0).get(timeout=30)
     for name in input_names(cfg):
-        producer.send(cfg.topics.watermarks, key=name.encode(), partition=0,
+        producer.send(cfg.topics.closed_time, key=name.encode(), partition=0,
                       value=encode_report(name, DRAINED, {0: last.offset + 1})).get(timeout=30)
     producer.close()
 

@@ -29,19 +29,19 @@ def test_status_shows_lag_watermark_windows_and_models(broker, tmp_path, unique_
     before = json.loads(status(path, "--json").stdout)
     join_lag = [r for r in before["lag"] if r["topic"] == cfg.topics.requests]
     assert join_lag and all(r["committed"] is None and r["lag"] > 0 for r in join_lag)
-    assert before["watermark"]["closed"] is None and before["windows"]["closed"] == 0
+    assert before["closed_time"]["closed"] is None and before["windows"]["closed"] == 0
 
     run_drain(path, tmp_path / "worker.log")
 
     after = json.loads(status(path, "--json").stdout)
     lag = {(r["group"], r["topic"], r["partition"]): r["lag"] for r in after["lag"]}
     assert len(lag) == 2 * 3 and all(v == 0 for v in lag.values()), lag
-    assert after["watermark"]["closed"] == "drained" and not after["watermark"]["unreported_inputs"]
+    assert after["closed_time"]["closed"] == "drained" and not after["closed_time"]["unreported_inputs"]
     assert after["windows"]["closed"] >= 1 and after["windows"]["open"] == 0
     assert after["windows"]["rows_closed"] == 400
     assert after["models"]["champion"] is None and after["models"]["last_job"] is None
 
     text = status(path)
     assert text.returncode == 0, text.stderr
-    assert "join watermark (closed time): drained" in text.stdout
+    assert "join closed time: drained" in text.stdout
     assert f"{cfg.topics.labeled}" in text.stdout and "champion: -" in text.stdout

@@ -24,7 +24,8 @@ DEAD_LETTERS = Counter("dlabel_dead_letters_total", "Records sent to the dead-le
                        ["reason"])
 PENDING = Gauge("dlabel_join_pending_requests", "Requests waiting for their label")
 EARLY = Gauge("dlabel_join_early_feedback", "Feedback buffered before its request")
-WATERMARK = Gauge("dlabel_watermark_ms", "The join's closed time (watermark - allowed lateness), epoch ms")
+JOIN_CLOSED_TIME = Gauge("dlabel_join_closed_time_ms",
+                         "The join's closed time (watermark - allowed lateness), epoch ms")
 WATERMARK_LAG = Gauge("dlabel_watermark_lag_seconds",
                       "Newest event time seen minus the watermark")
 BATCH_SECONDS = Histogram("dlabel_join_batch_seconds", "Time to process, publish and persist a batch")
@@ -34,10 +35,11 @@ SINK_ROWS = Counter("dlabel_sink_rows_total", "Rows committed to Parquet")
 SINK_DUPLICATES = Counter("dlabel_sink_duplicates_total", "Repeated labeled examples dropped")
 SINK_LATE = Counter("dlabel_sink_late_total", "Labeled examples for an already closed window")
 SINK_COMMIT_SECONDS = Histogram("dlabel_sink_commit_seconds", "Time to commit buffered rows")
-SINK_WATERMARK = Gauge("dlabel_sink_watermark_ms", "The join watermark as the sink trusts it, epoch ms")
+SINK_CLOSED_TIME = Gauge("dlabel_sink_closed_time_ms",
+                         "The join's closed time as the sink trusts it, epoch ms")
 WINDOWS_CLOSED = Counter("dlabel_windows_closed_total", "Dataset windows closed")
 WINDOW_CLOSE_SECONDS = Histogram("dlabel_window_close_latency_seconds",
-                                 "Trusted watermark past a window's close -> its windows event sent")
+                                 "Trusted closed time past a window's close -> its windows event sent")
 SINK_STALLED = Gauge("dlabel_sink_stalled", "1 while the sink cannot commit (e.g. disk trouble)")
 
 # jobs runner
@@ -85,10 +87,9 @@ class JoinMetrics:
         join = proc.join
         PENDING.set(len(join.pending))
         EARLY.set(len(join.early))
+        if join.closed_time is not None:
+            JOIN_CLOSED_TIME.set(join.closed_time)
         wm = proc.watermark.last
-        if wm is not None:
-            WATERMARK.set(join.closed_time if join.closed_time is not None else wm)
-            newest = max((s.max_ts for s in proc.watermark._parts.values()
-                          if s.max_ts is not None), default=None)
-            if newest is not None:
-                WATERMARK_LAG.set(max(0, newest - wm) / 1000)
+        newest = proc.watermark.newest_ts()
+        if wm is not None and newest is not None:
+            WATERMARK_LAG.set(max(0, newest - wm) / 1000)

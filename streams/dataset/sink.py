@@ -2,9 +2,9 @@
 
 A plain kafka-python loop (no Faust: the sink keeps no table, its state is the dataset).
 It reads every partition of the labeled topic from the positions recorded in the
-dataset's ``_sink/`` state, and the whole (tiny, compacted) watermark-report topic. Per
+dataset's ``_sink/`` state, and the whole (tiny, compacted) closed-time report topic. Per
 poll: feed the ``DatasetWriter``; trust the reports it has read past; commit on size or
-age; close the windows the join's watermark has passed (commit, manifest, then the
+age; close the windows the join's closed time has passed (commit, manifest, then the
 windows event); and send rejected records to the dead-letter topic.
 
 One sink serves the whole labeled topic (Parquet writing is cheap next to the join);
@@ -31,7 +31,8 @@ from streams.common import metrics
 from streams.kafka.probe import BrokerProbe
 from streams.dataset.writer import STATE_DIR, DatasetWriter
 from streams.common.storage import open_storage
-from streams.join.closed_time_reports import DRAINED, SinkWatermark, decode_report, input_names
+from schemas.closed_time_report import DRAINED, decode_report, input_names
+from streams.dataset.closed_time import SinkClosedTime
 from streams.dataset.manifest import MANIFEST, read_manifest, window_event
 
 log = logging.getLogger("dlabel.sink")
@@ -65,7 +66,7 @@ class DatasetSink:
         self.config, self.opts, self.clock = config, opts, clock
         self.storage = open_storage(config.dataset.path)
         self.writer = DatasetWriter(config, self.storage, clock)
-        self.watermark = SinkWatermark(input_names(config))
+        self.closed_time = SinkClosedTime(input_names(config))
         self.sent: list[str] = []
         self.close_latency_ms: list[int] = []
         self._wm_passed_at: dict[int, int] = {}
@@ -87,7 +88,7 @@ class DatasetSink:
                                       **kafka_clients.kafka_python(self.config.kafka))
         try:
             labeled = [TopicPartition(t.labeled, p) for p in range(t.partitions)]
-            reports = TopicPartition(t.watermarks, 0)
+            reports = TopicPartition(t.closed_time, 0)
             self.consumer.assign(labeled + [reports])
             if not self._take_lock():
                 return self.summary()
@@ -155,12 +156,12 @@ class DatasetSink:
                                      max_records=self.opts.max_records)
         rejected = []
         for tp, records in batches.items():
-            if tp.topic == t.watermarks:
+            if tp.topic == t.closed_time:
                 for r in records:
                     try:
-                        self.watermark.report(*decode_report(r.value))
+                        self.closed_time.report(*decode_report(r.value))
                     except ValueError as e:
-                        log.warning("ignoring a bad watermark report at offset %d: %s", r.offset, e)
+                        log.warning("ignoring a bad closed-time report at offset %d: %s", r.offset, e)
                 continue
             for r in records:
                 bad = self.writer.add(tp.partition, r.offset, r.value)
@@ -168,10 +169,10 @@ class DatasetSink:
                     rejected.append(bad)
         if rejected:
             self._dead_letter(rejected)
-        self.watermark.update(self.writer.positions)
-        wm = self.watermark.current()
-        if wm is not None:
-            metrics.SINK_WATERMARK.set(wm)
+        self.closed_time.update(self.writer.positions)
+        closed = self.closed_time.current()
+        if closed is not None:
+            metrics.SINK_CLOSED_TIME.set(closed)
         self._write_step()
 
     def _write_step(self) -> None:
@@ -215,8 +216,7 @@ class DatasetSink:
                 log.warning("sink: consumer-group offset commit failed (%s); continuing", e)
 
     def _close_ready(self) -> None:
-        wm = self.watermark.current()
-        ready = self.writer.ready_windows(wm)
+        ready = self.writer.ready_windows(self.closed_time.current())
         if not ready:
             return
         now = self.clock()
@@ -256,7 +256,7 @@ class DatasetSink:
             f.get(timeout=30)
 
     def _drained(self) -> bool:
-        return (self.watermark.current() == DRAINED and not self.writer.open_ids
+        return (self.closed_time.current() == DRAINED and not self.writer.open_ids
                 and not self.writer.redo)
 
 

@@ -227,12 +227,12 @@ class DatasetWriter:
             self.buffered_rows, self.first_buffered_at = 0, None
 
     # ------------------------------------------------------------------ windows
-    def ready_windows(self, watermark: Optional[int]) -> list[int]:
+    def ready_windows(self, closed_time: Optional[int]) -> list[int]:
         """Open windows the join's closed time has passed (``end + label_window``)."""
-        if watermark is None or self.redo:
+        if closed_time is None or self.redo:
             return []
         lw = self.config.join.label_window_ms
-        return sorted(w for w in self.open_ids if w + self.window_ms + lw <= watermark)
+        return sorted(w for w in self.open_ids if w + self.window_ms + lw <= closed_time)
 
     def close(self, window: int, topic: str) -> dict[str, Any]:
         """Write a ready window's manifest (after ``commit_all``); return the manifest."""

@@ -29,7 +29,7 @@ from streams.join.event_time_join import DONE, EARLY, PENDING, REQUEST, DeadLett
 from streams.join.processor import FEEDBACK, REQUESTS, JoinProcessor
 from streams.kafka.publisher import BatchPublisher
 from streams.common.metrics import JoinMetrics
-from streams.join.closed_time_reports import DRAINED
+from schemas.closed_time_report import DRAINED
 
 log = logging.getLogger("dlabel.worker")
 
@@ -155,7 +155,7 @@ class JoinRunner:
         self.batches += 1
         t0 = time.perf_counter()
         outputs = []
-        process = self.proc.process_batch
+        process = self.proc.process
         positions = self.positions
         for tp, recs in records.items():
             outputs.extend(process(self.roles[tp.topic], tp.partition, recs))

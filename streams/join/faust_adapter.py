@@ -22,7 +22,7 @@ from schemas.pii import PiiHasher
 from streams.kafka.input_feed import keep_inputs_from_faust
 from streams.kafka import clients as kafka_clients
 from streams.join.batch_loop import JoinRunner
-from streams.join.closed_time_reports import WatermarkReporter
+from streams.join.closed_time_reporter import ClosedTimeReporter
 
 log = logging.getLogger("dlabel.worker")
 
@@ -92,7 +92,7 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
     table = app.Table(state_table_name(config), partitions=config.topics.partitions,
                       key_type=str, value_type=None)
     runner = JoinRunner(config, opts, app, table, pii, clock)
-    runner.after_outputs.append(WatermarkReporter(config, runner.roles).hook)
+    runner.after_outputs.append(ClosedTimeReporter(config, runner.roles).hook)
     app.dlabel_runner = runner  # for tests and the CLI summary
     # Before anything starts: Faust's fetcher must never read the input partitions
     # (installed in a task it raced with the fetcher's first fetch after a restart).

@@ -1,12 +1,12 @@
-"""One record in, outputs out: parsing, watermark and join put together, no Kafka.
+"""Records in, outputs out: parsing, watermark and join put together, no Kafka.
 
-``JoinProcessor`` is what the worker runs for every record it consumes, and what the
-tests drive directly with tables of events. It never reads the wall clock itself: the
-clock is injected (it only matters for idle inputs).
+``JoinProcessor`` is what the worker runs for every batch it consumes, and what the
+tests drive directly with tables of events (one code path for both). It never reads
+the wall clock itself: the clock is injected (it only matters for idle inputs).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 from schemas.config import PipelineConfig
 from schemas.errors import EventError
@@ -16,6 +16,13 @@ from streams.join.event_time_join import DeadLetterOut, EventTimeJoin, Output, S
 from streams.join.watermark import WatermarkTracker
 
 REQUESTS, FEEDBACK = "requests", "feedback"
+
+
+class InputRecord(NamedTuple):
+    """One consumed input record, as far as the join cares (a Kafka ConsumerRecord fits)."""
+
+    offset: int
+    value: bytes
 
 
 class JoinProcessor:
@@ -30,35 +37,14 @@ class JoinProcessor:
         self.records_in = {REQUESTS: 0, FEEDBACK: 0}
         self.dead_letters: dict[str, int] = {}
 
-    def process(self, role: str, partition: int, offset: int, value: bytes) -> list[Output]:
-        """Handle one consumed record of the requests or feedback topic."""
-        self.records_in[role] += 1
-        src = Source(role, partition, offset)
-        try:
-            if role == REQUESTS:
-                event = self.parser.parse_request(value)
-            else:
-                event = self.parser.parse_feedback(value)
-        except EventError as exc:
-            self.watermark.touch(role, partition)
-            return self._counted([DeadLetterOut(exc.reason, exc.detail, src, value)])
-        self.watermark.observe(role, partition, event.ts)
-        if role == REQUESTS:
-            out = self.join.on_request(event, src, value)
-        else:
-            out = self.join.on_feedback(event, src, value)
-        out = self._counted(out) if out else out
-        more = self.tick()  # counted by tick
-        return out + more if more else out
-
-    def process_batch(self, role: str, partition: int, records) -> list[Output]:
+    def process(self, role: str, partition: int, records: Sequence[InputRecord]) -> list[Output]:
         """Handle consumed records of one input partition (``.offset``, ``.value``), in order.
 
-        The same as ``process`` for each record, except that the watermark is not
-        recomputed between records: call ``tick`` once after the batch. Events of a
-        batch are therefore judged against the watermark before the batch (fewer are
-        late, none is judged against a watermark it moved itself), and negatives come
-        out at the end of the batch instead of in its middle.
+        The watermark is not recomputed between records: call ``tick`` once after the
+        batch (the worker does, once per fetched batch; tests that feed one record at a
+        time tick after each). Events of a batch are judged against the watermark
+        before the batch (none is judged against a watermark it moved itself), and
+        negatives come out at the end of the batch.
         """
         self.records_in[role] += len(records)
         if role == REQUESTS:

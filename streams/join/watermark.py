@@ -75,6 +75,11 @@ class WatermarkTracker:
         state = self._parts.get((role, partition))
         return state.max_ts if state else None
 
+    def newest_ts(self) -> Optional[int]:
+        """The newest event time seen on any assigned input partition."""
+        return max((s.max_ts for s in self._parts.values() if s.max_ts is not None),
+                   default=None)
+
     @property
     def last(self) -> Optional[int]:
         """The watermark as last computed by ``current`` (None before it is bounded)."""

@@ -50,8 +50,8 @@ def topic_plan(config: "PipelineConfig", extra: Iterable[str] = (),
     for name in compacted:
         plan[name] = (t.partitions, dict(CHANGELOG_TOPIC_CONFIGS))
     plan[t.windows] = (1, dict(WINDOWS_TOPIC_CONFIGS))
-    if t.watermarks:  # the join's watermark reports: latest per input partition matters
-        plan[t.watermarks] = (1, dict(CHANGELOG_TOPIC_CONFIGS))
+    if t.closed_time:  # the join's watermark reports: latest per input partition matters
+        plan[t.closed_time] = (1, dict(CHANGELOG_TOPIC_CONFIGS))
     return plan
 
 

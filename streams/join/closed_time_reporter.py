@@ -1,0 +1,36 @@
+"""The join side of the closed-time reports (see ``schemas.closed_time_report``)."""
+from __future__ import annotations
+
+from typing import Mapping, Optional
+
+from schemas.closed_time_report import encode_report
+from schemas.config import PipelineConfig
+
+
+class ClosedTimeReporter:
+    """The join side: an ``after_outputs`` hook of the batch committer.
+
+    Once a batch's outputs are acked, it adds one report per input partition the batch
+    covered, when the batch's closed time moved (the committer acks the reports before
+    the batch's state is written). ``labeled_ends`` accumulates the labeled offsets this
+    worker has been acked for.
+    """
+
+    def __init__(self, config: PipelineConfig, roles: Mapping[str, str]) -> None:
+        self.topic = config.topics.closed_time
+        self.labeled = config.topics.labeled
+        self.roles = roles
+        self.ends: dict[int, int] = {}
+        self.reported: Optional[int] = None
+
+    async def hook(self, publisher, batch) -> None:
+        for (topic, partition), last in (batch.acked or {}).items():
+            if topic == self.labeled and last + 1 > self.ends.get(partition, 0):
+                self.ends[partition] = last + 1
+        closed = batch.closed
+        if closed is None or closed == self.reported or not batch.positions:
+            return
+        for tp in sorted(batch.positions, key=lambda t: (t.topic, t.partition)):
+            name = f"{self.roles[tp.topic]}:{tp.partition}"
+            publisher.add(self.topic, 0, name.encode(), encode_report(name, closed, self.ends))
+        self.reported = closed
