@@ -23,7 +23,7 @@ The join side is ``streams.join.closed_time_reporter``; the sink side is
 from __future__ import annotations
 
 import json
-from typing import Iterable, Mapping, Optional
+from typing import Mapping
 
 from schemas.config import PipelineConfig
 

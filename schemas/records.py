@@ -4,7 +4,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import orjson
 
@@ -64,17 +65,31 @@ def _encode_labeled_json(example: dict[str, Any]) -> bytes:
                       allow_nan=False).encode("utf-8")
 
 
-def dead_letter(reason: str, detail: str, topic: str, partition: int, offset: int,
-                original: bytes) -> bytes:
-    """Encode a dead-letter envelope; ``original`` (None for a tombstone) goes as base64."""
-    return json.dumps({
-        "reason": reason,
-        "detail": detail,
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "original": base64.b64encode(bytes(original or b"")).decode("ascii"),
-    }, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event that goes to the dead-letter topic: why, and where it was read.
+
+    The one dead-letter type of every stage: the join (invalid, duplicate, late and
+    orphan events of its inputs) and the dataset sink (labeled records it cannot take).
+    """
+
+    reason: str
+    detail: str
+    topic: str
+    partition: int
+    offset: int
+    original: Optional[bytes]  # None for a tombstone
+
+    def encode(self) -> bytes:
+        """The envelope as JSON; ``original`` goes as base64."""
+        return json.dumps({
+            "reason": self.reason,
+            "detail": self.detail,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "original": base64.b64encode(bytes(self.original or b"")).decode("ascii"),
+        }, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def decode_dead_letter(raw: bytes) -> dict[str, Any]:

@@ -6,8 +6,8 @@ import zlib
 from typing import Any, Optional
 
 from schemas.config import PipelineConfig, config_from_dict
-from schemas.records import decode_dead_letter, dead_letter, encode_labeled
-from streams.join.event_time_join import DeadLetterOut, LabeledOut
+from schemas.records import DeadLetter, decode_dead_letter, encode_labeled
+from streams.join.event_time_join import LabeledOut
 from streams.join.processor import InputRecord, JoinProcessor
 
 MIN = 60_000
@@ -61,17 +61,17 @@ class Run:
                 example = json.loads(encode_labeled(o.example))
                 self.emitted.append(example)
                 self.labeled[example["request_id"]] = example
-            elif isinstance(o, DeadLetterOut):
-                self.dead.append(decode_dead_letter(dead_letter(
-                    o.reason, o.detail, o.source.role, o.source.partition,
-                    o.source.offset, o.original)))
+            elif isinstance(o, DeadLetter):
+                self.dead.append(decode_dead_letter(o.encode()))
 
     def reasons(self) -> list[str]:
         return [d["reason"] for d in self.dead]
 
     def late_positions(self) -> set[tuple[str, int, int]]:
         """Where the events dead-lettered as late were read (identical bytes may repeat)."""
-        return {(d["topic"], d["partition"], d["offset"]) for d in self.dead if d["reason"] == "late"}
+        role = {"t.requests": "requests", "t.feedback": "feedback"}
+        return {(role[d["topic"]], d["partition"], d["offset"])
+                for d in self.dead if d["reason"] == "late"}
 
 
 def drive(config: PipelineConfig, arrivals: list[tuple[str, bytes]], drain: bool = True,

@@ -16,7 +16,7 @@ from schemas.events import (
     MAX_TS_MS, MIN_TS_MS, EventParser, Feedback, Request, parse_event_time)
 from schemas.pii import PiiHasher
 from schemas.records import (
-    LABELED_BASE_COLUMNS, dead_letter, decode_dead_letter, encode_labeled, labeled_example)
+    LABELED_BASE_COLUMNS, DeadLetter, decode_dead_letter, encode_labeled, labeled_example)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 KEY = b"test-key-0123456789abcdef"
@@ -417,7 +417,7 @@ def test_encode_labeled_rejects_nan():
 
 @pytest.mark.parametrize("original", [b"", b"{bad json", b"\xff\x00\xfe", b"x" * 10_000])
 def test_dead_letter_round_trip(original):
-    raw = dead_letter("malformed_json", "Expecting value", "ctr.requests", 3, 42, original)
+    raw = DeadLetter("malformed_json", "Expecting value", "ctr.requests", 3, 42, original).encode()
     obj = json.loads(raw)
     assert list(obj) == ["reason", "detail", "topic", "partition", "offset", "original"]
     assert base64.b64decode(obj["original"]) == original

@@ -105,7 +105,7 @@ def test_dead_letter_keeps_original_bytes_and_position():
     run = drive(make_config(), [("requests", req("a", T0)), ("requests", b"\xff\xfe garbage")])
     [dl] = run.dead
     assert dl["original"] == b"\xff\xfe garbage"
-    assert (dl["topic"], dl["partition"], dl["offset"]) == ("requests", 0, 1)
+    assert (dl["topic"], dl["partition"], dl["offset"]) == ("t.requests", 0, 1)
 
 
 def test_labeled_example_columns():

@@ -25,7 +25,7 @@ from kafka.structs import OffsetAndMetadata
 
 from schemas.config import PipelineConfig
 from schemas.dataset_schema import window_dir
-from schemas.records import dead_letter
+from schemas.records import DeadLetter
 from streams.kafka import clients as kafka_clients
 from streams.common import metrics
 from streams.kafka.probe import BrokerProbe
@@ -248,10 +248,9 @@ class DatasetSink:
                     log.info("sink: sending the windows event of %s again", dirname)
                     self._send_event(dirname, manifest)
 
-    def _dead_letter(self, rejected) -> None:
-        topic = self.config.topics.labeled
-        futures = [self.producer.send(self.config.topics.dead_letter, value=dead_letter(
-            r.reason, r.detail, topic, r.partition, r.offset, r.original)) for r in rejected]
+    def _dead_letter(self, rejected: list[DeadLetter]) -> None:
+        futures = [self.producer.send(self.config.topics.dead_letter, value=r.encode())
+                   for r in rejected]
         for f in futures:
             f.get(timeout=30)
 

@@ -18,13 +18,13 @@ import io
 import json
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
+from schemas.records import DeadLetter
 from schemas.dataset_schema import (arrow_schema, examples_to_table, parse_part_name,
                                     parse_window_dir, part_name, window_dir)
 from streams.dataset.manifest import build_manifest, manifest_exists, write_manifest
@@ -32,16 +32,6 @@ from streams.dataset.manifest import build_manifest, manifest_exists, write_mani
 log = logging.getLogger("dlabel.sink")
 
 STATE_DIR = "_sink"
-@dataclass
-class Rejected:
-    """A labeled record the writer did not take (goes to the dead-letter topic)."""
-    reason: str
-    detail: str
-    partition: int
-    offset: int
-    original: bytes
-
-
 class DatasetWriter:
     """Buffers labeled examples per window and commits them as Parquet files."""
 
@@ -118,7 +108,7 @@ class DatasetWriter:
         return json.loads(raw) if raw else None
 
     # ------------------------------------------------------------------ input
-    def add(self, partition: int, offset: int, value: bytes) -> Optional[Rejected]:
+    def add(self, partition: int, offset: int, value: bytes) -> Optional[DeadLetter]:
         """Take one record of the labeled topic; a rejected record is returned."""
         redo = self.redo.get(partition)
         if redo is not None and offset > redo:  # the interrupted range ended in a gap
@@ -130,22 +120,22 @@ class DatasetWriter:
             self.commit_partition(partition)
         return rejected
 
-    def _take(self, partition: int, offset: int, value: bytes) -> Optional[Rejected]:
+    def _take(self, partition: int, offset: int, value: bytes) -> Optional[DeadLetter]:
         try:
             example = json.loads(value)
             rid, ts = example["request_id"], int(example["request_ts"])
         except (ValueError, TypeError, KeyError) as e:
             self.counts["invalid"] += 1
-            return Rejected("malformed_json", f"not a labeled example: {e}", partition, offset,
-                            value)
+            return DeadLetter("malformed_json", f"not a labeled example: {e}",
+                              self.config.topics.labeled, partition, offset, value)
         window = ts - ts % self.window_ms
         if window in self.closed:
             if rid in self._ids_of_closed(window):
                 self.counts["duplicates"] += 1
                 return None
             self.counts["late"] += 1
-            return Rejected("late", f"window {window_dir(window)} is already closed",
-                            partition, offset, value)
+            return DeadLetter("late", f"window {window_dir(window)} is already closed",
+                              self.config.topics.labeled, partition, offset, value)
         ids = self.open_ids.setdefault(window, set())
         if rid in ids:  # at-least-once upstream: an identical copy
             self.counts["duplicates"] += 1

@@ -22,10 +22,10 @@ from typing import Callable, Optional
 
 from aiokafka.structs import TopicPartition
 
-from schemas.records import dead_letter, encode_labeled
+from schemas.records import DeadLetter, encode_labeled
 from streams.join.batch_commit import Batch, BatchCommitter, encode_changes
 from streams.kafka.input_feed import InputFeed, pause_in_faust
-from streams.join.event_time_join import DONE, EARLY, PENDING, REQUEST, DeadLetterOut, LabeledOut
+from streams.join.event_time_join import DONE, EARLY, PENDING, REQUEST, LabeledOut
 from streams.join.processor import FEEDBACK, REQUESTS, JoinProcessor
 from streams.kafka.publisher import BatchPublisher
 from streams.common.metrics import JoinMetrics
@@ -259,11 +259,8 @@ class JoinRunner:
                 label = ex["label"]
                 labels[label] = labels.get(label, 0) + 1
                 self.sent_labeled += 1
-            elif type(o) is DeadLetterOut:
-                src = o.source
-                topic = topics.requests if src.role == REQUESTS else topics.feedback
-                await pub.add_any_partition(topics.dead_letter, None, dead_letter(
-                    o.reason, o.detail, topic, src.partition, src.offset, o.original))
+            elif type(o) is DeadLetter:
+                await pub.add_any_partition(topics.dead_letter, None, o.encode())
         return labels
 
 

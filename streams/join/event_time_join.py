@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from schemas.config import PipelineConfig
 from schemas.events import Feedback, Request
-from schemas.records import labeled_example
+from schemas.records import DeadLetter, labeled_example
 
 #: How long a finalized request id is remembered, past its deadline, to catch duplicates.
 DEFAULT_DEDUPE_RETENTION_MS = 24 * 3600 * 1000
@@ -49,17 +49,7 @@ class LabeledOut:
     partition: int
 
 
-@dataclass(slots=True)
-class DeadLetterOut:
-    """An event that goes to the dead-letter topic."""
-
-    reason: str
-    detail: str
-    source: Source
-    original: bytes
-
-
-Output = Any  # LabeledOut | DeadLetterOut
+Output = Any  # LabeledOut | DeadLetter
 
 
 @dataclass(slots=True)
@@ -135,6 +125,9 @@ class EventTimeJoin:
         self.value_field = (config.label.value[len("field:"):]
                             if config.label.value.startswith("field:") else None)
         self.dedupe_retention = dedupe_retention_ms
+        #: input role (``Source.role``) -> topic, for dead letters
+        self.input_topics = {"requests": config.topics.requests,
+                             "feedback": config.topics.feedback}
         self.pending: dict[str, PendingRequest] = {}
         self.early: dict[str, list[EarlyFeedback]] = {}
         self.done: dict[str, DoneMarker] = {}
@@ -155,9 +148,9 @@ class EventTimeJoin:
             if (prior.partition, prior.offset) == (src.partition, src.offset):
                 return self._replayed(rid, req)
             self._count("duplicate_request")
-            return [DeadLetterOut("duplicate_request",
-                                  f"request_id {rid!r} was first seen at partition "
-                                  f"{prior.partition} offset {prior.offset}", src, raw)]
+            return [self._dead_letter("duplicate_request",
+                                      f"request_id {rid!r} was first seen at partition "
+                                      f"{prior.partition} offset {prior.offset}", src, raw)]
         if self._is_late(req.ts):
             return [self._late(src, raw, req.ts)]
         pending = PendingRequest(req, src.partition, src.offset)
@@ -189,8 +182,8 @@ class EventTimeJoin:
                 # It counts by the label rules, but the label is final and written:
                 # late (after a restart the watermark may not show it, the state does).
                 self._count("late")
-                return [DeadLetterOut("late", f"feedback at ts {fb.ts} arrived after request "
-                                      f"{rid!r} was finalized", src, raw)]
+                return [self._dead_letter("late", f"feedback at ts {fb.ts} arrived after "
+                                          f"request {rid!r} was finalized", src, raw)]
             self._count("feedback_after_final")
             return []
         entries = self.early.setdefault(rid, [])
@@ -237,7 +230,7 @@ class EventTimeJoin:
             for e in entries:
                 if e.ts < closed:
                     self._count("orphan_feedback")
-                    out.append(DeadLetterOut(
+                    out.append(self._dead_letter(
                         "orphan_feedback",
                         f"no request {rid!r} arrived within the label window of feedback "
                         f"at ts {e.ts}", Source("feedback", e.partition, e.offset),
@@ -388,11 +381,15 @@ class EventTimeJoin:
     def _is_late(self, ts: int) -> bool:
         return self.closed_time is not None and ts < self.closed_time
 
-    def _late(self, src: Source, raw: bytes, ts: int) -> DeadLetterOut:
+    def _late(self, src: Source, raw: bytes, ts: int) -> DeadLetter:
         self._count("late")
-        return DeadLetterOut("late", f"event time {ts} is more than the allowed lateness "
-                             f"behind the watermark (closed up to {self.closed_time})",
-                             src, raw)
+        return self._dead_letter("late", f"event time {ts} is more than the allowed lateness "
+                                 f"behind the watermark (closed up to {self.closed_time})",
+                                 src, raw)
+
+    def _dead_letter(self, reason: str, detail: str, src: Source, raw: bytes) -> DeadLetter:
+        return DeadLetter(reason, detail, self.input_topics[src.role], src.partition,
+                          src.offset, raw)
 
     def _done_expires(self, marker: DoneMarker) -> int:
         return marker.ts + self.label_window + self.dedupe_retention

@@ -12,7 +12,8 @@ from schemas.config import PipelineConfig
 from schemas.errors import EventError
 from schemas.events import EventParser
 from schemas.pii import PiiHasher
-from streams.join.event_time_join import DeadLetterOut, EventTimeJoin, Output, Source
+from schemas.records import DeadLetter
+from streams.join.event_time_join import EventTimeJoin, Output, Source
 from streams.join.watermark import WatermarkTracker
 
 REQUESTS, FEEDBACK = "requests", "feedback"
@@ -60,8 +61,8 @@ class JoinProcessor:
                 event = parse(value)
             except EventError as exc:
                 invalid = True
-                out.append(DeadLetterOut(exc.reason, exc.detail,
-                                         Source(role, partition, rec.offset), value))
+                out.append(DeadLetter(exc.reason, exc.detail, self.join.input_topics[role],
+                                      partition, rec.offset, value))
                 continue
             ts = event.ts
             if max_ts is None or ts > max_ts:
@@ -89,6 +90,6 @@ class JoinProcessor:
     def _counted(self, out: Iterable[Output]) -> list[Output]:
         out = [o for o in out if o is not None]
         for o in out:
-            if isinstance(o, DeadLetterOut):
+            if type(o) is DeadLetter:
                 self.dead_letters[o.reason] = self.dead_letters.get(o.reason, 0) + 1
         return out
