@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -112,77 +113,150 @@ def _finish_stored(reg: Registry, name: str, version: str) -> dict[str, Any]:
 
 def _train(config: PipelineConfig, reg: Registry, start_ms: int, manifest: str | None,
            now_ms: Callable[[], int]) -> dict[str, Any]:
+    """Steps 2-9 for a window not trained yet: read, score, train, decide, store, record."""
     t0 = time.perf_counter()
-    kind, slices = config.label.kind, config.slices
     window = ds.open_window(config.dataset.path, start_ms, manifest)
-    name = window.name
-    df = ds.read_window(window)
-    log.info("window %s: %d rows from %d file(s)", name, len(df), len(window.manifest["files"]))
+    df = _read(window)
     if len(df) < MIN_ROWS:
-        record = {"status": "trained", "version": None, "promoted": False, "rows": len(df),
-                  "note": f"only {len(df)} rows (< {MIN_ROWS}); nothing trained"}
-        reg.record_window(name, **record)
-        log.warning("window %s: %s", name, record["note"])
-        return record
+        return _record_too_small(reg, window.name, len(df))
     df = df.sort_values(["request_ts", "request_id"], kind="stable").reset_index(drop=True)
+    champion_v, champion, parent = _champion(reg, window.name)
+    prequential, logged = _prequential(config, df, champion)
+    drift = _drift(config, start_ms, window.name, df)
+    train, holdout = split_by_time(df, config.model.holdout_fraction)
+    challenger = _challenger(config, champion, train)
+    held = _holdout_decision(config, window.name, holdout, champion, challenger)
+    metrics = {
+        **_window_facts(config, window, df, train, holdout), "kind": config.label.kind,
+        "estimator": config.model.estimator, "champion_version": champion_v,
+        "prequential": prequential, "logged": logged,
+        "holdout": {"champion": held.champion, "challenger": held.challenger},
+        "drift": drift, "decision": held.decision,
+        "duration_s": round(time.perf_counter() - t0, 3),
+    }
+    lineage = _lineage(config, window, champion_v, parent, now_ms)
+    return _store(reg, window.name, challenger, metrics, lineage, len(df), t0)
 
+
+def _read(window: ds.Window) -> pd.DataFrame:
+    """Step 2: the window's rows, read through its manifest (logged with the file count)."""
+    df = ds.read_window(window)
+    log.info("window %s: %d rows from %d file(s)", window.name, len(df),
+             len(window.manifest["files"]))
+    return df
+
+
+def _record_too_small(reg: Registry, name: str, rows: int) -> dict[str, Any]:
+    """Fewer than MIN_ROWS rows: record the window as done with no version, and say why."""
+    record = {"status": "trained", "version": None, "promoted": False, "rows": rows,
+              "note": f"only {rows} rows (< {MIN_ROWS}); nothing trained"}
+    reg.record_window(name, **record)
+    log.warning("window %s: %s", name, record["note"])
+    return record
+
+
+def _champion(reg: Registry, name: str) -> tuple[str | None, Model | None, dict[str, Any]]:
+    """Step 3: (champion version, its model, its lineage); (None, None, empty lineage) when
+    there is no champion yet."""
     champion_v = reg.champion()
     champion = reg.load(champion_v) if champion_v else None
     parent = reg.lineage(champion_v) if champion_v else {"windows": [], "manifests": []}
     log.info("window %s: champion %s", name, champion_v or "none (a new model starts)")
+    return champion_v, champion, parent
 
+
+def _prequential(config: PipelineConfig, df: pd.DataFrame,
+                 champion: Model | None) -> tuple[dict | None, dict | None]:
+    """Step 4: (the champion on the whole window before it learns from it, the logged
+    ``prediction`` column); each None when there is nothing to score."""
+    kind, slices = config.label.kind, config.slices
     prequential = evaluate(df, champion.predict(df), kind, slices) if champion else None
     logged = None
     if "prediction" in df.columns and df["prediction"].notna().any():
         logged = evaluate(df, df["prediction"].astype("float64"), kind, slices)
+    return prequential, logged
 
-    drift = None
+
+def _drift(config: PipelineConfig, start_ms: int, name: str,
+           df: pd.DataFrame) -> dict[str, Any] | None:
+    """Step 5: drift against the previous closed window (None without one, or when empty)."""
     prev = ds.previous_window(config.dataset.path, start_ms)
-    if prev is not None:
-        ref = ds.read_window(ds.open_window(config.dataset.path, prev))
-        if len(ref):
-            drift = window_drift(ref, df, config.kept_features, slices, kind, config.model.drift)
-            drift["reference_window"] = ds.window_iso(prev)
-            if drift["flagged"]:
-                log.warning("window %s: drift against %s in %s", name, drift["reference_window"],
-                            ", ".join(drift["flagged"]))
+    if prev is None:
+        return None
+    ref = ds.read_window(ds.open_window(config.dataset.path, prev))
+    if not len(ref):
+        return None
+    drift = window_drift(ref, df, config.kept_features, config.slices, config.label.kind,
+                         config.model.drift)
+    drift["reference_window"] = ds.window_iso(prev)
+    if drift["flagged"]:
+        log.warning("window %s: drift against %s in %s", name, drift["reference_window"],
+                    ", ".join(drift["flagged"]))
+    return drift
 
-    train, holdout = split_by_time(df, config.model.holdout_fraction)
+
+def _challenger(config: PipelineConfig, champion: Model | None, train: pd.DataFrame) -> Model:
+    """Step 7: a copy of the champion (or a new model) that has learned from ``train``."""
     challenger = champion.copy() if champion else Model.for_config(config)
     challenger.partial_fit(train)
+    return challenger
+
+
+@dataclass(frozen=True)
+class _Holdout:
+    """Step 8's outcome: both models' holdout scores and the promotion decision."""
+    champion: dict | None
+    challenger: dict
+    decision: dict[str, Any]
+
+
+def _holdout_decision(config: PipelineConfig, name: str, holdout: pd.DataFrame,
+                      champion: Model | None, challenger: Model) -> _Holdout:
+    """Step 8: champion (if any) and challenger on the holdout, then the promotion rule."""
+    kind, slices = config.label.kind, config.slices
     hold_champion = evaluate(holdout, champion.predict(holdout), kind, slices) \
         if champion else None
     hold_challenger = evaluate(holdout, challenger.predict(holdout), kind, slices)
     decision = decide(hold_champion, hold_challenger, config.model.promotion)
     log.info("window %s: %s -> %s", name, decision["reason"],
              "promote" if decision["promote"] else "keep the champion")
+    return _Holdout(hold_champion, hold_challenger, decision)
 
+
+def _window_facts(config: PipelineConfig, window: ds.Window, df: pd.DataFrame,
+                  train: pd.DataFrame, holdout: pd.DataFrame) -> dict[str, Any]:
+    """The metrics' description of the window: bounds, row counts, where the holdout
+    starts, and the label rate overall and per slice value."""
     label = df["label"].astype("float64")
     slice_rates = {f: {v: {"rows": int(len(g)), "label_rate": float(g.mean())}
-                       for v, g in label.groupby(slice_values(df[f]))} for f in slices}
-    metrics = {
-        "window": name, "window_start_ms": start_ms, "window_end_ms": window.end_ms,
-        "rows": len(df), "train_rows": len(train), "holdout_rows": len(holdout),
-        "holdout_from_ms": _ms(holdout["request_ts"].iloc[0]),
-        "label_rate": float(label.mean()), "slice_label_rate": slice_rates, "kind": kind,
-        "estimator": config.model.estimator, "champion_version": champion_v,
-        "prequential": prequential, "logged": logged,
-        "holdout": {"champion": hold_champion, "challenger": hold_challenger},
-        "drift": drift, "decision": decision,
-        "duration_s": round(time.perf_counter() - t0, 3),
-    }
-    lineage = {"pipeline": config.pipeline, "window": name,
-               "windows": parent["windows"] + [name], "parent": champion_v,
-               "manifests": parent["manifests"] + [str(window.manifest_path)],
-               "estimator": config.model.estimator, "created_ms": now_ms()}
+                       for v, g in label.groupby(slice_values(df[f]))} for f in config.slices}
+    return {"window": window.name, "window_start_ms": window.start_ms,
+            "window_end_ms": window.end_ms, "rows": len(df), "train_rows": len(train),
+            "holdout_rows": len(holdout), "holdout_from_ms": _ms(holdout["request_ts"].iloc[0]),
+            "label_rate": float(label.mean()), "slice_label_rate": slice_rates}
+
+
+def _lineage(config: PipelineConfig, window: ds.Window, champion_v: str | None,
+             parent: dict[str, Any], now_ms: Callable[[], int]) -> dict[str, Any]:
+    """The new version's lineage: its parent's windows and manifests plus this window's."""
+    return {"pipeline": config.pipeline, "window": window.name,
+            "windows": parent["windows"] + [window.name], "parent": champion_v,
+            "manifests": parent["manifests"] + [str(window.manifest_path)],
+            "estimator": config.model.estimator, "created_ms": now_ms()}
+
+
+def _store(reg: Registry, name: str, challenger: Model, metrics: dict[str, Any],
+           lineage: dict[str, Any], rows: int, t0: float) -> dict[str, Any]:
+    """Step 9: save the challenger as a new version, move the champion pointer if it was
+    promoted, then write the window's record - last."""
+    promote = metrics["decision"]["promote"]
     version = reg.save(challenger, metrics, lineage)
-    if decision["promote"]:
+    if promote:
         reg.set_champion(version)
-    record = {"status": "trained", "version": version, "promoted": decision["promote"],
-              "rows": len(df)}
+    record = {"status": "trained", "version": version, "promoted": promote, "rows": rows}
     reg.record_window(name, **record)
     log.info("window %s: stored %s%s in %.2fs", name, version,
-             " (champion)" if decision["promote"] else "", time.perf_counter() - t0)
+             " (champion)" if promote else "", time.perf_counter() - t0)
     return record
 
 

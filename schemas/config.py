@@ -2,6 +2,11 @@
 
 Every invalid field raises ``ConfigError`` naming the dotted field, quoting the bad
 value and saying how to fix it. Unknown keys are errors, so typos cannot pass silently.
+
+The checks live in ``schemas.config_checks``, the ``features:`` section in
+``schemas.config_features``, the ``model:`` and ``kafka:`` sections in
+``schemas.config_sections``; this module re-exports their public names (``__all__``),
+so ``from schemas.config import ...`` is the one import for users.
 """
 from __future__ import annotations
 
@@ -13,35 +18,32 @@ from typing import Any, Mapping
 
 import yaml
 
-from schemas.config_checks import (_Section, _choice, _duration, _fail, _names, _pattern,
-                                   _positive_int, _str, validate_broker)
-from schemas.config_checks import parse_duration_ms  # noqa: F401  (re-exported)
-from schemas.config_sections import KafkaSecurity, ModelSpec, _kafka_security, _model
-from schemas.config_sections import (  # noqa: F401  (re-exported: one import for users)
-    ESTIMATORS, KAFKA_PASSWORD_ENV, KAFKA_PROTOCOLS, PROMOTION_METRICS, SASL_MECHANISMS,
-    DriftSpec, PromotionSpec)
+from schemas.config_checks import (NAME_RE, Section, choice, duration, fail, name_list,
+                                   non_empty_str, parse_duration_ms, pattern, positive_int,
+                                   validate_broker)
+from schemas.config_features import (FEATURE_TYPES, PII_ACTIONS, RESERVED_COLUMNS, FeatureSpec,
+                                     feature_specs, kept_feature_names)
+from schemas.config_sections import (ESTIMATORS, KAFKA_PASSWORD_ENV, KAFKA_PROTOCOLS,
+                                     PROMOTION_METRICS, SASL_MECHANISMS, DriftSpec,
+                                     KafkaSecurity, ModelSpec, PromotionSpec, kafka_security,
+                                     model_spec)
 from schemas.errors import ConfigError
+
+__all__ = [
+    "BROKER_ENV", "DEFAULT_BROKER", "ESTIMATORS", "FEATURE_TYPES", "KAFKA_PASSWORD_ENV",
+    "KAFKA_PROTOCOLS", "PII_ACTIONS", "PROMOTION_METRICS", "RESERVED_COLUMNS",
+    "SASL_MECHANISMS", "STORES", "DatasetSpec", "DriftSpec", "FeatureSpec", "JoinSpec",
+    "KafkaSecurity", "LabelSpec", "ModelSpec", "PipelineConfig", "PromotionSpec",
+    "TopicsSpec", "config_from_dict", "default_closed_time_topic", "load_config",
+    "parse_duration_ms", "validate_broker",
+]
 
 BROKER_ENV = "DLABEL_BROKER"
 DEFAULT_BROKER = "kafka://localhost:9092"
-FEATURE_TYPES = ("int", "float", "str", "bool")
-PII_ACTIONS = ("hash", "drop")
 STORES = ("memory", "rocksdb")
-# columns of a labeled example before the features (mirrored in schemas.records)
-RESERVED_COLUMNS = ("request_id", "request_ts", "window_start", "label", "label_ts",
-                    "prediction", "model_version")
 
 _PIPELINE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """A declared feature: its name, type and PII handling (None, 'hash' or 'drop')."""
-    name: str
-    type: str
-    pii: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,47 +123,25 @@ class PipelineConfig:
         return tuple(f for f in self.features if f.pii != "drop")
 
 
-def _feature(name: Any, spec: Any) -> FeatureSpec:
-    field = f"features.{name}"
-    if isinstance(name, bool):
-        raise _fail(field, f"{name!r} is not a feature name (yaml reads yes/no/on/off as "
-                           "booleans); quote it, e.g. 'no': int")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise _fail(field, f"{name!r} is not a valid feature name; use letters, digits, "
-                           "'_', '.' or '-', starting with a letter or '_'")
-    if name in RESERVED_COLUMNS:
-        raise _fail(field, f"{name!r} clashes with a labeled-example column; rename the feature "
-                           f"(reserved: {', '.join(RESERVED_COLUMNS)})")
-    if isinstance(spec, str):
-        return FeatureSpec(name, _choice(FEATURE_TYPES)(spec, f"{field}.type"))
-    sec = _Section(spec, field, ("type", "pii"))
-    ftype = sec.get("type", _choice(FEATURE_TYPES))
-    pii = sec.get("pii", _choice(PII_ACTIONS), None)
-    if pii == "hash" and ftype != "str":
-        raise _fail(f"{field}.type", f"{ftype!r} cannot be hashed (hashes are hex strings); "
-                                     "declare type: str")
-    return FeatureSpec(name, ftype, pii)
-
-
-def _label(sec: _Section, join_key: str) -> LabelSpec:
-    kind = sec.get("kind", _choice(("binary", "regression")))
+def _label(sec: Section, join_key: str) -> LabelSpec:
+    kind = sec.get("kind", choice(("binary", "regression")))
     if kind == "binary":
         for key in ("feedback", "value"):
             if key in sec.data:
-                raise _fail(sec.name(key), "is only for kind: regression; remove it or "
+                raise fail(sec.name(key), "is only for kind: regression; remove it or "
                                            "use positive: [...]")
-        return LabelSpec(kind, positive=sec.get("positive", _names))
+        return LabelSpec(kind, positive=sec.get("positive", name_list))
     if "positive" in sec.data:
-        raise _fail(sec.name("positive"), "is only for kind: binary; use feedback: [...]")
-    value = sec.get("value", _str, "elapsed_seconds")
+        raise fail(sec.name("positive"), "is only for kind: binary; use feedback: [...]")
+    value = sec.get("value", non_empty_str, "elapsed_seconds")
     target = value[6:] if value.startswith("field:") else None
-    if value != "elapsed_seconds" and not (target and _NAME_RE.match(target)):
-        raise _fail(sec.name("value"), f"{value!r} is not allowed; write elapsed_seconds or "
+    if value != "elapsed_seconds" and not (target and NAME_RE.match(target)):
+        raise fail(sec.name("value"), f"{value!r} is not allowed; write elapsed_seconds or "
                                        "field:<name of a numeric feedback field>")
     if target in (join_key, "ts", "type"):
-        raise _fail(sec.name("value"), f"{value!r} names a key/time/type field, not an outcome; "
+        raise fail(sec.name("value"), f"{value!r} names a key/time/type field, not an outcome; "
                                        "use elapsed_seconds for durations")
-    return LabelSpec(kind, feedback=sec.get("feedback", _names), value=value)
+    return LabelSpec(kind, feedback=sec.get("feedback", name_list), value=value)
 
 
 _TOP_KEYS = ("pipeline", "broker", "topics", "join", "label", "features", "slices",
@@ -183,8 +163,8 @@ def config_from_dict(data: dict, source: str = "<dict>", broker: str | None = No
 
 
 def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> PipelineConfig:
-    top = _Section(data, "", _TOP_KEYS)
-    pipeline = top.get("pipeline", _pattern(_PIPELINE_RE, "use 1-64 letters, digits, '.', "
+    top = Section(data, "", _TOP_KEYS)
+    pipeline = top.get("pipeline", pattern(_PIPELINE_RE, "use 1-64 letters, digits, '.', "
                                             "'_' or '-', starting with a letter or digit"))
     if broker:
         broker = validate_broker(broker, "--broker")
@@ -195,51 +175,47 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
 
     t = top.sub("topics", ("requests", "feedback", "labeled", "dead_letter", "windows",
                            "closed_time", "partitions", "replication_factor"))
-    topic = _pattern(_TOPIC_RE, "kafka topic names use 1-249 letters, digits, '.', '_', '-'")
+    topic = pattern(_TOPIC_RE, "kafka topic names use 1-249 letters, digits, '.', '_', '-'")
     names = {k: t.get(k, topic) for k in ("requests", "feedback", "labeled", "dead_letter",
                                           "windows")}
     names["closed_time"] = t.get("closed_time", topic, default_closed_time_topic(names["labeled"]))
     for key, value in names.items():
         other = next((k for k, v in names.items() if v == value and k != key), None)
         if other:
-            raise _fail(f"topics.{key}", f"{value!r} is also topics.{other}; give each topic "
+            raise fail(f"topics.{key}", f"{value!r} is also topics.{other}; give each topic "
                                          "its own name")
-    topics = TopicsSpec(**names, partitions=t.get("partitions", _positive_int, 4),
-                        replication_factor=t.get("replication_factor", _positive_int, 1))
+    topics = TopicsSpec(**names, partitions=t.get("partitions", positive_int, 4),
+                        replication_factor=t.get("replication_factor", positive_int, 1))
 
     j = top.sub("join", ("key", "label_window", "allowed_lateness", "idle_timeout"))
-    join = JoinSpec(key=j.get("key", _pattern(_NAME_RE, "write e.g. request_id"), "request_id"),
-                    label_window_ms=j.get("label_window", _duration(True)),
-                    allowed_lateness_ms=j.get("allowed_lateness", _duration(False), 0),
-                    idle_timeout_ms=j.get("idle_timeout", _duration(True), 30_000))
+    join = JoinSpec(key=j.get("key", pattern(NAME_RE, "write e.g. request_id"), "request_id"),
+                    label_window_ms=j.get("label_window", duration(True)),
+                    allowed_lateness_ms=j.get("allowed_lateness", duration(False), 0),
+                    idle_timeout_ms=j.get("idle_timeout", duration(True), 30_000))
 
     label = _label(top.sub("label", ("kind", "positive", "feedback", "value")), join.key)
 
-    raw_features = top.get("features", lambda v, f: v)
-    if not isinstance(raw_features, dict) or not raw_features:
-        raise _fail("features", f"{raw_features!r} is not a non-empty mapping; write e.g. "
-                                "'hour: int' lines (types int, float, str, bool)")
-    features = tuple(_feature(n, s) for n, s in raw_features.items())
+    features = feature_specs(top)
 
-    slices = top.get("slices", _names, ())
-    kept = {f.name for f in features if f.pii != "drop"}
+    slices = top.get("slices", name_list, ())
+    kept = kept_feature_names(features)
     for i, s in enumerate(slices):
         if s not in kept:
-            raise _fail(f"slices[{i}]", f"{s!r} is not a declared feature (or is dropped PII); "
+            raise fail(f"slices[{i}]", f"{s!r} is not a declared feature (or is dropped PII); "
                                         f"slice by one of {', '.join(sorted(kept))}")
 
     d = top.sub("dataset", ("path", "window", "flush_rows", "flush_interval"))
-    dataset = DatasetSpec(d.get("path", _str), d.get("window", _duration(True)),
-                          flush_rows=d.get("flush_rows", _positive_int, 50_000),
-                          flush_interval_ms=d.get("flush_interval", _duration(True), 30_000))
+    dataset = DatasetSpec(d.get("path", non_empty_str), d.get("window", duration(True)),
+                          flush_rows=d.get("flush_rows", positive_int, 50_000),
+                          flush_interval_ms=d.get("flush_interval", duration(True), 30_000))
 
-    model = _model(top, label.kind, features)
+    model = model_spec(top, label.kind, features)
     return PipelineConfig(pipeline=pipeline, broker=broker, topics=topics, join=join,
                           label=label, features=features, slices=slices, dataset=dataset,
                           model=model,
-                          store=top.get("store", _choice(STORES), "memory"),
-                          state_dir=top.get("state_dir", _str, ".dlabel-state"),
-                          kafka=_kafka_security(top, environ))
+                          store=top.get("store", choice(STORES), "memory"),
+                          state_dir=top.get("state_dir", non_empty_str, ".dlabel-state"),
+                          kafka=kafka_security(top, environ))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

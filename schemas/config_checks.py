@@ -1,8 +1,9 @@
 """Validators shared by the sections of the pipeline config.
 
-Each takes the value and its dotted field name and raises ``ConfigError`` that names
-the field, quotes the value and says how to fix it; ``_Section`` walks one mapping and
-rejects unknown keys.
+Each check takes the value and its dotted field name, returns the value (or its parsed
+form) and raises ``ConfigError`` that names the field, quotes the value and says how to
+fix it; ``Section`` walks one mapping and rejects unknown keys. The factories
+(``pattern``, ``choice``, ``number``, ``duration``) return such a check.
 """
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ from typing import Any, Callable
 
 from schemas.errors import ConfigError
 
+# a feature, join key or feedback field name
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+
 _HOST_PORT = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?):[0-9]{1,5}"
 _BROKER_RE = re.compile(rf"^kafka://({_HOST_PORT}(?:,{_HOST_PORT})*)$")
 _DURATION_PART_RE = re.compile(r"([0-9]+)(ms|s|m|h|d)")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
-def _fail(field: str, message: str) -> ConfigError:
+def fail(field: str, message: str) -> ConfigError:
+    """The error for ``field`` (a dotted name): ``'<field>: <message>'``, to raise."""
     return ConfigError(f"{field}: {message}")
 
 
@@ -28,119 +33,130 @@ def parse_duration_ms(text: str | int, field: str) -> int:
     """
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
-            raise _fail(field, f"{text!r} is negative; write a positive duration, e.g. 30m")
+            raise fail(field, f"{text!r} is negative; write a positive duration, e.g. 30m")
         return text
     if isinstance(text, str):
         compact = text.strip().replace(" ", "")
         parts = _DURATION_PART_RE.findall(compact)
         if parts and "".join(n + u for n, u in parts) == compact:
             return sum(int(n) * _UNIT_MS[u] for n, u in parts)
-    raise _fail(field, f"{text!r} is not a duration; write e.g. 30m or 2h "
-                       "(units ms, s, m, h, d; whole numbers only)")
+    raise fail(field, f"{text!r} is not a duration; write e.g. 30m or 2h "
+                      "(units ms, s, m, h, d; whole numbers only)")
 
 
 def validate_broker(value: Any, field: str = "broker") -> str:
     """Check a broker URL ``kafka://host:port[,host:port...]`` and return it."""
     m = _BROKER_RE.match(value) if isinstance(value, str) else None
     if m is None or not all(0 < int(hp.rsplit(":", 1)[1]) < 65536 for hp in m.group(1).split(",")):
-        raise _fail(field, f"{value!r} is not a broker url; write e.g. kafka://localhost:9092 "
-                           "or kafka://host1:9092,host2:9092")
+        raise fail(field, f"{value!r} is not a broker url; write e.g. kafka://localhost:9092 "
+                          "or kafka://host1:9092,host2:9092")
     return value
 
 
-class _Section:
+class Section:
     """A mapping being validated: tracks the dotted prefix and rejects unknown keys."""
 
     def __init__(self, data: Any, prefix: str, allowed: tuple[str, ...]) -> None:
         where = prefix or "config"
         if not isinstance(data, dict):
-            raise _fail(where, f"{data!r} is not a mapping; write {where} as 'key: value' lines")
+            raise fail(where, f"{data!r} is not a mapping; write {where} as 'key: value' lines")
         unknown = sorted(str(k) for k in data if k not in allowed)
         if unknown:
-            raise _fail(where, f"unknown key(s) {', '.join(map(repr, unknown))}; "
-                               f"allowed keys are {', '.join(allowed)}")
+            raise fail(where, f"unknown key(s) {', '.join(map(repr, unknown))}; "
+                              f"allowed keys are {', '.join(allowed)}")
         self.data, self.prefix = data, prefix
 
     def name(self, key: str) -> str:
+        """The dotted field name of ``key`` in this section."""
         return f"{self.prefix}.{key}" if self.prefix else key
 
     def get(self, key: str, check: Callable[[Any, str], Any], default: Any = ...) -> Any:
+        """``check(value, field)`` of ``key``; ``default`` when absent (required without)."""
         value = self.data.get(key)
         if value is None:
             if default is ...:
-                raise _fail(self.name(key), "is required but missing; add it to the config")
+                raise fail(self.name(key), "is required but missing; add it to the config")
             return default
         return check(value, self.name(key))
 
-    def sub(self, key: str, allowed: tuple[str, ...]) -> _Section:
+    def sub(self, key: str, allowed: tuple[str, ...]) -> Section:
         """The required sub-section ``key``, itself validated."""
-        return _Section(self.get(key, lambda v, f: v), self.name(key), allowed)
+        return Section(self.get(key, lambda v, f: v), self.name(key), allowed)
 
 
-def _str(value: Any, field: str) -> str:
+def non_empty_str(value: Any, field: str) -> str:
+    """Check a non-empty string (a name or a path)."""
     if not isinstance(value, str) or not value.strip():
-        raise _fail(field, f"{value!r} is not a non-empty string; write a name or path")
+        raise fail(field, f"{value!r} is not a non-empty string; write a name or path")
     return value
 
 
-def _bool(value: Any, field: str) -> bool:
+def boolean(value: Any, field: str) -> bool:
+    """Check a YAML boolean (true/false)."""
     if not isinstance(value, bool):
-        raise _fail(field, f"{value!r} is not a boolean; write true or false")
+        raise fail(field, f"{value!r} is not a boolean; write true or false")
     return value
 
 
-def _pattern(regex: re.Pattern[str], hint: str) -> Callable[[Any, str], str]:
+def pattern(regex: re.Pattern[str], hint: str) -> Callable[[Any, str], str]:
+    """A check for a string name matching ``regex``; ``hint`` says what a valid one is."""
     def check(value: Any, field: str) -> str:
         if not isinstance(value, str) or not regex.match(value):
-            raise _fail(field, f"{value!r} is not a valid name; {hint}")
+            raise fail(field, f"{value!r} is not a valid name; {hint}")
         return value
     return check
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
+def choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
+    """A check for one of ``options``."""
     def check(value: Any, field: str) -> str:
         if value not in options:
-            raise _fail(field, f"{value!r} is not allowed; write one of {', '.join(options)}")
+            raise fail(field, f"{value!r} is not allowed; write one of {', '.join(options)}")
         return value
     return check
 
 
-def _positive_int(value: Any, field: str) -> int:
+def positive_int(value: Any, field: str) -> int:
+    """Check an int >= 1 (booleans are not ints here)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _fail(field, f"{value!r} is not a positive integer; write e.g. 4")
+        raise fail(field, f"{value!r} is not a positive integer; write e.g. 4")
     return value
 
 
-def _non_negative_int(value: Any, field: str) -> int:
+def non_negative_int(value: Any, field: str) -> int:
+    """Check an int >= 0 (booleans are not ints here)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _fail(field, f"{value!r} is not a whole number >= 0; write e.g. 2")
+        raise fail(field, f"{value!r} is not a whole number >= 0; write e.g. 2")
     return value
 
 
-def _number(lo: float, hi: float, example: str) -> Callable[[Any, str], float]:
+def number(lo: float, hi: float, example: str) -> Callable[[Any, str], float]:
+    """A check for a number in ``[lo, hi]``, returned as float; ``example`` is a valid one."""
     def check(value: Any, field: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not lo <= value <= hi:
-            raise _fail(field, f"{value!r} is not a number in [{lo:g}, {hi:g}]; write e.g. "
-                               f"{example}")
+            raise fail(field, f"{value!r} is not a number in [{lo:g}, {hi:g}]; write e.g. "
+                              f"{example}")
         return float(value)
     return check
 
 
-def _duration(positive: bool) -> Callable[[Any, str], int]:
+def duration(positive: bool) -> Callable[[Any, str], int]:
+    """A check for a duration (see ``parse_duration_ms``) in ms; ``positive`` rejects zero."""
     def check(value: Any, field: str) -> int:
         ms = parse_duration_ms(value, field)
         if positive and ms == 0:
-            raise _fail(field, f"{value!r} is zero; write a positive duration, e.g. 30m")
+            raise fail(field, f"{value!r} is zero; write a positive duration, e.g. 30m")
         return ms
     return check
 
 
-def _names(value: Any, field: str) -> tuple[str, ...]:
+def name_list(value: Any, field: str) -> tuple[str, ...]:
+    """Check a non-empty list of distinct non-empty strings; returns it as a tuple."""
     if not isinstance(value, list) or not value:
-        raise _fail(field, f"{value!r} is not a non-empty list; write e.g. [click]")
+        raise fail(field, f"{value!r} is not a non-empty list; write e.g. [click]")
     for i, item in enumerate(value):
-        _str(item, f"{field}[{i}]")
+        non_empty_str(item, f"{field}[{i}]")
     if len(set(value)) != len(value):
-        raise _fail(field, f"{value!r} has duplicates; list each name once")
+        raise fail(field, f"{value!r} has duplicates; list each name once")
     return tuple(value)

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Any, Mapping
 
-from schemas.config_checks import (_Section, _bool, _choice, _duration, _fail, _names,
-                                   _non_negative_int, _number, _positive_int, _str)
-
-if TYPE_CHECKING:
-    from schemas.config import FeatureSpec
+from schemas.config_checks import (Section, boolean, choice, duration, fail, name_list,
+                                   non_empty_str, non_negative_int, number, positive_int)
+from schemas.config_features import FeatureSpec, kept_feature_names
 
 # estimator -> the label kind it fits; the first one of a kind is that kind's default
 ESTIMATORS = {"sgd_classifier": "binary", "sgd_regressor": "regression",
@@ -95,111 +93,162 @@ class KafkaSecurity:
 
     @property
     def uses_sasl(self) -> bool:
+        """True for SASL_PLAINTEXT and SASL_SSL."""
         return self.security_protocol.startswith("SASL_")
 
     @property
     def uses_ssl(self) -> bool:
+        """True for SSL and SASL_SSL."""
         return self.security_protocol.endswith("SSL")
 
 
-def _kafka_security(top: "_Section", environ: Mapping[str, str]) -> KafkaSecurity:
+def kafka_security(top: Section, environ: Mapping[str, str]) -> KafkaSecurity:
+    """The optional ``kafka:`` section; the SASL password is read from ``environ`` or a file."""
     if top.data.get("kafka") is None:
         return KafkaSecurity()
     k = top.sub("kafka", ("security_protocol", "sasl_mechanism", "sasl_username",
                           "sasl_password_env", "sasl_password_file", "ssl_cafile",
                           "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"))
-    protocol = k.get("security_protocol", _choice(KAFKA_PROTOCOLS), "PLAINTEXT")
-    sec = dict(security_protocol=protocol,
-               ssl_cafile=k.get("ssl_cafile", _str, None),
-               ssl_certfile=k.get("ssl_certfile", _str, None),
-               ssl_keyfile=k.get("ssl_keyfile", _str, None),
-               ssl_check_hostname=k.get("ssl_check_hostname", _bool, True))
+    protocol = k.get("security_protocol", choice(KAFKA_PROTOCOLS), "PLAINTEXT")
+    sec = _ssl_settings(k)
+    if not protocol.startswith("SASL_"):
+        return KafkaSecurity(security_protocol=protocol, **sec)
+    mechanism = k.get("sasl_mechanism", choice(SASL_MECHANISMS))
+    username = k.get("sasl_username", non_empty_str)
+    return KafkaSecurity(security_protocol=protocol, **sec, sasl_mechanism=mechanism,
+                         sasl_username=username, sasl_password=_sasl_password(k, environ))
+
+
+def _ssl_settings(k: Section) -> dict[str, Any]:
+    """The ``ssl_*`` keys of ``kafka:``: PEM files that exist, certificate and key together."""
+    sec = dict(ssl_cafile=k.get("ssl_cafile", non_empty_str, None),
+               ssl_certfile=k.get("ssl_certfile", non_empty_str, None),
+               ssl_keyfile=k.get("ssl_keyfile", non_empty_str, None),
+               ssl_check_hostname=k.get("ssl_check_hostname", boolean, True))
     for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
         if sec[key] is not None and not Path(sec[key]).is_file():
-            raise _fail(f"kafka.{key}", f"{sec[key]!r} is not a readable file; give the path "
-                                        "of a PEM file")
+            raise fail(f"kafka.{key}", f"{sec[key]!r} is not a readable file; give the path "
+                                       "of a PEM file")
     if (sec["ssl_certfile"] is None) != (sec["ssl_keyfile"] is None):
-        raise _fail("kafka.ssl_keyfile", "ssl_certfile and ssl_keyfile go together (client "
-                                         "certificate authentication); set both or neither")
-    if not protocol.startswith("SASL_"):
-        return KafkaSecurity(**sec)
-    mechanism = k.get("sasl_mechanism", _choice(SASL_MECHANISMS))
-    username = k.get("sasl_username", _str)
-    pw_file = k.get("sasl_password_file", _str, None)
-    pw_env = k.get("sasl_password_env", _str, KAFKA_PASSWORD_ENV)
+        raise fail("kafka.ssl_keyfile", "ssl_certfile and ssl_keyfile go together (client "
+                                        "certificate authentication); set both or neither")
+    return sec
+
+
+def _sasl_password(k: Section, environ: Mapping[str, str]) -> str:
+    """The SASL password: from ``sasl_password_file`` if set, else from the environment
+    variable ``sasl_password_env`` (default ``DLABEL_KAFKA_PASSWORD``)."""
+    pw_file = k.get("sasl_password_file", non_empty_str, None)
+    pw_env = k.get("sasl_password_env", non_empty_str, KAFKA_PASSWORD_ENV)
     if pw_file is not None:
         try:
-            password = Path(pw_file).read_text().strip()
+            return Path(pw_file).read_text().strip()
         except OSError as e:
-            raise _fail("kafka.sasl_password_file", f"{pw_file!r} cannot be read ({e.strerror}); "
-                                                    "mount the secret there") from None
-    else:
-        password = environ.get(pw_env)
-        if not password:
-            raise _fail("kafka.sasl_password_env", f"environment variable {pw_env} is not set; "
-                                                   "export the SASL password there or set "
-                                                   "kafka.sasl_password_file")
-    return KafkaSecurity(**sec, sasl_mechanism=mechanism, sasl_username=username,
-                         sasl_password=password)
+            raise fail("kafka.sasl_password_file", f"{pw_file!r} cannot be read ({e.strerror}); "
+                                                   "mount the secret there") from None
+    password = environ.get(pw_env)
+    if not password:
+        raise fail("kafka.sasl_password_env", f"environment variable {pw_env} is not set; "
+                                              "export the SASL password there or set "
+                                              "kafka.sasl_password_file")
+    return password
 
 
 _MODEL_KEYS = ("path", "estimator", "holdout_fraction", "job_timeout", "retries",
                "retry_backoff", "seed", "exclude", "categorical", "promotion", "drift")
 
 
-def _model(top: _Section, kind: str, features: tuple[FeatureSpec, ...]) -> ModelSpec:
-    """The ``model:`` section: registry path, estimator, job settings, promotion, drift."""
+def model_spec(top: Section, kind: str, features: tuple[FeatureSpec, ...]) -> ModelSpec:
+    """The ``model:`` section: registry path, estimator, job settings, promotion, drift.
+
+    ``kind`` is the label kind (estimator and promotion metric must fit it); ``features``
+    the declared features (``exclude``/``categorical`` must name kept ones).
+    """
     m = top.sub("model", _MODEL_KEYS)
+    kept = kept_feature_names(features)
+    estimator = _estimator(m, kind)
+    exclude, categorical = _model_features(m, features, kept)
+    promotion = _promotion(m, kind)
+    drift = _drift(m, kept)
+    holdout = _holdout_fraction(m)
+    return ModelSpec(path=m.get("path", non_empty_str), estimator=estimator,
+                     holdout_fraction=holdout, **_job_settings(m), exclude=exclude,
+                     categorical=categorical, promotion=promotion, drift=drift)
+
+
+def _estimator(m: Section, kind: str) -> str:
+    """``model.estimator``: one that fits the label kind; that kind's first by default."""
     default_est = next(e for e, k in ESTIMATORS.items() if k == kind)
-    estimator = m.get("estimator", _choice(tuple(ESTIMATORS)), default_est)
+    estimator = m.get("estimator", choice(tuple(ESTIMATORS)), default_est)
     if ESTIMATORS[estimator] != kind:
         fits = ", ".join(e for e, k in ESTIMATORS.items() if k == kind)
-        raise _fail("model.estimator", f"{estimator!r} does not fit label kind {kind!r}; "
-                                       f"write {default_est}" + (f" (or one of {fits})"
-                                                                 if "," in fits else ""))
-    kept = {f.name for f in features if f.pii != "drop"}
-    exclude = m.get("exclude", _names, ())
+        raise fail("model.estimator", f"{estimator!r} does not fit label kind {kind!r}; "
+                                      f"write {default_est}" + (f" (or one of {fits})"
+                                                                if "," in fits else ""))
+    return estimator
+
+
+def _model_features(m: Section, features: tuple[FeatureSpec, ...],
+                    kept: set[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(``model.exclude``, ``model.categorical``): kept features the model leaves out (not
+    all of them), and kept int/bool features it treats as categories."""
+    exclude = m.get("exclude", name_list, ())
     for i, name in enumerate(exclude):
         if name not in kept:
-            raise _fail(f"model.exclude[{i}]", f"{name!r} is not a kept feature; exclude one of "
-                                               f"{', '.join(sorted(kept))}")
+            raise fail(f"model.exclude[{i}]", f"{name!r} is not a kept feature; exclude one of "
+                                              f"{', '.join(sorted(kept))}")
     types = {f.name: f.type for f in features}
-    categorical = m.get("categorical", _names, ())
+    categorical = m.get("categorical", name_list, ())
     for i, name in enumerate(categorical):
         if name not in kept or types[name] not in ("int", "bool"):
             ints = sorted(n for n in kept if types[n] in ("int", "bool"))
-            raise _fail(f"model.categorical[{i}]", f"{name!r} is not a kept int or bool feature "
-                                                   "(str features are categories already); "
-                                                   f"name one of {', '.join(ints) or 'none'}")
+            raise fail(f"model.categorical[{i}]", f"{name!r} is not a kept int or bool feature "
+                                                  "(str features are categories already); "
+                                                  f"name one of {', '.join(ints) or 'none'}")
     if set(exclude) == kept:
-        raise _fail("model.exclude", f"{list(exclude)!r} excludes every feature; keep at least one")
-    p = _Section(m.data.get("promotion") or {}, "model.promotion",
-                 ("metric", "min_gain", "max_slice_regression", "min_slice_rows"))
+        raise fail("model.exclude", f"{list(exclude)!r} excludes every feature; keep at least one")
+    return exclude, categorical
+
+
+def _promotion(m: Section, kind: str) -> PromotionSpec:
+    """``model.promotion`` (optional): the rule, with a metric of the label kind."""
+    p = Section(m.data.get("promotion") or {}, "model.promotion",
+                ("metric", "min_gain", "max_slice_regression", "min_slice_rows"))
     metrics = tuple(k for k, (mk, _) in PROMOTION_METRICS.items() if mk == kind)
-    promotion = PromotionSpec(
-        metric=p.get("metric", _choice(metrics), metrics[0]),
-        min_gain=p.get("min_gain", _number(-1e9, 1e9, "0.002"), 0.0),
-        max_slice_regression=p.get("max_slice_regression", _number(0, 1e9, "0.05"), 0.05),
-        min_slice_rows=p.get("min_slice_rows", _positive_int, 200))
-    d = _Section(m.data.get("drift") or {}, "model.drift", ("psi", "linf", "label_rate",
-                                                             "min_rows", "exclude"))
-    drift_exclude = d.get("exclude", _names, ())
+    return PromotionSpec(
+        metric=p.get("metric", choice(metrics), metrics[0]),
+        min_gain=p.get("min_gain", number(-1e9, 1e9, "0.002"), 0.0),
+        max_slice_regression=p.get("max_slice_regression", number(0, 1e9, "0.05"), 0.05),
+        min_slice_rows=p.get("min_slice_rows", positive_int, 200))
+
+
+def _drift(m: Section, kept: set[str]) -> DriftSpec:
+    """``model.drift`` (optional): thresholds, and kept features left out of the comparison."""
+    d = Section(m.data.get("drift") or {}, "model.drift", ("psi", "linf", "label_rate",
+                                                            "min_rows", "exclude"))
+    drift_exclude = d.get("exclude", name_list, ())
     for i, name in enumerate(drift_exclude):
         if name not in kept:
-            raise _fail(f"model.drift.exclude[{i}]", f"{name!r} is not a kept feature; exclude "
-                                                     f"one of {', '.join(sorted(kept))}")
-    drift = DriftSpec(psi=d.get("psi", _number(0, 1e9, "0.2"), 0.2),
-                      linf=d.get("linf", _number(0, 1, "0.1"), 0.1),
-                      label_rate=d.get("label_rate", _number(0, 1e9, "0.05"), 0.05),
-                      min_rows=d.get("min_rows", _positive_int, 100), exclude=drift_exclude)
-    holdout = m.get("holdout_fraction", _number(0, 1, "0.2"), 0.2)
+            raise fail(f"model.drift.exclude[{i}]", f"{name!r} is not a kept feature; exclude "
+                                                    f"one of {', '.join(sorted(kept))}")
+    return DriftSpec(psi=d.get("psi", number(0, 1e9, "0.2"), 0.2),
+                     linf=d.get("linf", number(0, 1, "0.1"), 0.1),
+                     label_rate=d.get("label_rate", number(0, 1e9, "0.05"), 0.05),
+                     min_rows=d.get("min_rows", positive_int, 100), exclude=drift_exclude)
+
+
+def _holdout_fraction(m: Section) -> float:
+    """``model.holdout_fraction``: strictly between 0 and 1, so both parts get rows."""
+    holdout = m.get("holdout_fraction", number(0, 1, "0.2"), 0.2)
     if not 0.0 < holdout < 1.0:
-        raise _fail("model.holdout_fraction", f"{holdout!r} leaves nothing to train or to "
-                                              "evaluate; write a fraction such as 0.2")
-    return ModelSpec(path=m.get("path", _str), estimator=estimator, holdout_fraction=holdout,
-                     job_timeout_ms=m.get("job_timeout", _duration(True), 600_000),
-                     retries=m.get("retries", _non_negative_int, 2),
-                     retry_backoff_ms=m.get("retry_backoff", _duration(False), 1_000),
-                     seed=m.get("seed", _non_negative_int, 0), exclude=exclude,
-                     categorical=categorical,
-                     promotion=promotion, drift=drift)
+        raise fail("model.holdout_fraction", f"{holdout!r} leaves nothing to train or to "
+                                             "evaluate; write a fraction such as 0.2")
+    return holdout
+
+
+def _job_settings(m: Section) -> dict[str, int]:
+    """How a job runs: ``job_timeout``, ``retries``, ``retry_backoff`` (ms) and ``seed``."""
+    return dict(job_timeout_ms=m.get("job_timeout", duration(True), 600_000),
+                retries=m.get("retries", non_negative_int, 2),
+                retry_backoff_ms=m.get("retry_backoff", duration(False), 1_000),
+                seed=m.get("seed", non_negative_int, 0))

@@ -1,7 +1,10 @@
 """Behaviour tables for schemas.config: durations, brokers, validation messages, loading."""
 from __future__ import annotations
 
+import ast
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -360,3 +363,47 @@ def test_yaml_boolean_feature_name_explained(tmp_path):
     with pytest.raises(ConfigError, match=r"features\.False: False is not a feature name "
                                           r"\(yaml reads yes/no/on/off as booleans\); quote it"):
         load_config(path, environ=NO_ENV)
+
+
+# --- module structure -----------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_PARTS = ("schemas.config_checks", "schemas.config_features", "schemas.config_sections")
+
+
+@pytest.mark.parametrize("module", CONFIG_PARTS)
+def test_config_parts_import_alone_without_schemas_config(module):
+    code = (f"import sys, {module}; "
+            "assert 'schemas.config' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def _imports(path: Path) -> list[ast.ImportFrom]:
+    """Every absolute ``from X import ...`` of the file, TYPE_CHECKING blocks included."""
+    return [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)
+            and n.module and n.level == 0]
+
+
+@pytest.mark.parametrize("module", CONFIG_PARTS)
+def test_config_parts_do_not_import_schemas_config(module):
+    path = ROOT / (module.replace(".", "/") + ".py")
+    assert not [n.module for n in _imports(path) if n.module == "schemas.config"]
+
+
+@pytest.mark.parametrize("package", ["schemas", "jobs"])
+def test_no_private_name_is_imported_across_modules(package):
+    private = [f"{p.relative_to(ROOT)}: from {n.module} import {a.name}"
+               for p in sorted((ROOT / package).rglob("*.py")) for n in _imports(p)
+               for a in n.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert private == []
+
+
+def test_schemas_config_re_exports_its_parts():
+    import schemas.config as C
+    from schemas import config_checks, config_features, config_sections
+    for name in C.__all__:
+        assert hasattr(C, name), name
+    assert C.FeatureSpec is config_features.FeatureSpec
+    assert C.ModelSpec is config_sections.ModelSpec
+    assert C.KafkaSecurity is config_sections.KafkaSecurity
+    assert C.parse_duration_ms is config_checks.parse_duration_ms

@@ -206,3 +206,51 @@ def test_model_config_defaults():
     assert (m.promotion.metric, m.promotion.min_gain, m.promotion.min_slice_rows) == \
         ("roc_auc", 0.0, 200)
     assert (m.drift.psi, m.drift.linf, m.drift.label_rate) == (0.2, 0.1, 0.05)
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"estimator": "bad", "exclude": ["nope"]}, "model.estimator: 'bad' is not allowed"),
+    ({"path": "m", "categorical": ["nope"], "promotion": {"metric": "x"}},
+     "model.categorical[0]: 'nope'"),
+    ({"path": "m", "promotion": {"metric": "x"}, "drift": {"psi": -1}},
+     "model.promotion.metric: 'x'"),
+    ({"path": "m", "drift": {"psi": -1}, "holdout_fraction": 0}, "model.drift.psi: -1"),
+    ({"holdout_fraction": 0, "retries": -1}, "model.holdout_fraction: 0.0 leaves nothing"),
+    ({"retries": -1}, "model.path: is required but missing"),
+    ({"path": "m", "job_timeout": "0s", "retries": -1}, "model.job_timeout: '0s' is zero"),
+])
+def test_model_config_checks_in_order(model, message):
+    data = _ctr_dict()
+    data["model"] = model
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(data, environ={})
+    assert message in str(e.value)
+
+
+# ---- small windows and the report's variants ------------------------------------------
+def test_a_window_with_too_few_rows_is_recorded_without_a_version(cfg):
+    from streams.dev.synthetic_windows import ctr_window, write_window
+    write_window(cfg.dataset.path, cfg.pipeline, START, H, ctr_window(START, H, 5, 1))
+    rec = run_job(cfg, START)
+    assert rec == {"status": "trained", "version": None, "promoted": False, "rows": 5,
+                   "note": "only 5 rows (< 10); nothing trained"}
+    reg = Registry(cfg.model.path)
+    assert reg.versions() == [] and reg.window_record(window_iso(START))["note"] == rec["note"]
+    assert run_job(cfg, START)["status"] == "skipped"
+
+
+def test_regression_report_has_no_calibration_chart(make_config, tmp_path):
+    cfg = on_tmp(make_config("airport"), tmp_path)
+    for s in write_airport_windows(cfg, 2, rows=300):
+        run_job(cfg, s)
+    index = write_report(cfg)
+    assert index == tmp_path / "models" / "report" / "index.html"
+    images = re.findall(r'<img src="([^"]+)"', index.read_text())
+    assert images == ["metric_overall.png", "metric_checkpoint.png", "label_rate.png",
+                      "drift.png", "versions.png"]
+
+
+def test_report_before_any_trained_window(cfg, tmp_path):
+    page = write_report(cfg, tmp_path / "report").read_text()
+    assert "0 trained windows; champion none;" in page
+    assert len(re.findall(r"<img ", page)) == 6 and "<td>" not in page
