@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from schemas.dataset_schema import iso_utc, parse_window_arg, parse_window_dir, window_dir
+from schemas.dataset_schema import (MANIFEST, iso_utc, parse_window_arg, parse_window_dir,
+                                    window_dir)
 from schemas.errors import DatasetError
-from streams.dataset.manifest import MANIFEST
 
 # The window names and the manifest's name are the sink's (one definition each).
 window_dirname = window_dir

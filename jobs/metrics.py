@@ -83,13 +83,3 @@ def evaluate(df: pd.DataFrame, scores: Iterable, kind: str,
             per[v] = fn(y[m], s[m])
         out["slices"][feature] = per
     return out
-
-
-def metric_of(evaluation: dict[str, Any] | None, metric: str,
-              slice_feature: str | None = None, value: str | None = None) -> float | None:
-    """One metric from an ``evaluate`` result, overall or for one slice value (or None)."""
-    if not evaluation:
-        return None
-    if slice_feature is None:
-        return evaluation["overall"].get(metric)
-    return evaluation["slices"].get(slice_feature, {}).get(value, {}).get(metric)

@@ -20,6 +20,8 @@ TS = pa.timestamp("ms", tz="UTC")
 FEATURE_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(),
                  "bool": pa.bool_()}
 WINDOW_DIR_PREFIX = "window_start="
+#: A window's manifest file name (written last: the window is committed once it exists).
+MANIFEST = "_manifest.json"
 _DIR_FORMAT = "%Y-%m-%dT%H-%M-%SZ"
 _DIR_RE = re.compile(r"^window_start=(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ)$")
 

@@ -276,7 +276,6 @@ class EventParser:
              f.pii is not None)
             for f in config.kept_features)
         self._dropped = tuple(f.name for f in config.features if f.pii == "drop")
-        self._fixed = frozenset((self._key, "ts", "type", "value"))
         label = config.label
         self._outcome = label.value_field if label.kind == "regression" else None
         self._outcome_types = frozenset(label.feedback)

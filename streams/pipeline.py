@@ -1,18 +1,27 @@
-"""Running the join worker as a process: topics, broker quirks, the Faust worker loop."""
+"""``dlabel worker``: the join worker in this process and the dataset sink in a child.
+
+The top of the stream side: it prepares the topics, then runs the join
+(``streams.join``) and the sink (``streams.dataset``) together or alone.
+"""
 from __future__ import annotations
 
 import logging
-import signal
+import multiprocessing
 from typing import Optional
 
 from schemas.config import PipelineConfig
 from schemas.errors import DlabelError
 from schemas.pii import PiiHasher, load_pii_key
+from streams.common import metrics
+from streams.dataset.sink import run_sink, sink_process_main
+from streams.join.faust_adapter import WorkerOptions, build_app, changelog_topic, run_app
+from streams.kafka import clients as kafka_clients
 from streams.kafka.broker import free_port
+from streams.kafka.probe import BrokerProbe
+from streams.kafka.tansu_quirks import is_tansu
 from streams.kafka.topics import ensure_topics
-from streams.join.faust_adapter import WorkerOptions, build_app, changelog_topic
 
-log = logging.getLogger("dlabel.runtime")
+log = logging.getLogger("dlabel.pipeline")
 
 
 def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool = False,
@@ -25,11 +34,6 @@ def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool
     ``metrics_port``). With ``drain`` both stop when the input is consumed and every
     window is closed. Returns the join's summary with the sink's under ``"sink"``.
     """
-    from streams.kafka import clients as kafka_clients
-    from streams.common import metrics
-    from streams.kafka.probe import BrokerProbe
-    from streams.dataset.sink import run_sink
-
     kafka_clients.configure(config.kafka)
     if only == "sink":
         prepare(config, config.bootstrap_servers)
@@ -47,11 +51,9 @@ def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool
 def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool, loglevel: str,
                        batch_size: int, session_timeout_s: float,
                        metrics_port: Optional[int]) -> dict:
-    import multiprocessing
-    from streams.dataset.sink import sink_process_main
     if only == "join":
-        return run_worker(config, drain=drain, loglevel=loglevel, batch_size=batch_size,
-                          session_timeout_s=session_timeout_s)
+        return run_join_worker(config, drain=drain, loglevel=loglevel, batch_size=batch_size,
+                               session_timeout_s=session_timeout_s)
     prepare(config, config.bootstrap_servers)
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=False)
@@ -63,8 +65,8 @@ def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool,
     sink.start()
     child_conn.close()
     try:
-        summary = run_worker(config, drain=drain, loglevel=loglevel, batch_size=batch_size,
-                             session_timeout_s=session_timeout_s)
+        summary = run_join_worker(config, drain=drain, loglevel=loglevel,
+                                  batch_size=batch_size, session_timeout_s=session_timeout_s)
     except BaseException:
         sink.terminate()
         sink.join(10)
@@ -82,20 +84,17 @@ def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool,
 
 def prepare(config: PipelineConfig, bootstrap: str) -> bool:
     """Create every topic the worker uses; return True when the broker is Tansu."""
-    from streams.kafka.tansu_quirks import is_tansu
     ensure_topics(bootstrap, config, compacted=[changelog_topic(config)])
     return is_tansu(bootstrap)
 
 
-def run_worker(config: PipelineConfig, drain: bool = False, loglevel: str = "WARNING",
+def run_join_worker(config: PipelineConfig, drain: bool = False, loglevel: str = "WARNING",
                web_port: Optional[int] = None, batch_size: int = 2000,
                session_timeout_s: float = 10.0) -> dict:
     """Run the join worker in this process until Ctrl-C (or, with ``drain``, until caught up).
 
     Returns a summary: records in per topic, labeled sent, dead letters by reason.
     """
-    import faust
-
     bootstrap = config.bootstrap_servers
     key = load_pii_key(config)
     pii = PiiHasher(key) if key else None
@@ -103,25 +102,15 @@ def run_worker(config: PipelineConfig, drain: bool = False, loglevel: str = "WAR
     opts = WorkerOptions(bootstrap=bootstrap, drain=drain, tansu=tansu, batch_size=batch_size,
                          session_timeout_s=session_timeout_s,
                          web_port=web_port or free_port("127.0.0.1"))
-    app = build_app(config, opts, pii)
-    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
-                          override_logging=False)
-    runner = app.dlabel_runner
-    runner.on_drained = lambda: worker._schedule_shutdown(signal.SIGTERM)
-    try:
-        worker.execute_from_commandline()
-    except SystemExit:
-        pass
-    if app.crash_reason is not None:
-        raise DlabelError(f"the join worker stopped on an error: {app.crash_reason!r}")
-    proc = runner.proc
+    loop = run_app(build_app(config, opts, pii), loglevel=loglevel)
+    proc = loop.proc
     return {
         "requests": proc.records_in["requests"],
         "feedback": proc.records_in["feedback"],
-        "labeled_sent": runner.sent_labeled,
+        "labeled_sent": loop.sent_labeled,
         "dead_letters": dict(sorted(proc.dead_letters.items())),
         "pending": len(proc.join.pending),
         "counts": dict(sorted(proc.join.counts.items())),
-        "batches": runner.batches,
-        "busy_seconds": round((runner.last_event_at or 0) - (runner.first_event_at or 0), 3),
+        "batches": loop.batches,
+        "busy_seconds": round((loop.last_event_at or 0) - (loop.first_event_at or 0), 3),
     }

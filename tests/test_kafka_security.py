@@ -16,6 +16,7 @@ import yaml
 from schemas.config import KafkaSecurity, load_config
 from schemas.errors import ConfigError
 from streams.kafka import clients as kafka_clients
+from streams.join.faust_adapter import faust_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"DLABEL_PII_KEY": "k"}
@@ -38,7 +39,7 @@ def test_scram_password_from_environment_never_in_repr(tmp_path):
     kw = kafka_clients.kafka_python(cfg.kafka)
     assert kw == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
                   "sasl_plain_username": "dlabel", "sasl_plain_password": "hunter2-secret"}
-    creds = kafka_clients.faust_credentials(cfg.kafka)
+    creds = faust_credentials(cfg.kafka)
     assert creds.username == "dlabel" and str(creds.protocol.value) == "SASL_PLAINTEXT"
     assert str(creds.mechanism.value) == "SCRAM-SHA-512"
 
@@ -82,7 +83,7 @@ def test_default_is_plaintext_for_every_library():
     sec = KafkaSecurity()
     assert kafka_clients.kafka_python(sec) == {"security_protocol": "PLAINTEXT"}
     assert kafka_clients.aiokafka(sec) == {"security_protocol": "PLAINTEXT"}
-    assert kafka_clients.faust_credentials(sec) is None
+    assert faust_credentials(sec) is None
 
 
 CLIENTS = {"KafkaConsumer", "KafkaProducer", "KafkaAdminClient", "AIOKafkaConsumer",

@@ -120,17 +120,6 @@ def test_never_goes_back_when_an_idle_input_wakes_up_behind(clock) -> None:
     assert wm.current() == 2_000
 
 
-def test_never_goes_back_after_revoke_and_reassign(clock) -> None:
-    wm = tracker(clock, R0, F0)
-    observe_all(wm, [(R0, 100), (F0, 900)])
-    assert wm.current() == 100
-    wm.revoke([R0])
-    assert wm.current() == 900
-    wm.assign([R0])
-    wm.observe("requests", 0, 50)
-    assert wm.current() == 900
-
-
 @pytest.mark.parametrize("steps", [
     [(R0, 10), (F0, 20), (R0, 5), (F0, 1), (R0, 30), (F0, 25), (R0, 24)],
     [(F0, 100), (R0, 1), (R0, 2), (F0, 50), (R0, 3), (R0, 200), (F0, 60), (F0, 300)],
@@ -265,76 +254,3 @@ def test_all_caught_up_counts_touches(clock) -> None:
     assert not wm.all_caught_up(1_500)
     clock.advance(1_500)
     assert wm.all_caught_up(1_500)
-
-
-# --------------------------------------------------------------- revoke
-def test_revoke_removes_an_input(clock) -> None:
-    wm = tracker(clock, R0, R1, F0)
-    observe_all(wm, [(R0, 100), (R1, 400), (F0, 300)])
-    assert wm.current() == 100
-    wm.revoke([R0])
-    assert wm.max_ts("requests", 0) is None
-    assert wm.current() == 300
-    wm.revoke([F0, ("feedback", 7)])  # an input never tracked is ignored
-    assert wm.current() == 400
-
-
-def test_revoke_an_input_without_events_unblocks_the_watermark(clock) -> None:
-    wm = tracker(clock, R0, F0)
-    wm.observe("requests", 0, 100)
-    assert wm.current() is None
-    wm.revoke([F0])
-    assert wm.current() == 100
-
-
-def test_revoked_input_no_longer_holds_back_all_caught_up(clock) -> None:
-    wm = tracker(clock, R0, F0)
-    wm.set_caught_up("feedback", 0, False)
-    clock.advance(2_000)
-    assert not wm.all_caught_up(1_000)
-    wm.revoke([F0])
-    assert wm.all_caught_up(1_000)
-
-
-# --------------------------------------------------------------- restore
-def test_restore_sets_the_max_event_time_of_inputs(clock) -> None:
-    wm = tracker(clock, R0, F0)
-    wm.restore("requests", 0, 300)
-    assert wm.current() is None  # F0 still unbounded
-    wm.restore("feedback", 0, 200)
-    assert wm.max_ts("requests", 0) == 300
-    assert wm.current() == 200
-
-
-@pytest.mark.parametrize("restored, then_observed, expected_max", [
-    (300, 100, 300),   # an older replayed event does not lower it
-    (300, 300, 300),
-    (300, 301, 301),   # a newer one raises it
-])
-def test_restore_then_observe(clock, restored, then_observed, expected_max) -> None:
-    wm = tracker(clock, R0)
-    wm.restore("requests", 0, restored)
-    wm.observe("requests", 0, then_observed)
-    assert wm.max_ts("requests", 0) == expected_max
-    assert wm.current() == expected_max
-
-
-def test_restore_never_lowers(clock) -> None:
-    wm = tracker(clock, R0)
-    wm.observe("requests", 0, 500)
-    wm.restore("requests", 0, 100)
-    assert wm.max_ts("requests", 0) == 500
-    wm.restore("requests", 0, 700)
-    assert wm.max_ts("requests", 0) == 700
-
-
-def test_restore_of_an_unassigned_input_starts_tracking_it(clock) -> None:
-    wm = tracker(clock, R0)
-    wm.observe("requests", 0, 500)
-    assert wm.current() == 500
-    wm.restore("feedback", 3, 200)
-    assert wm.max_ts("feedback", 3) == 200
-    wm.observe("requests", 0, 800)
-    assert wm.current() == 500  # bounded by the restored input now (monotonic: not 200)
-    wm.observe("feedback", 3, 650)
-    assert wm.current() == 650

@@ -43,12 +43,3 @@ class SinkClosedTime:
         if any(name not in self._trusted for name in self.inputs):
             return None
         return min(self._trusted[name] for name in self.inputs)
-
-    def pending_ends(self) -> dict[int, int]:
-        """The largest labeled offsets that waiting reports need the sink to read."""
-        need: dict[int, int] = {}
-        for waiting in self._waiting.values():
-            for _, ends in waiting:
-                for p, o in ends.items():
-                    need[p] = max(need.get(p, 0), o)
-        return need

@@ -14,9 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
-from schemas.dataset_schema import iso_utc, parse_part_name, parse_window_dir, unify
+from schemas.dataset_schema import MANIFEST, iso_utc, parse_part_name, parse_window_dir, unify
 
-MANIFEST = "_manifest.json"
 FORMAT = 1
 
 

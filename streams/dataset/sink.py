@@ -28,7 +28,9 @@ from schemas.dataset_schema import window_dir
 from schemas.records import DeadLetter
 from streams.kafka import clients as kafka_clients
 from streams.common import metrics
+from streams.common.logs import setup_logging
 from streams.kafka.probe import BrokerProbe
+from streams.kafka.topics import ensure_topics
 from streams.dataset.writer import STATE_DIR, DatasetWriter
 from streams.common.storage import open_storage
 from schemas.closed_time_report import DRAINED, decode_report, input_names
@@ -69,7 +71,6 @@ class DatasetSink:
         self.closed_time = SinkClosedTime(input_names(config))
         self.sent: list[str] = []
         self.close_latency_ms: list[int] = []
-        self._wm_passed_at: dict[int, int] = {}
         self.stopping = False
         self.stalled: Optional[str] = None  # why commits fail, while they do
 
@@ -262,9 +263,8 @@ class DatasetSink:
 def run_sink(config: PipelineConfig, drain: bool = False, parent_pid: Optional[int] = None,
              metrics_port: Optional[int] = None) -> dict:
     """Run the dataset sink in this process until Ctrl-C (or drained)."""
-    from streams.pipeline import prepare
     kafka_clients.configure(config.kafka)
-    prepare(config, config.bootstrap_servers)
+    ensure_topics(config.bootstrap_servers, config)
     sink = DatasetSink(config, SinkOptions(bootstrap=config.bootstrap_servers, drain=drain,
                                            parent_pid=parent_pid))
     metrics.serve(metrics_port, "dataset sink")
@@ -282,7 +282,6 @@ def run_sink(config: PipelineConfig, drain: bool = False, parent_pid: Optional[i
 def sink_process_main(config: PipelineConfig, drain: bool, loglevel: str, conn,
                       metrics_port: Optional[int] = None) -> None:
     """Entry point of the sink as a child process of ``dlabel worker`` (spawned)."""
-    from streams.common.logs import setup_logging
     setup_logging(loglevel)
     try:
         summary = run_sink(config, drain=drain, parent_pid=os.getppid(),

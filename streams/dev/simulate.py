@@ -37,9 +37,9 @@ DEFAULT_START_MS = 1_794_999_600_000  # 2026-11-18T11:00:00Z, a whole UTC hour
 SCENARIOS = ("ctr", "airport")
 CATEGORIES = ("mens_dress_shoes", "womens_running_shoes", "electronics", "books", "toys",
               "kitchen", "garden", "beauty", "sports", "jewelry")
-_CAT_WEIGHTS = (8, 12, 15, 14, 9, 10, 6, 10, 9, 7)
-_CAT_CTR = (0.14, 0.10, 0.05, 0.04, 0.08, 0.06, 0.03, 0.09, 0.07, 0.02)
-_CAT_PRICE = (95.0, 80.0, 250.0, 15.0, 25.0, 40.0, 35.0, 22.0, 60.0, 300.0)
+CATEGORY_WEIGHTS = (8, 12, 15, 14, 9, 10, 6, 10, 9, 7)
+CATEGORY_CTR = (0.14, 0.10, 0.05, 0.04, 0.08, 0.06, 0.03, 0.09, 0.07, 0.02)
+CATEGORY_PRICE = (95.0, 80.0, 250.0, 15.0, 25.0, 40.0, 35.0, 22.0, 60.0, 300.0)
 _CHECKPOINTS = ("A", "B", "C", "D")
 _CP_WEIGHTS = (35, 30, 20, 15)
 _CP_SERVICE_S = (9.0, 12.0, 7.0, 15.0)  # seconds per passenger ahead
@@ -48,7 +48,7 @@ _PLUS1 = timezone(timedelta(hours=1))
 _encode = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
 
 Feedback = tuple[int, str, dict]  # (delay ms after the request, type, extra fields)
-_CAT_CUM = tuple(itertools.accumulate(_CAT_WEIGHTS))
+_CAT_CUM = tuple(itertools.accumulate(CATEGORY_WEIGHTS))
 _CP_CUM = tuple(itertools.accumulate(_CP_WEIGHTS))
 
 
@@ -130,8 +130,8 @@ def _ctr(rng: random.Random, ts: int, window: int, cfg: "PipelineConfig",
     """Features, prediction and feedback of one ad impression."""
     c = _pick(rng, _CAT_CUM)
     hour = _hour(ts)
-    price = round(rng.lognormvariate(math.log(_CAT_PRICE[c]), 0.6), 2)
-    p = _CAT_CTR[c] * min(2.5, max(0.3, math.sqrt(_CAT_PRICE[c] / price)))
+    price = round(rng.lognormvariate(math.log(CATEGORY_PRICE[c]), 0.6), 2)
+    p = CATEGORY_CTR[c] * min(2.5, max(0.3, math.sqrt(CATEGORY_PRICE[c] / price)))
     p *= 1.3 if 18 <= hour <= 22 else 0.8 if 1 <= hour <= 6 else 1.0
     p = min(p, 0.9)
     feats: dict[str, Any] = {"hour": hour, "category": CATEGORIES[c],

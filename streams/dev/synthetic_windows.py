@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from jobs.dataset import MANIFEST, window_dirname, window_iso
 from jobs.registry import write_atomic
-from streams.dev.simulate import CATEGORIES, _CAT_CTR, _CAT_PRICE, _CAT_WEIGHTS
+from streams.dev.simulate import CATEGORIES, CATEGORY_CTR, CATEGORY_PRICE, CATEGORY_WEIGHTS
 
 _TS = pa.timestamp("ms", tz="UTC")
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "bool": pa.bool_()}
@@ -33,12 +33,12 @@ def ctr_window(start_ms: int, window_ms: int, rows: int, seed: int,
     """``rows`` labeled CTR examples with request times in [start_ms, start_ms + window_ms)."""
     rng = np.random.default_rng([seed, start_ms // 1000])
     ts = np.sort(start_ms + rng.integers(0, window_ms, rows))
-    w = np.array(_CAT_WEIGHTS, dtype=float)
+    w = np.array(CATEGORY_WEIGHTS, dtype=float)
     cat = rng.choice(len(CATEGORIES), size=rows, p=w / w.sum())
-    base_price = np.array(_CAT_PRICE)[cat]
+    base_price = np.array(CATEGORY_PRICE)[cat]
     price = np.round(np.exp(np.log(base_price) + 0.6 * rng.standard_normal(rows)), 2)
     hour = (ts // 3_600_000) % 24
-    p = np.array(_CAT_CTR)[cat] * np.clip(np.sqrt(base_price / price), 0.3, 2.5)
+    p = np.array(CATEGORY_CTR)[cat] * np.clip(np.sqrt(base_price / price), 0.3, 2.5)
     p *= np.where((hour >= 18) & (hour <= 22), 1.3, np.where((hour >= 1) & (hour <= 6), 0.8, 1.0))
     p = np.minimum(p, 0.9)
     # the model server's logged score knows the world before the drift

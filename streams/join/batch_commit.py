@@ -7,11 +7,11 @@ producer at once and queues the rest; a background task then finishes each batch
 submission order:
 
 1. wait until the broker acked the batch's outputs;
-2. run the ``after_outputs`` hooks (e.g. watermark markers), acked likewise;
+2. run the ``after_outputs`` hooks (the closed-time reports), acked likewise;
 3. write the batch's state: the table's changelog (acked), and with the RocksDB
    store its local database and the changelog offsets it now holds; the memory store
    is rebuilt from the changelog by Faust's recovery at every rebalance;
-4. commit the input positions through Faust's group member.
+4. commit the input positions through the group member.
 
 State written in 3 only reflects outputs acked in 1-2, so after a crash a replayed
 request whose label was already sent is sent again as an identical copy; offsets
@@ -30,7 +30,6 @@ from typing import Awaitable, Callable, Optional
 import orjson
 from aiokafka.structs import TopicPartition
 
-from streams.kafka.input_feed import commit_input_offsets
 from streams.kafka.publisher import BatchPublisher
 
 log = logging.getLogger("dlabel.worker")
@@ -44,7 +43,6 @@ class Batch:
     state: BatchPublisher     # changelog records of the state it changed (sent later)
     store_writes: list        # RocksDB only: [(partition, key bytes, value bytes or None)]
     positions: dict           # {TopicPartition: next offset to read}
-    watermark: Optional[int]  # the join's watermark after the batch
     from_input: bool = True   # False: made by the timer (idle inputs, drain)
     closed: Optional[int] = None  # the join's closed time after the batch (DRAINED at the end)
     acked: Optional[dict] = None  # {(topic, partition): last offset} once outputs are acked
@@ -77,11 +75,14 @@ def encode_changes(dirty, prefix: dict, changelog: str, state: BatchPublisher,
 
 
 class BatchCommitter:
-    """Finishes submitted batches in order (see the module docstring)."""
+    """Finishes submitted batches in order (see the module docstring).
 
-    def __init__(self, app, table, seconds: dict) -> None:
-        self.app, self.table = app, table
-        self.changelog = table.changelog_topic.get_topic_name()
+    ``group`` is the worker's ``FaustGroup`` (producer, commits, local store).
+    """
+
+    def __init__(self, group, seconds: dict) -> None:
+        self.group = group
+        self.changelog = group.changelog
         self.after_outputs: list[AfterOutputsHook] = []
         self.committed: dict[TopicPartition, int] = {}
         self.seconds = seconds
@@ -89,13 +90,13 @@ class BatchCommitter:
         self._inflight: Optional[asyncio.Task] = None
 
     def publisher(self) -> BatchPublisher:
-        """A publisher on the app's producer."""
-        return BatchPublisher(self.app.producer._producer)
+        """A publisher on the worker's producer."""
+        return BatchPublisher(self.group.kafka_producer())
 
     @property
     def keeps_store(self) -> bool:
         """Whether batches must carry their state for a local (RocksDB) store too."""
-        return hasattr(self.table.data, "_db_for_partition")
+        return self.group.keeps_local_store
 
     async def submit(self, batch: Batch) -> None:
         """Send the batch's outputs now; finish it after the batch before it."""
@@ -110,7 +111,7 @@ class BatchCommitter:
         # Nothing may wait on the task (an idle input): stop the worker on a failure.
         if not task.cancelled() and task.exception() is not None:
             log.error("finishing a batch failed: %r", task.exception())
-            asyncio.ensure_future(self.app.crash(task.exception()))
+            asyncio.ensure_future(self.group.crash(task.exception()))
 
     async def wait(self) -> None:
         """Wait until every submitted batch is durable; raise what failed."""
@@ -132,7 +133,7 @@ class BatchCommitter:
         t3 = clock()
         offsets = {tp: off for tp, off in batch.positions.items()
                    if self.committed.get(tp) != off}
-        if offsets and await commit_input_offsets(self.app.consumer, offsets):
+        if offsets and await self.group.commit(offsets):
             self.committed.update(offsets)
         t4 = clock()
         for step, dt in (("outputs_acked", t1 - t0), ("hooks", t2 - t1),
@@ -143,17 +144,5 @@ class BatchCommitter:
 
     async def _write_state(self, batch: Batch) -> None:
         last = await batch.state.flush()
-        if not batch.store_writes:
-            return  # memory store: Faust's recovery reads the changelog at each rebalance
-        store = self.table.data
-        db_for_partition = store._db_for_partition
-        for partition, key, value in batch.store_writes:
-            db = db_for_partition(partition)
-            if value is None:
-                db.delete(key)
-            else:
-                db.put(key, value)
-        from faust.types import TP
-        for (topic, partition), offset in last.items():
-            if topic == self.changelog:  # as Faust's own _on_changelog_sent does
-                store.set_persisted_offset(TP(topic, partition), offset)
+        if batch.store_writes:  # memory store: recovery reads the changelog at each rebalance
+            self.group.write_local_store(batch.store_writes, last)

@@ -1,13 +1,14 @@
 """The join worker's batch loop: input records in, labeled examples out.
 
-``JoinRunner`` reads the two input topics in large batches with its own ``InputFeed``
-(assigned the input partitions Faust's group gives this worker), runs them through the
+``BatchLoop`` reads the two input topics in large batches with its own ``InputFeed``
+(assigned the input partitions the group gives this worker), runs them through the
 pure ``JoinProcessor`` and hands each processed batch to the ``BatchCommitter``, which
 makes it durable in order (outputs acked, then state, then offsets) while the next
 batch is processed. Faust owns the group, the rebalances and the changelog-backed
-state table; on every rebalance the runner stops reading, lets the batches in flight
-finish, and after Faust's table recovery reloads the join from the table and reads on
-from the committed offsets.
+state table, reached only through ``group`` (a ``faust_adapter.FaustGroup``); on every
+rebalance the loop stops reading, lets the batches in flight finish, and after the
+table's recovery reloads the join from the table and reads on from the committed
+offsets.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from aiokafka.structs import TopicPartition
 
 from schemas.records import DeadLetter, encode_labeled
 from streams.join.batch_commit import Batch, BatchCommitter, encode_changes
-from streams.kafka.input_feed import InputFeed, pause_in_faust
-from streams.join.event_time_join import DONE, EARLY, PENDING, REQUEST, LabeledOut
+from streams.kafka.input_feed import InputFeed
+from streams.join.event_time_join import EARLY, REQUEST, LabeledOut
 from streams.join.processor import FEEDBACK, REQUESTS, JoinProcessor
 from streams.kafka.publisher import BatchPublisher
 from streams.common.metrics import JoinMetrics
@@ -33,14 +34,15 @@ from schemas.closed_time_report import DRAINED
 
 log = logging.getLogger("dlabel.worker")
 
-#: Table key prefixes per kind of join state (``p:`` and ``d:``: older layout, still read).
-KIND_PREFIX = {REQUEST: "r:", EARLY: "e:", PENDING: "p:", DONE: "d:"}
+#: Table key prefixes per kind of join state.
+KIND_PREFIX = {REQUEST: "r:", EARLY: "e:"}
 
-class JoinRunner:
-    """Glue between Faust (group, table), the input feed and the pure JoinProcessor."""
 
-    def __init__(self, config, opts, app, table, pii, clock) -> None:
-        self.config, self.opts, self.app, self.table = config, opts, app, table
+class BatchLoop:
+    """Glue between the group (assignment, table, commits), the input feed and the join."""
+
+    def __init__(self, config, opts, group, pii, clock) -> None:
+        self.config, self.opts, self.group = config, opts, group
         self.pii, self.clock = pii, clock
         topics = config.topics
         self.roles = {topics.requests: REQUESTS, topics.feedback: FEEDBACK}
@@ -58,7 +60,7 @@ class JoinRunner:
         self.on_drained: Optional[Callable[[], None]] = None
         #: seconds spent per step of the batch loop, for profiling
         self.seconds: dict[str, float] = defaultdict(float)
-        self.committer = BatchCommitter(app, table, self.seconds)
+        self.committer = BatchCommitter(group, self.seconds)
         self._closed_submitted: Optional[int] = None
         self._closed_submitted_at = 0.0  # monotonic; closed-time-only batches at most 1/s
         self.metrics = JoinMetrics({REQUESTS: config.topics.requests,
@@ -69,7 +71,7 @@ class JoinRunner:
 
     # ------------------------------------------------------------- rebalances
     async def on_revoked(self) -> None:
-        """Faust is revoking partitions: stop reading; let the batch in flight finish."""
+        """The group is revoking partitions: stop reading; let the batch in flight finish."""
         self.generation += 1
         self.ready = False
         async with self.lock:  # the batch being processed is submitted first
@@ -77,14 +79,14 @@ class JoinRunner:
             await self.committer.wait()  # and every batch in flight is durable
 
     def on_assigned(self) -> None:
-        """Faust has a new assignment: the next batch waits for its table recovery."""
+        """The group has a new assignment: the next batch waits for its table recovery."""
         self.generation += 1
         self.ready = False
 
     async def _become_ready(self) -> bool:
         """After table recovery: rebuild the join from the table, assign the feed."""
-        app = self.app
-        if not app.tables.actives_ready or app.rebalancing:
+        group = self.group
+        if not group.ready():
             return False
         generation = self.generation
         async with self.lock:
@@ -92,15 +94,9 @@ class JoinRunner:
                 return False
             await self.committer.wait()
             self._reload()
-            consumer = app.consumer
-            committed = consumer._committed_offset  # refreshed by Faust's seek after recovery
-            positions = {}
-            for tp in consumer.assignment():
-                if tp.topic in self.roles:
-                    ktp = TopicPartition(tp.topic, tp.partition)
-                    positions[ktp] = committed.get(tp) or None
+            positions = group.committed(group.assigned(self.roles))
             self.positions = await self.feed.assign(positions)
-            await pause_in_faust(consumer, positions)
+            await group.pause(positions)
             self.committer.committed = dict(self.positions)
             self.ready = generation == self.generation
             log.info("reading inputs from %s", {f"{tp.topic}:{tp.partition}": off
@@ -111,11 +107,11 @@ class JoinRunner:
         """Rebuild the in-memory join from the recovered table."""
         self.proc = JoinProcessor(self.config, self.pii, self.clock)
         assigned = {(self.roles[tp.topic], tp.partition)
-                    for tp in self.app.consumer.assignment() if tp.topic in self.roles}
+                    for tp in self.group.assigned(self.roles)}
         self.proc.watermark.assign(assigned)
         kinds = {v: k for k, v in KIND_PREFIX.items()}
         n = 0
-        for key, value in self.table.data.items():
+        for key, value in self.group.table_items():
             kind = kinds.get(key[:2])
             if kind is not None and value is not None:  # None: a deleted key
                 self.proc.join.restore(kind, key[2:], value)
@@ -130,7 +126,7 @@ class JoinRunner:
         tune_gc()
         await self.feed.start()
         try:
-            while not self.app.should_stop:
+            while not self.group.should_stop:
                 if not self.ready and not await self._become_ready():
                     await asyncio.sleep(0.05)
                     continue
@@ -180,8 +176,7 @@ class JoinRunner:
         prefix = "" if from_input else "timer_"
         self.seconds[prefix + "publish"] += t1 - t0
         self.seconds[prefix + "persist"] += t2 - t1
-        batch = Batch(pub, state, store_writes, dict(self.positions),
-                      self.proc.watermark.last, from_input=from_input,
+        batch = Batch(pub, state, store_writes, dict(self.positions), from_input=from_input,
                       closed=DRAINED if self.drained else self.proc.join.closed_time)
         self._closed_submitted = self.proc.join.closed_time
         self._closed_submitted_at = time.monotonic()
@@ -231,7 +226,7 @@ class JoinRunner:
             if path:  # the benchmark reads where the time went
                 with open(path, "w") as f:
                     json.dump({"seconds": dict(self.seconds), "batches": self.batches}, f)
-            await self.app.producer.flush()
+            await self.group.flush()
             if self.on_drained is not None:
                 self.on_drained()
 

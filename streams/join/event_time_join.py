@@ -25,11 +25,12 @@ from schemas.records import DeadLetter, labeled_example
 #: How long a finalized request id is remembered, past its deadline, to catch duplicates.
 DEFAULT_DEDUPE_RETENTION_MS = 24 * 3600 * 1000
 
-PENDING, EARLY, DONE = "pending", "early", "done"
 #: Persisted state of one request: its pending state (a dict), its done marker (a list)
 #: or nothing. One key for both halves of a request's life, so that finalizing it is
 #: one changelog record, not a deletion plus a marker.
 REQUEST = "request"
+#: Persisted feedback that arrived before its request (a list of entries).
+EARLY = "early"
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,12 +281,9 @@ class EventTimeJoin:
     def restore(self, kind: str, key: str, value: Any) -> None:
         """Load one persisted entry (after a restart); rebuilds the time indexes.
 
-        ``REQUEST`` entries hold a pending request (dict) or a done marker (list);
-        ``PENDING`` and ``DONE`` are the same halves as kept apart by older versions.
+        ``REQUEST`` entries hold a pending request (dict) or a done marker (list).
         """
-        if kind == REQUEST:
-            kind = PENDING if isinstance(value, dict) else DONE
-        if kind == PENDING:
+        if kind == REQUEST and isinstance(value, dict):
             p = PendingRequest.from_json(key, value)
             self.pending[key] = p
             heapq.heappush(self._deadlines, (p.request.ts + self.label_window, key))
@@ -296,19 +294,10 @@ class EventTimeJoin:
             self.early[key] = entries
             for e in entries:
                 heapq.heappush(self._early_expiry, (e.ts, key))
-        else:
+        elif kind == REQUEST:
             m = DoneMarker.from_json(value)
             self.done[key] = m
             heapq.heappush(self._done_expiry, (self._done_expires(m), key))
-
-    def forget_partition(self, partition: int) -> None:
-        """Drop in-memory state of a partition that moved to another worker."""
-        for store in (self.pending, self.done):
-            for k in [k for k, v in store.items() if v.partition == partition]:
-                del store[k]
-        for k in [k for k, v in self.early.items() if v[0].partition == partition]:
-            del self.early[k]
-        self._dirty = {k: p for k, p in self._dirty.items() if p != partition}
 
     # ---------------------------------------------------------------- helpers
     def _attach(self, pending: PendingRequest, ts: int, ftype: str, value, fields,

@@ -1,35 +1,65 @@
-"""The join worker: a Faust app running the event-time join on changelog-backed state.
+"""The one module that knows Faust: the join worker's app, and every Faust internal we use.
 
 Faust owns the consumer group (an agent is declared on the requests and feedback
 topics, so their partitions and the state table's changelog are assigned together),
-the rebalances and the table with its recovery. The input records themselves do not
-go through Faust's per-record stream path: ``streams.join.batch_loop.JoinRunner`` reads them in
-large batches with its own consumer, assigned what Faust's group gives this worker,
-and ``streams.join.batch_commit.BatchCommitter`` makes each batch durable in order (outputs
-acked, state written, offsets committed), so a crash at any point loses nothing.
+the rebalances and the changelog-backed table with its recovery. The input records
+themselves do not go through Faust's per-record stream path: ``BatchLoop`` reads them
+in large batches with its own consumer and ``BatchCommitter`` makes each batch durable
+in order. Both talk to Faust only through ``FaustGroup`` below.
+
+Where dlabel needs more than Faust's public API, the internal is used here and nowhere
+else, and listed in ``FAUST_INTERNALS``; ``tests/test_faust_adapter.py`` checks each
+of them against the installed Faust and fails naming the one an upgrade changed.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 import faust
+from aiokafka.structs import TopicPartition
+from faust.tables.recovery import Recovery
+from faust.types import TP
 
-from schemas.config import PipelineConfig
+from schemas.config import KafkaSecurity, PipelineConfig
+from schemas.errors import DlabelError
 from schemas.pii import PiiHasher
-from streams.kafka.input_feed import keep_inputs_from_faust
-from streams.kafka import clients as kafka_clients
-from streams.join.batch_loop import JoinRunner
+from streams.join.batch_loop import BatchLoop
 from streams.join.closed_time_reporter import ClosedTimeReporter
+from streams.kafka import clients as kafka_clients
+from streams.kafka.tansu_quirks import fetch_end_offsets
 
 log = logging.getLogger("dlabel.worker")
+
+#: Every Faust internal used here: (where it is defined, attribute, how we use it).
+#: Instance attributes are checked on a built app by tests/test_faust_adapter.py.
+FAUST_INTERNALS = (
+    ("faust.transport.consumer.Consumer", "_getmany",
+     "wrapped: Faust's fetcher must skip the input partitions"),
+    ("faust.transport.consumer.Consumer", "_commit",
+     "commits the input offsets as the group member"),
+    ("app.consumer", "_committed_offset",
+     "committed input offsets after a rebalance's seek"),
+    ("app.consumer", "_thread", "the consumer thread, to pause the inputs in it"),
+    ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_ensure_consumer",
+     "its aiokafka consumer, to pause the inputs"),
+    ("faust.transport.drivers.aiokafka.Producer", "_producer",
+     "the aiokafka producer that batches are sent with"),
+    ("faust.stores.rocksdb.Store", "_db_for_partition",
+     "RocksDB store: write a batch's state to the local database"),
+    ("faust.tables.recovery.Recovery", "_build_highwaters",
+     "Tansu only: changelog ends from fetch high watermarks"),
+    ("faust.Worker", "_schedule_shutdown", "stops the worker once a drain is done"),
+)
 
 
 @dataclass
 class WorkerOptions:
-    """Run-time knobs of the worker that are not part of the pipeline config."""
+    """Run-time knobs of the join worker that are not part of the pipeline config."""
 
     bootstrap: str
     drain: bool = False            # exit once all input is consumed (bounded replay)
@@ -41,10 +71,12 @@ class WorkerOptions:
 
 
 def state_table_name(config: PipelineConfig) -> str:
+    """Name of the join state's Faust table."""
     return f"{config.pipeline}-join-state"
 
 
 def app_id(config: PipelineConfig) -> str:
+    """The Faust app id, which is also the join worker's consumer group."""
     return f"dlabel-{config.pipeline}"
 
 
@@ -53,17 +85,171 @@ def changelog_topic(config: PipelineConfig) -> str:
     return f"{app_id(config)}-{state_table_name(config)}-changelog"
 
 
+def faust_credentials(sec: Optional[KafkaSecurity] = None):
+    """The ``broker_credentials`` of a Faust app (None for PLAINTEXT)."""
+    sec = sec or kafka_clients.current_security()
+    if sec.uses_sasl:  # SASL_SSL when a TLS context is given, else SASL_PLAINTEXT
+        return faust.SASLCredentials(username=sec.sasl_username, password=sec.sasl_password,
+                                     ssl_context=kafka_clients.ssl_context(sec),
+                                     mechanism=sec.sasl_mechanism)
+    if sec.uses_ssl:
+        return faust.SSLCredentials(kafka_clients.ssl_context(sec))
+    return None
+
+
+class FaustGroup:
+    """What the batch loop and the committer need from Faust, under plain names."""
+
+    def __init__(self, app: faust.App, table) -> None:
+        self.app, self.table = app, table
+
+    @property
+    def should_stop(self) -> bool:
+        return self.app.should_stop
+
+    def ready(self) -> bool:
+        """The assignment is settled and the table recovered."""
+        return bool(self.app.tables.actives_ready) and not self.app.rebalancing
+
+    def assigned(self, topics: Iterable[str]) -> list[TopicPartition]:
+        """This member's partitions of ``topics``."""
+        topics = frozenset(topics)
+        return [TopicPartition(tp.topic, tp.partition)
+                for tp in self.app.consumer.assignment() if tp.topic in topics]
+
+    def committed(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, Optional[int]]:
+        """The group's committed offsets of ``tps`` (None: nothing committed)."""
+        committed = self.app.consumer._committed_offset  # refreshed by the seek after recovery
+        return {tp: committed.get(TP(tp.topic, tp.partition)) or None for tp in tps}
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
+        """Commit ``{tp: next offset to read}`` as the group member; False if rebalanced.
+
+        Only a member of the group (with its generation) may commit for it on a real
+        Kafka cluster, so the commit goes through Faust's consumer.
+        """
+        if not offsets:
+            return True
+        return bool(await self.app.consumer._commit(
+            {TP(tp.topic, tp.partition): off for tp, off in offsets.items()}))
+
+    async def pause(self, tps: Iterable[TopicPartition]) -> None:
+        """Pause ``tps`` in Faust's own aiokafka consumer, so that it does not prefetch them.
+
+        Only saves memory and broker work; correctness rests on ``keep_inputs_from_faust``.
+        """
+        tps = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        thread = getattr(self.app.consumer, "_thread", None)
+        if not tps or thread is None:
+            return
+
+        def pause_assigned() -> None:
+            aio = thread._ensure_consumer()
+            assigned = aio.assignment()
+            aio.pause(*[tp for tp in tps if tp in assigned])
+
+        try:
+            await thread.call_thread(pause_assigned)
+        except Exception as exc:  # an assignment that moved on meanwhile: harmless
+            log.debug("could not pause inputs in Faust's consumer: %r", exc)
+
+    def kafka_producer(self):
+        """The started aiokafka producer under Faust's producer."""
+        return self.app.producer._producer
+
+    async def flush(self) -> None:
+        await self.app.producer.flush()
+
+    async def crash(self, exc: BaseException) -> None:
+        """Stop the worker on an error (Faust would log it and go on)."""
+        await self.app.crash(exc)
+
+    @property
+    def changelog(self) -> str:
+        return self.table.changelog_topic.get_topic_name()
+
+    def table_items(self):
+        """The recovered table's ``(key, value)`` pairs."""
+        return self.table.data.items()
+
+    @property
+    def keeps_local_store(self) -> bool:
+        """Whether the table has a local database (RocksDB) that batches must write too."""
+        return hasattr(self.table.data, "_db_for_partition")
+
+    def write_local_store(self, writes, changelog_ends: Mapping[tuple[str, int], int]) -> None:
+        """Write ``[(partition, key, value or None)]`` to the RocksDB store, then record the
+        changelog offsets it now holds (as Faust's own ``_on_changelog_sent`` does)."""
+        store = self.table.data
+        db_for_partition = store._db_for_partition
+        for partition, key, value in writes:
+            db = db_for_partition(partition)
+            if value is None:
+                db.delete(key)
+            else:
+                db.put(key, value)
+        for (topic, partition), offset in changelog_ends.items():
+            if topic == self.changelog:
+                store.set_persisted_offset(TP(topic, partition), offset)
+
+
+def keep_inputs_from_faust(consumer, topics: Iterable[str]) -> None:
+    """Make Faust's fetcher skip the partitions of ``topics`` (they are read by InputFeed).
+
+    Faust still subscribes to them (an agent is declared on them) so that its group
+    assignment and table co-partitioning include them; it just never fetches them.
+    An empty set of partitions means "all" to aiokafka, so it is never passed on.
+    """
+    topics = frozenset(topics)
+    fetch = consumer._getmany
+
+    async def getmany_without_inputs(active_partitions, timeout):
+        if active_partitions is None:  # client-only app: not the worker
+            return await fetch(active_partitions=active_partitions, timeout=timeout)
+        wanted = {tp for tp in active_partitions if tp.topic not in topics}
+        if not wanted:
+            await asyncio.sleep(min(timeout, 0.2))
+            return {}
+        return await fetch(active_partitions=wanted, timeout=timeout)
+
+    consumer._getmany = getmany_without_inputs
+
+
+_recovery_patched = False
+
+
+def recover_to_fetch_highwaters(bootstrap: str) -> None:
+    """Make Faust's table recovery read changelogs to their true end (Tansu only).
+
+    Tansu under-reports ListOffsets(latest) (see ``streams.kafka.tansu_quirks``); Faust
+    builds each changelog's end from it and would stop recovery early.
+    """
+    global _recovery_patched
+    if _recovery_patched:
+        return
+
+    async def build_highwaters(self, consumer, tps, destination, title) -> None:
+        by_kafka_tp = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
+        ends: Mapping = await fetch_end_offsets(bootstrap, by_kafka_tp)
+        # Faust stores "last offset", i.e. end - 1 (see Recovery._build_highwaters).
+        destination.clear()
+        destination.update({by_kafka_tp[tp]: end - 1 for tp, end in ends.items()})
+        log.info("changelog ends for %s partitions from fetch high watermarks: %s",
+                 title, {f"{tp.topic}:{tp.partition}": end for tp, end in ends.items()})
+
+    Recovery._build_highwaters = build_highwaters
+    _recovery_patched = True
+
+
 def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHasher],
               clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> faust.App:
-    """Build the Faust app of the join worker for ``config``."""
+    """Build the Faust app of the join worker for ``config`` (its loop is ``app.dlabel_loop``)."""
     if opts.tansu:
-        from streams.kafka.tansu_quirks import install_faust_recovery_fix
-        install_faust_recovery_fix(opts.bootstrap)
-    store = "rocksdb://" if config.store == "rocksdb" else "memory://"
+        recover_to_fetch_highwaters(opts.bootstrap)
     app = faust.App(
         app_id(config),
         broker=f"kafka://{opts.bootstrap}",
-        store=store,
+        store="rocksdb://" if config.store == "rocksdb" else "memory://",
         datadir=config.state_dir,
         topic_partitions=config.topics.partitions,
         topic_replication_factor=config.topics.replication_factor,
@@ -77,7 +263,7 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
         broker_max_poll_records=opts.batch_size,
         stream_buffer_maxsize=max(16_384, opts.batch_size * 4),
         producer_acks=-1,
-        # the runner publishes thousands of records per batch: fewer, larger requests
+        # the loop publishes thousands of records per batch: fewer, larger requests
         producer_max_batch_size=256 * 1024,
         producer_max_request_size=4 * 1024 * 1024,
         web_enabled=False,
@@ -85,55 +271,75 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
         web_port=opts.web_port or 0,
         autodiscover=False,
         processing_guarantee="at_least_once",
-        broker_credentials=kafka_clients.faust_credentials(config.kafka),
+        broker_credentials=faust_credentials(config.kafka),
     )
     inputs = app.topic(config.topics.requests, config.topics.feedback,
                        key_serializer="raw", value_serializer="raw")
     table = app.Table(state_table_name(config), partitions=config.topics.partitions,
                       key_type=str, value_type=None)
-    runner = JoinRunner(config, opts, app, table, pii, clock)
-    runner.after_outputs.append(ClosedTimeReporter(config, runner.roles).hook)
-    app.dlabel_runner = runner  # for tests and the CLI summary
+    loop = BatchLoop(config, opts, FaustGroup(app, table), pii, clock)
+    loop.after_outputs.append(ClosedTimeReporter(config, loop.roles).hook)
+    app.dlabel_loop = loop  # for tests and the CLI summary
     # Before anything starts: Faust's fetcher must never read the input partitions
     # (installed in a task it raced with the fetcher's first fetch after a restart).
-    keep_inputs_from_faust(app.consumer, runner.roles)
+    keep_inputs_from_faust(app.consumer, loop.roles)
+    _declare_agents(app, inputs, loop)
+    return app
 
+
+def _declare_agents(app: faust.App, inputs, loop: BatchLoop) -> None:
     @app.agent(inputs)
     async def join_agent(stream):
         # Declared so that Faust's group subscribes the inputs and co-partitions the
-        # table with them; the records are read by the runner. Should Faust ever hand
+        # table with them; the records are read by the loop. Should Faust ever hand
         # one over anyway, it is ignored: never acked, so Faust commits nothing for it.
         warned = False
         async for _ in stream.noack():
             if not warned:
-                log.warning("Faust delivered an input record that the runner reads itself; "
-                            "ignoring it (and any more)")
+                log.warning("Faust delivered an input record that the batch loop reads "
+                            "itself; ignoring it (and any more)")
                 warned = True
 
     @app.task
     async def input_loop():
         try:
-            await runner.run()
+            await loop.run()
         except Exception as exc:  # Faust would log and go on without it: stop instead
             log.exception("join loop failed; stopping the worker")
             await app.crash(exc)
             raise
 
     @app.timer(interval=0.5)
-    async def watermark_timer():
+    async def idle_timer():
         try:
-            await runner.on_timer()
+            await loop.on_timer()
         except Exception as exc:
-            log.exception("watermark timer failed; stopping the worker")
+            log.exception("join timer failed; stopping the worker")
             await app.crash(exc)
             raise
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs):
-        await runner.on_revoked()
+        await loop.on_revoked()
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs):
-        runner.on_assigned()
+        loop.on_assigned()
 
-    return app
+
+def run_app(app: faust.App, loglevel: str = "WARNING") -> BatchLoop:
+    """Run the join worker's app in this process until Ctrl-C, SIGTERM or a finished drain.
+
+    Returns its batch loop (for the summary); raises what crashed the app.
+    """
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
+                          override_logging=False)
+    loop: BatchLoop = app.dlabel_loop
+    loop.on_drained = lambda: worker._schedule_shutdown(signal.SIGTERM)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        pass
+    if app.crash_reason is not None:
+        raise DlabelError(f"the join worker stopped on an error: {app.crash_reason!r}")
+    return loop

@@ -38,17 +38,6 @@ class WatermarkTracker:
         for key in partitions:
             self._parts.setdefault(key, _PartitionState(last_active=now))
 
-    def revoke(self, partitions: Iterable[tuple[str, int]]) -> None:
-        """Stop tracking these inputs (they moved to another worker)."""
-        for key in partitions:
-            self._parts.pop(key, None)
-
-    def restore(self, role: str, partition: int, max_ts: int) -> None:
-        """Set the largest event time seen on an input, as persisted before a restart."""
-        state = self._parts.setdefault((role, partition), _PartitionState(last_active=self.clock()))
-        if state.max_ts is None or max_ts > state.max_ts:
-            state.max_ts = max_ts
-
     def observe(self, role: str, partition: int, ts: int) -> None:
         """Record an event time seen on an input."""
         state = self._parts.get((role, partition))

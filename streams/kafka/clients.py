@@ -22,7 +22,8 @@ def configure(security: KafkaSecurity) -> None:
     _current = security
 
 
-def current() -> KafkaSecurity:
+def current_security() -> KafkaSecurity:
+    """The security settings this process's clients use."""
     return _current
 
 
@@ -60,15 +61,3 @@ def aiokafka(sec: Optional[KafkaSecurity] = None) -> dict[str, Any]:
         kw.update(sasl_mechanism=sec.sasl_mechanism, sasl_plain_username=sec.sasl_username,
                   sasl_plain_password=sec.sasl_password)
     return kw
-
-
-def faust_credentials(sec: Optional[KafkaSecurity] = None):
-    """The ``broker_credentials`` of a Faust app (None for PLAINTEXT)."""
-    import faust
-    sec = sec or _current
-    if sec.uses_sasl:  # SASL_SSL when a TLS context is given, else SASL_PLAINTEXT
-        return faust.SASLCredentials(username=sec.sasl_username, password=sec.sasl_password,
-                                     ssl_context=ssl_context(sec), mechanism=sec.sasl_mechanism)
-    if sec.uses_ssl:
-        return faust.SSLCredentials(ssl_context(sec))
-    return None

@@ -6,16 +6,14 @@ agent at a few thousand records per second. The worker therefore reads its two i
 topics with a plain ``AIOKafkaConsumer`` of its own (no group), in large ``getmany``
 batches. Faust keeps everything else: the consumer group and its assignment, the
 rebalance callbacks, the changelog-backed state table and its recovery, and the offset
-commits (through its group member, see ``commit_input_offsets``).
-
-``keep_inputs_from_faust`` makes Faust's own fetcher skip the input partitions, so a
-record is never delivered (and acknowledged, and committed) by Faust behind our back.
+commits (through its group member): see ``streams.join.faust_adapter``, which also
+keeps Faust's own fetcher off the input partitions.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable, Mapping, Optional
+from typing import Mapping, Optional
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -83,57 +81,3 @@ class InputFeed:
     def highwater(self, tp: TopicPartition) -> Optional[int]:
         """End of ``tp`` from the last fetch response (right on Tansu, unlike ListOffsets)."""
         return self._consumer.highwater(tp) if self._consumer is not None else None
-
-
-def keep_inputs_from_faust(faust_consumer, topics: Iterable[str]) -> None:
-    """Make Faust's fetcher skip the partitions of ``topics`` (they are read by InputFeed).
-
-    Faust still subscribes to them (an agent is declared on them) so that its group
-    assignment and table co-partitioning include them; it just never fetches them.
-    An empty set of partitions means "all" to aiokafka, so it is never passed on.
-    """
-    topics = frozenset(topics)
-    fetch = faust_consumer._getmany
-
-    async def _getmany(active_partitions, timeout):
-        if active_partitions is None:  # client-only app: not the worker
-            return await fetch(active_partitions=active_partitions, timeout=timeout)
-        wanted = {tp for tp in active_partitions if tp.topic not in topics}
-        if not wanted:
-            await asyncio.sleep(min(timeout, 0.2))
-            return {}
-        return await fetch(active_partitions=wanted, timeout=timeout)
-
-    faust_consumer._getmany = _getmany
-
-
-async def pause_in_faust(faust_consumer, tps: Iterable[TopicPartition]) -> None:
-    """Pause ``tps`` in Faust's underlying aiokafka consumer, so that it does not prefetch them.
-
-    Only saves memory and broker work; correctness rests on ``keep_inputs_from_faust``.
-    """
-    tps = [TopicPartition(tp.topic, tp.partition) for tp in tps]
-    thread = getattr(faust_consumer, "_thread", None)
-    if not tps or thread is None:
-        return
-
-    def _pause() -> None:
-        aio = thread._ensure_consumer()
-        assigned = aio.assignment()
-        aio.pause(*[tp for tp in tps if tp in assigned])
-
-    try:
-        await thread.call_thread(_pause)
-    except Exception as exc:  # an assignment that moved on meanwhile: harmless
-        log.debug("could not pause inputs in Faust's consumer: %r", exc)
-
-
-async def commit_input_offsets(faust_consumer, offsets: Mapping[TopicPartition, int]) -> bool:
-    """Commit ``{tp: next offset to read}`` as Faust's group member; False if rebalanced.
-
-    The commit goes through Faust's consumer because only a member of the group (with
-    its generation) may commit for it on a real Kafka cluster.
-    """
-    if not offsets:
-        return True
-    return bool(await faust_consumer._commit(dict(offsets)))

@@ -30,7 +30,7 @@ def probe_once(bootstrap: str, timeout_s: float) -> bool:
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as sock:
-            sec = kafka_clients.current()
+            sec = kafka_clients.current_security()
             if sec.uses_ssl:
                 ctx = kafka_clients.ssl_context(sec)
                 sock = ctx.wrap_socket(sock, server_hostname=host.strip("[]"))

@@ -4,13 +4,15 @@ Tansu 0.6 answers ListOffsets(latest) with the first offset of the last record b
 plus one, not the true end of the partition. Faust builds the end of each changelog
 partition it recovers from that answer, so after a restart it silently stops early and
 drops the tail of the table. The high watermark in a Fetch response is right, so we
-take the end from there. Real Kafka clusters never run this code.
+take the end from there (``fetch_end_offsets``; the Faust side of the fix is
+``streams.join.faust_adapter.recover_to_fetch_highwaters``). Real Kafka clusters never
+run this code.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable, Mapping
+from typing import Iterable
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -19,9 +21,6 @@ from kafka import KafkaAdminClient
 from streams.kafka import clients as kafka_clients
 
 log = logging.getLogger(__name__)
-
-_installed = False
-
 
 def is_tansu(bootstrap: str, timeout_s: float = 10.0) -> bool:
     """True when the cluster at ``bootstrap`` is a Tansu broker (by its cluster id)."""
@@ -63,23 +62,3 @@ async def fetch_end_offsets(bootstrap: str, tps: Iterable[TopicPartition],
         return ends
     finally:
         await consumer.stop()
-
-
-def install_faust_recovery_fix(bootstrap: str) -> None:
-    """Make Faust's table recovery read changelogs to their true end (Tansu only)."""
-    global _installed
-    if _installed:
-        return
-    from faust.tables.recovery import Recovery
-
-    async def _build_highwaters(self, consumer, tps, destination, title) -> None:
-        by_kafka_tp = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
-        ends: Mapping = await fetch_end_offsets(bootstrap, by_kafka_tp)
-        # Faust stores "last offset", i.e. end - 1 (see Recovery._build_highwaters).
-        destination.clear()
-        destination.update({by_kafka_tp[tp]: end - 1 for tp, end in ends.items()})
-        log.info("changelog ends for %s partitions from fetch high watermarks: %s",
-                 title, {f"{tp.topic}:{tp.partition}": end for tp, end in ends.items()})
-
-    Recovery._build_highwaters = _build_highwaters
-    _installed = True
