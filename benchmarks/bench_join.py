@@ -140,7 +140,8 @@ def pending_worker_rss(broker, tmp: Path, n: int, store: str) -> dict:
 def pending_memory(config, n: int) -> float:
     """MiB per million pending requests held by the in-memory join."""
     from schemas.events import Request
-    from streams.join.event_time_join import EventTimeJoin, Source
+    from streams.join.event_time_join import EventTimeJoin
+    from streams.join.join_state import Source
     gc.collect()
     before = _rss_mib()
     join = EventTimeJoin(config)

@@ -28,7 +28,7 @@ JOIN_CLOSED_TIME = Gauge("dlabel_join_closed_time_ms",
                          "The join's closed time (watermark - allowed lateness), epoch ms")
 WATERMARK_LAG = Gauge("dlabel_watermark_lag_seconds",
                       "Newest event time seen minus the watermark")
-BATCH_SECONDS = Histogram("dlabel_join_batch_seconds", "Time to process, publish and persist a batch")
+BATCH_SECONDS = Histogram("dlabel_join_batch_seconds", "Time to process an input batch and hand it to the committer")
 
 # dataset sink
 SINK_ROWS = Counter("dlabel_sink_rows_total", "Rows committed to Parquet")

@@ -26,10 +26,10 @@ from aiokafka.structs import TopicPartition
 from schemas.records import DeadLetter, encode_labeled
 from streams.join.batch_commit import Batch, BatchCommitter, encode_changes
 from streams.kafka.input_feed import InputFeed
-from streams.join.event_time_join import EARLY, REQUEST, LabeledOut
+from streams.join.join_state import EARLY, REQUEST, LabeledOut
 from streams.join.processor import FEEDBACK, REQUESTS, JoinProcessor
 from streams.kafka.publisher import BatchPublisher
-from streams.common.metrics import JoinMetrics
+from streams.common.metrics import BATCH_SECONDS, JoinMetrics
 from schemas.closed_time_report import DRAINED
 
 log = logging.getLogger("dlabel.worker")
@@ -161,6 +161,7 @@ class BatchLoop:
         outputs.extend(self.proc.tick())
         self.seconds["process"] += time.perf_counter() - t0
         await self._submit(outputs, from_input=True)
+        BATCH_SECONDS.observe(time.perf_counter() - t0)
 
     async def _submit(self, outputs, from_input: bool) -> None:
         """Encode the batch's outputs and state changes; hand them to the committer."""

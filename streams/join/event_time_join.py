@@ -13,104 +13,17 @@ must count still finds its request pending.
 """
 from __future__ import annotations
 
-import base64
 import heapq
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from schemas.config import PipelineConfig
 from schemas.events import Feedback, Request
 from schemas.records import DeadLetter, labeled_example
+from streams.join.join_state import (EARLY, REQUEST, DoneMarker, EarlyFeedback, LabeledOut,
+                                     Output, PendingRequest, Source)
 
 #: How long a finalized request id is remembered, past its deadline, to catch duplicates.
 DEFAULT_DEDUPE_RETENTION_MS = 24 * 3600 * 1000
-
-#: Persisted state of one request: its pending state (a dict), its done marker (a list)
-#: or nothing. One key for both halves of a request's life, so that finalizing it is
-#: one changelog record, not a deletion plus a marker.
-REQUEST = "request"
-#: Persisted feedback that arrived before its request (a list of entries).
-EARLY = "early"
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where an event was read: role (``requests``/``feedback``), partition, offset."""
-
-    role: str
-    partition: int
-    offset: int
-
-
-@dataclass(slots=True)
-class LabeledOut:
-    """A labeled example to publish, with the input partition it belongs to."""
-
-    example: dict
-    partition: int
-
-
-Output = Any  # LabeledOut | DeadLetter
-
-
-@dataclass(slots=True)
-class PendingRequest:
-    """A request waiting for its label."""
-
-    request: Request
-    partition: int
-    offset: int
-    candidates: list = field(default_factory=list)  # regression: [ts, offset, value]
-
-    def to_json(self) -> dict:
-        r = self.request
-        return {"p": self.partition, "o": self.offset, "ts": r.ts, "f": r.features,
-                "pr": r.prediction, "mv": r.model_version, "c": self.candidates}
-
-    @classmethod
-    def from_json(cls, rid: str, d: dict) -> "PendingRequest":
-        req = Request(rid, d["ts"], d["f"], d["pr"], d["mv"])
-        return cls(req, d["p"], d["o"], [list(c) for c in d["c"]])
-
-
-@dataclass(slots=True)
-class EarlyFeedback:
-    """Feedback that arrived before its request: kept until its request or its expiry."""
-
-    ts: int
-    type: str
-    value: Optional[float]
-    fields: dict
-    partition: int
-    offset: int
-    original: bytes
-
-    def to_json(self) -> list:
-        return [self.ts, self.type, self.value, self.fields, self.partition, self.offset,
-                base64.b64encode(self.original).decode("ascii")]
-
-    @classmethod
-    def from_json(cls, d: list) -> "EarlyFeedback":
-        return cls(d[0], d[1], d[2], d[3], d[4], d[5], base64.b64decode(d[6]))
-
-
-@dataclass(slots=True)
-class DoneMarker:
-    """A finalized request: enough to dedupe and to re-emit its label on replay."""
-
-    ts: int
-    partition: int
-    offset: int
-    label: Optional[float]  # None: regression request with no outcome (unlabeled)
-    label_ts: int
-
-    def to_json(self) -> list:
-        return [self.ts, self.partition, self.offset, self.label, self.label_ts]
-
-    @classmethod
-    def from_json(cls, d: list) -> "DoneMarker":
-        return cls(*d)
-
 
 class EventTimeJoin:
     """Joins requests with feedback by key in event time (see module docstring)."""
@@ -197,18 +110,35 @@ class EventTimeJoin:
         return []
 
     def advance(self, watermark: int) -> list[Output]:
-        """Move the watermark to ``watermark`` (never backwards); finalize what it closes."""
+        """Move the watermark to ``watermark`` (never backwards); finalize what it closes.
+
+        The closed time is ``watermark - allowed_lateness``. In order: regression
+        requests whose earliest outcome is now certain are labeled; requests whose
+        label window ended are finalized; early feedback that no request claimed in
+        time becomes an orphan; done markers past their retention are forgotten.
+        """
         closed = watermark - self.lateness
         if self.closed_time is not None and closed <= self.closed_time:
             return []
         self.closed_time = closed
         out: list[Output] = []
+        self._label_settled_outcomes(closed, out)
+        self._finalize_expired_windows(closed, out)
+        self._expire_early_feedback(closed, out)
+        self._forget_old_done_markers(closed)
+        return out
+
+    def _label_settled_outcomes(self, closed: int, out: list[Output]) -> None:
+        """Regression: a candidate outcome older than the closed time cannot be beaten."""
         while self._ready and self._ready[0][0] < closed:
             _, rid = heapq.heappop(self._ready)
             pending = self.pending.get(rid)
             if pending is not None and pending.candidates:
                 best = min(pending.candidates, key=lambda c: (c[0], c[1]))
                 out.append(self._finalize(pending, best[2], best[0]))
+
+    def _finalize_expired_windows(self, closed: int, out: list[Output]) -> None:
+        """Requests whose label window ended: a negative, their outcome, or unlabeled."""
         while self._deadlines and self._deadlines[0][0] <= closed:
             deadline, rid = heapq.heappop(self._deadlines)
             pending = self.pending.get(rid)
@@ -222,6 +152,9 @@ class EventTimeJoin:
             else:
                 self._count("unlabeled")
                 self._finalize(pending, None, deadline)
+
+    def _expire_early_feedback(self, closed: int, out: list[Output]) -> None:
+        """Feedback older than the closed time whose request never came: orphans."""
         while self._early_expiry and self._early_expiry[0][0] < closed:
             _, rid = heapq.heappop(self._early_expiry)
             entries = self.early.get(rid)
@@ -241,13 +174,15 @@ class EventTimeJoin:
                 self.early[rid] = keep
             else:
                 del self.early[rid]
+
+    def _forget_old_done_markers(self, closed: int) -> None:
+        """Done markers past their dedupe retention are dropped (and deleted in the table)."""
         while self._done_expiry and self._done_expiry[0][0] <= closed:
             _, rid = heapq.heappop(self._done_expiry)
             marker = self.done.get(rid)
             if marker is not None and self._done_expires(marker) <= closed:
                 del self.done[rid]
                 self._mark(REQUEST, rid, marker.partition)
-        return out
 
     def flush_all(self) -> list[Output]:
         """End of input: finalize everything as if the watermark went to infinity."""

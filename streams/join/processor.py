@@ -13,7 +13,8 @@ from schemas.errors import EventError
 from schemas.events import EventParser
 from schemas.pii import PiiHasher
 from schemas.records import DeadLetter
-from streams.join.event_time_join import EventTimeJoin, Output, Source
+from streams.join.event_time_join import EventTimeJoin
+from streams.join.join_state import Output, Source
 from streams.join.watermark import WatermarkTracker
 
 REQUESTS, FEEDBACK = "requests", "feedback"

@@ -1,0 +1,99 @@
+"""The join's state and outputs: pending requests, early feedback, done markers.
+
+Each kind knows its persisted JSON form (``to_json``/``from_json``); ``EventTimeJoin``
+keeps them in memory and reports which keys changed, the worker writes those to the
+changelog-backed table.
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from schemas.events import Request
+
+#: Persisted state of one request: its pending state (a dict), its done marker (a list)
+#: or nothing. One key for both halves of a request's life, so that finalizing it is
+#: one changelog record, not a deletion plus a marker.
+REQUEST = "request"
+#: Persisted feedback that arrived before its request (a list of entries).
+EARLY = "early"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an event was read: role (``requests``/``feedback``), partition, offset."""
+
+    role: str
+    partition: int
+    offset: int
+
+
+@dataclass(slots=True)
+class LabeledOut:
+    """A labeled example to publish, with the input partition it belongs to."""
+
+    example: dict
+    partition: int
+
+
+Output = Any  # LabeledOut | DeadLetter
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    """A request waiting for its label."""
+
+    request: Request
+    partition: int
+    offset: int
+    candidates: list = field(default_factory=list)  # regression: [ts, offset, value]
+
+    def to_json(self) -> dict:
+        r = self.request
+        return {"p": self.partition, "o": self.offset, "ts": r.ts, "f": r.features,
+                "pr": r.prediction, "mv": r.model_version, "c": self.candidates}
+
+    @classmethod
+    def from_json(cls, rid: str, d: dict) -> "PendingRequest":
+        req = Request(rid, d["ts"], d["f"], d["pr"], d["mv"])
+        return cls(req, d["p"], d["o"], [list(c) for c in d["c"]])
+
+
+@dataclass(slots=True)
+class EarlyFeedback:
+    """Feedback that arrived before its request: kept until its request or its expiry."""
+
+    ts: int
+    type: str
+    value: Optional[float]
+    fields: dict
+    partition: int
+    offset: int
+    original: bytes
+
+    def to_json(self) -> list:
+        return [self.ts, self.type, self.value, self.fields, self.partition, self.offset,
+                base64.b64encode(self.original).decode("ascii")]
+
+    @classmethod
+    def from_json(cls, d: list) -> "EarlyFeedback":
+        return cls(d[0], d[1], d[2], d[3], d[4], d[5], base64.b64decode(d[6]))
+
+
+@dataclass(slots=True)
+class DoneMarker:
+    """A finalized request: enough to dedupe and to re-emit its label on replay."""
+
+    ts: int
+    partition: int
+    offset: int
+    label: Optional[float]  # None: regression request with no outcome (unlabeled)
+    label_ts: int
+
+    def to_json(self) -> list:
+        return [self.ts, self.partition, self.offset, self.label, self.label_ts]
+
+    @classmethod
+    def from_json(cls, d: list) -> "DoneMarker":
+        return cls(*d)
