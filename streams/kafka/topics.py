@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
 
-from kafka.admin import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 import kafka.errors as kerr
 
 from schemas.errors import BrokerError
@@ -22,16 +22,25 @@ from streams.kafka import clients as kafka_clients
 if TYPE_CHECKING:
     from schemas.config import PipelineConfig
 
-__all__ = ["ensure_topics", "partition_count", "topic_plan", "TOPIC_CONFIGS",
+__all__ = ["ensure_topics", "partition_count", "topic_plan", "TOPIC_CONFIGS", "INPUT_TOPIC_CONFIGS",
            "WINDOWS_TOPIC_CONFIGS"]
 
 _WEEK_MS = 7 * 24 * 3600 * 1000
-# data topics: a week of history, like Kafka's default, but stated explicitly
+_HOUR_MS = 3600 * 1000
+# inputs: the model server's and the world's topics; their retention is the operator's
+# (the broker's default applies when dlabel creates them)
+INPUT_TOPIC_CONFIGS: dict[str, str] = {"cleanup.policy": "delete"}
+# outputs: a week of history, like Kafka's default, but stated explicitly
 TOPIC_CONFIGS: dict[str, str] = {"retention.ms": str(_WEEK_MS), "cleanup.policy": "delete"}
 # the windows topic is tiny and replayed by the jobs runner: keep it forever
 WINDOWS_TOPIC_CONFIGS: dict[str, str] = {"retention.ms": "-1", "cleanup.policy": "delete"}
-# changelogs of join state: compacted, never deleted by age (recovery reads them whole)
-CHANGELOG_TOPIC_CONFIGS: dict[str, str] = {"retention.ms": "-1", "cleanup.policy": "compact"}
+# the join's state changelogs and its closed-time reports: compacted, never deleted by
+# age (recovery reads them whole). Hourly segments let compaction run within hours
+# instead of once a week; a minute of compaction lag keeps the newest records whole
+# while a worker restarts; deletes (tombstones) stay a day, longer than any recovery.
+CHANGELOG_TOPIC_CONFIGS: dict[str, str] = {
+    "cleanup.policy": "compact", "retention.ms": "-1", "segment.ms": str(_HOUR_MS),
+    "min.compaction.lag.ms": "60000", "delete.retention.ms": str(24 * _HOUR_MS)}
 _UNKNOWN_TOPIC = kerr.UnknownTopicOrPartitionError.errno
 
 
@@ -41,16 +50,18 @@ def topic_plan(config: "PipelineConfig", extra: Iterable[str] = (),
 
     requests, feedback, labeled, dead_letter and the ``extra`` topics get
     ``config.topics.partitions`` partitions; the windows topic gets 1 (its events are
-    ordered), and so does the compacted topic of watermark reports.
+    ordered), and so does the compacted topic of closed-time reports.
     """
     t = config.topics
     plan: dict[str, tuple[int, dict[str, str]]] = {}
-    for name in (t.requests, t.feedback, t.labeled, t.dead_letter, *extra):
+    for name in (t.requests, t.feedback):
+        plan[name] = (t.partitions, dict(INPUT_TOPIC_CONFIGS))
+    for name in (t.labeled, t.dead_letter, *extra):
         plan[name] = (t.partitions, dict(TOPIC_CONFIGS))
     for name in compacted:
         plan[name] = (t.partitions, dict(CHANGELOG_TOPIC_CONFIGS))
     plan[t.windows] = (1, dict(WINDOWS_TOPIC_CONFIGS))
-    if t.closed_time:  # the join's watermark reports: latest per input partition matters
+    if t.closed_time:  # the join's closed-time reports: latest per input partition matters
         plan[t.closed_time] = (1, dict(CHANGELOG_TOPIC_CONFIGS))
     return plan
 
@@ -98,9 +109,11 @@ def ensure_topics(bootstrap: str, config: "PipelineConfig", extra: Iterable[str]
                   timeout: float = 30) -> None:
     """Create every topic of ``config`` (and ``extra``) that does not exist yet.
 
-    Existing topics are fine if their partition count matches; otherwise BrokerError
-    names the topic, both counts and the fix. Returns once all topics have a leader
-    for every partition. Raises BrokerError if the broker cannot be reached.
+    Existing topics are fine if their partition count matches and, for the compacted
+    ones (join state, closed-time reports), their cleanup policy keeps every key's last
+    record; otherwise BrokerError names the topic, what is wrong and the fix. Returns
+    once all topics have a leader for every partition. Raises BrokerError if the broker
+    cannot be reached.
     """
     plan = topic_plan(config, extra, compacted)
     names = list(plan)
@@ -108,6 +121,7 @@ def ensure_topics(bootstrap: str, config: "PipelineConfig", extra: Iterable[str]
     try:
         existing = _describe(admin, names)
         _check_counts(plan, existing)
+        _check_cleanup_policies(admin, plan, existing)
         missing = {n: {"num_partitions": plan[n][0],
                        "replication_factor": config.topics.replication_factor,
                        "configs": plan[n][1]}
@@ -130,6 +144,37 @@ def ensure_topics(bootstrap: str, config: "PipelineConfig", extra: Iterable[str]
         raise BrokerError(f"topic setup on {bootstrap} failed ({e})") from None
     finally:
         admin.close()
+
+
+def _check_cleanup_policies(admin: KafkaAdminClient, plan: dict[str, tuple[int, dict]],
+                            existing: dict[str, int]) -> None:
+    """Refuse an existing compacted topic whose cleanup policy would delete state.
+
+    A broker that describes no configs (Tansu) has nothing to check.
+    """
+    names = [n for n in existing if plan[n][1].get("cleanup.policy") == "compact"]
+    if not names:
+        return
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, n) for n in names],
+        config_filter="all").get("topic", {})
+    for name in names:
+        configs = {k: (v.get("value") if isinstance(v, dict) else v)
+                   for k, v in (described.get(name) or {}).items()}
+        policy = configs.get("cleanup.policy")
+        if policy is None:
+            continue
+        policies = {p.strip() for p in str(policy).split(",")}
+        retention = str(configs.get("retention.ms") or "-1")
+        if "compact" in policies and ("delete" not in policies or retention == "-1"):
+            continue
+        raise BrokerError(
+            f"topic {name!r} exists with cleanup.policy={policy} and retention.ms="
+            f"{retention}: Kafka would delete records the join needs to recover its state "
+            f"(or the sink its closed time); fix it with `kafka-configs.sh --bootstrap-server "
+            f"<broker> --alter --entity-type topics --entity-name {name} --add-config "
+            f"cleanup.policy=compact,retention.ms=-1`, or delete the topic to have dlabel "
+            f"create it")
 
 
 def partition_count(bootstrap: str, topic: str, timeout: float = 30) -> int:
