@@ -60,6 +60,7 @@ class WindowsFeed:
             self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                           enable_auto_commit=False,
                                           allow_auto_create_topics=False,
+                                          isolation_level="read_committed",
                                           client_id="dlabel-jobs",
                                           **kafka_clients.kafka_python())
         except KafkaError as e:

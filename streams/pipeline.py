@@ -99,7 +99,11 @@ def run_join_worker(config: PipelineConfig, drain: bool = False, loglevel: str =
     key = load_pii_key(config)
     pii = PiiHasher(key) if key else None
     tansu = prepare(config, bootstrap)
-    opts = WorkerOptions(bootstrap=bootstrap, drain=drain, tansu=tansu, batch_size=batch_size,
+    if tansu:
+        log.warning("at-least-once output: the broker (Tansu) has no transactions; consumers "
+                    "of the labeled topic may see a label repeated after a crash")
+    opts = WorkerOptions(bootstrap=bootstrap, drain=drain, tansu=tansu, exactly_once=not tansu,
+                         batch_size=batch_size,
                          session_timeout_s=session_timeout_s,
                          web_port=web_port or free_port("127.0.0.1"))
     loop = run_app(build_app(config, opts, pii), loglevel=loglevel)

@@ -80,7 +80,8 @@ def _read_to_end(bootstrap: str, topic: str):
     if not end:
         return
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                             enable_auto_commit=False, **kafka_clients.kafka_python())
+                             enable_auto_commit=False, isolation_level="read_committed",
+                             **kafka_clients.kafka_python())
     try:
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)

@@ -27,6 +27,7 @@ SIGNATURES = {
     "_db_for_partition": ["partition"],
     "_build_highwaters": ["consumer", "tps", "destination", "title"],
     "_schedule_shutdown": ["signal"],
+    "_create_worker_consumer": ["transport"],
 }
 
 

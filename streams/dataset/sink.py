@@ -81,6 +81,7 @@ class DatasetSink:
         self.consumer = KafkaConsumer(
             bootstrap_servers=self.opts.bootstrap, group_id=sink_group(self.config),
             enable_auto_commit=False, auto_offset_reset="earliest",
+            isolation_level="read_committed",  # exactly once upstream: committed labels only
             client_id=f"dlabel-{self.config.pipeline}-sink", max_poll_records=self.opts.max_records,
             **kafka_clients.kafka_python(self.config.kafka))
         self.producer = KafkaProducer(bootstrap_servers=self.opts.bootstrap, acks="all",

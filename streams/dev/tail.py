@@ -18,6 +18,7 @@ def read_topic(bootstrap: str, topic: str, idle_timeout_s: float = 2.0,
     """
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                              group_id=None, consumer_timeout_ms=int(idle_timeout_s * 1000),
+                             isolation_level="read_committed",
                              **kafka_clients.kafka_python())
     try:
         parts = consumer.partitions_for_topic(topic) or set()

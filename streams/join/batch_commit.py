@@ -1,36 +1,44 @@
-"""Making processed batches durable, in order, while the next batch is processed.
+"""Making processed batches durable, in order: at least once, or exactly once.
 
 A processed batch leaves three things: its outputs (labeled examples, dead letters),
 the join state it changed (already encoded, so later batches cannot alter it) and
-the input positions it reached. ``BatchCommitter.submit`` hands the outputs to the
-producer at once and queues the rest; a background task then finishes each batch in
-submission order:
+the input positions it reached. Every record belongs to a *task* (the input partition
+number it came from, see ``streams.kafka.task_producers``).
+
+At least once (brokers without transactions: Tansu), ``BatchCommitter.submit`` hands
+the outputs to the producer at once and a background task finishes each batch in
+submission order while the next one is processed:
 
 1. wait until the broker acked the batch's outputs;
 2. run the ``after_outputs`` hooks (the closed-time reports), acked likewise;
 3. write the batch's state: the table's changelog (acked), and with the RocksDB
-   store its local database and the changelog offsets it now holds; the memory store
-   is rebuilt from the changelog by Faust's recovery at every rebalance;
+   store its local database and the changelog offsets it now holds;
 4. commit the input positions through the group member.
 
 State written in 3 only reflects outputs acked in 1-2, so after a crash a replayed
 request whose label was already sent is sent again as an identical copy; offsets
-committed in 4 only cover batches whose state is durable, so nothing is lost. At most
-one batch is in flight behind the one being processed: the broker acks one while the
-worker computes the next.
+committed in 4 only cover batches whose state is durable, so nothing is lost.
+
+Exactly once (brokers with transactions): the same steps run inside one Kafka
+transaction per task, which also carries the task's input offsets
+(``send_offsets_to_transaction``) and then commits; the RocksDB store is written only
+after the commit. A crash anywhere leaves an open transaction that the task's next
+owner aborts, so ``read_committed`` readers see every output once. One batch is in
+flight at a time (a transactional producer has one open transaction).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Optional
 
 import orjson
 from aiokafka.structs import TopicPartition
 
-from streams.kafka.publisher import BatchPublisher
+from streams.kafka.publisher import TaskPublishers
+from streams.kafka.task_producers import TaskProducers
 
 log = logging.getLogger("dlabel.worker")
 
@@ -39,21 +47,25 @@ log = logging.getLogger("dlabel.worker")
 class Batch:
     """What one processed batch must make durable."""
 
-    outputs: BatchPublisher   # labeled examples and dead letters (sent on submit)
-    state: BatchPublisher     # changelog records of the state it changed (sent later)
+    outputs: TaskPublishers   # labeled examples and dead letters (sent on submit)
+    state: TaskPublishers     # changelog records of the state it changed (sent later)
     store_writes: list        # RocksDB only: [(partition, key bytes, value bytes or None)]
     positions: dict           # {TopicPartition: next offset to read}
     from_input: bool = True   # False: made by the timer (idle inputs, drain)
     closed: Optional[int] = None  # the join's closed time after the batch (DRAINED at the end)
     acked: Optional[dict] = None  # {(topic, partition): last offset} once outputs are acked
+    tasks: set = field(default_factory=set)  # the tasks (input partitions) it covers
+
+    def __post_init__(self) -> None:
+        self.tasks = self.tasks or {tp.partition for tp in self.positions}
 
 
-#: ``await hook(publisher, batch)`` after a batch's outputs were acked and before its
-#: state is written; what it adds to ``publisher`` is acked before the state write too.
-AfterOutputsHook = Callable[[BatchPublisher, Batch], Awaitable[None]]
+#: ``await hook(publishers, batch)`` after a batch's outputs were acked and before its
+#: state is written; what it adds to ``publishers`` is acked before the state write too.
+AfterOutputsHook = Callable[[TaskPublishers, Batch], Awaitable[None]]
 
 
-def encode_changes(dirty, prefix: dict, changelog: str, state: BatchPublisher,
+def encode_changes(dirty, prefix: dict, changelog: str, state: TaskPublishers,
                    keep_for_store: bool) -> list:
     """Queue ``take_dirty()`` entries on ``state`` as the table's changelog records.
 
@@ -63,11 +75,11 @@ def encode_changes(dirty, prefix: dict, changelog: str, state: BatchPublisher,
     keep a 4 KiB buffer each, so they must not live long. With ``keep_for_store`` the
     encoded pairs are also returned (compact copies), for a RocksDB store.
     """
-    dumps, add = orjson.dumps, state.add
+    dumps, for_task = orjson.dumps, state.for_task
     kept = []
     for kind, key, partition, value in dirty:
         k, v = dumps(prefix[kind] + key), dumps(value)
-        add(changelog, partition, k, v)
+        for_task(partition).add(changelog, partition, k, v)
         if keep_for_store:
             kept.append((partition, bytes(memoryview(k)),
                          None if value is None else bytes(memoryview(v))))
@@ -77,11 +89,14 @@ def encode_changes(dirty, prefix: dict, changelog: str, state: BatchPublisher,
 class BatchCommitter:
     """Finishes submitted batches in order (see the module docstring).
 
-    ``group`` is the worker's ``FaustGroup`` (producer, commits, local store).
+    ``group`` is the worker's ``FaustGroup`` (shared producer, commits, local store);
+    ``transactions`` the task producers when the broker has transactions.
     """
 
-    def __init__(self, group, seconds: dict) -> None:
+    def __init__(self, group, seconds: dict,
+                 transactions: Optional[TaskProducers] = None) -> None:
         self.group = group
+        self.transactions = transactions
         self.changelog = group.changelog
         self.after_outputs: list[AfterOutputsHook] = []
         self.committed: dict[TopicPartition, int] = {}
@@ -89,20 +104,43 @@ class BatchCommitter:
         self.on_input_durable: Optional[Callable[[], None]] = None
         self._inflight: Optional[asyncio.Task] = None
 
-    def publisher(self) -> BatchPublisher:
-        """A publisher on the worker's producer."""
-        return BatchPublisher(self.group.kafka_producer())
+    @property
+    def exactly_once(self) -> bool:
+        return self.transactions is not None
+
+    def publishers(self) -> TaskPublishers:
+        """Publishers routing records to their task's producer."""
+        if self.transactions is not None:
+            return TaskPublishers(self.transactions.producer)
+        shared = self.group.kafka_producer()
+        return TaskPublishers(lambda task: shared)
 
     @property
     def keeps_store(self) -> bool:
         """Whether batches must carry their state for a local (RocksDB) store too."""
         return self.group.keeps_local_store
 
+    async def own_tasks(self, tasks) -> None:
+        """Exactly once: hold the producers of ``tasks`` (fencing their previous owner)."""
+        if self.transactions is not None:
+            await self.transactions.ensure(tasks)
+
+    async def release_tasks(self) -> None:
+        """Exactly once: let go of every task's producer (a rebalance is under way)."""
+        if self.transactions is not None:
+            await self.transactions.close()
+
     async def submit(self, batch: Batch) -> None:
         """Send the batch's outputs now; finish it after the batch before it."""
         t0 = time.perf_counter()
-        await batch.outputs.send()
-        await self.wait()  # at most one batch in flight
+        if self.transactions is not None:
+            await self.wait()  # a transactional producer has one open transaction
+            for task in sorted(batch.tasks):
+                await self.transactions.producer(task).begin_transaction()
+            await batch.outputs.send()
+        else:
+            await batch.outputs.send()
+            await self.wait()  # at most one batch in flight
         self._inflight = task = asyncio.ensure_future(self._finish(batch))
         task.add_done_callback(self._crash_on_error)
         self.seconds["submit"] += time.perf_counter() - t0
@@ -125,15 +163,22 @@ class BatchCommitter:
         batch.acked = await batch.outputs.flush()
         t1 = clock()
         for hook in self.after_outputs:
-            pub = self.publisher()
-            await hook(pub, batch)
-            await pub.flush()
+            pubs = self.publishers()
+            await hook(pubs, batch)
+            await pubs.flush()
         t2 = clock()
-        await self._write_state(batch)
+        changelog_ends = await batch.state.flush()
+        if self.transactions is None and batch.store_writes:
+            self.group.write_local_store(batch.store_writes, changelog_ends)
         t3 = clock()
         offsets = {tp: off for tp, off in batch.positions.items()
                    if self.committed.get(tp) != off}
-        if offsets and await self.group.commit(offsets):
+        if self.transactions is not None:
+            await self._commit_transactions(batch, offsets)
+            if batch.store_writes:  # only what the transactions made visible
+                self.group.write_local_store(batch.store_writes, changelog_ends)
+            self.committed.update(offsets)
+        elif offsets and await self.group.commit(offsets):
             self.committed.update(offsets)
         t4 = clock()
         for step, dt in (("outputs_acked", t1 - t0), ("hooks", t2 - t1),
@@ -142,7 +187,12 @@ class BatchCommitter:
         if batch.from_input and self.on_input_durable is not None:
             self.on_input_durable()
 
-    async def _write_state(self, batch: Batch) -> None:
-        last = await batch.state.flush()
-        if batch.store_writes:  # memory store: recovery reads the changelog at each rebalance
-            self.group.write_local_store(batch.store_writes, last)
+    async def _commit_transactions(self, batch: Batch, offsets: dict) -> None:
+        """Add each task's input offsets to its transaction and commit it."""
+        group_id = self.group.group_id
+        for task in sorted(batch.tasks):
+            producer = self.transactions.producer(task)
+            mine = {tp: off for tp, off in offsets.items() if tp.partition == task}
+            if mine:
+                await producer.send_offsets_to_transaction(mine, group_id)
+            await producer.commit_transaction()

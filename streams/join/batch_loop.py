@@ -28,7 +28,8 @@ from streams.join.batch_commit import Batch, BatchCommitter, encode_changes
 from streams.kafka.input_feed import InputFeed
 from streams.join.join_state import EARLY, REQUEST, LabeledOut
 from streams.join.processor import FEEDBACK, REQUESTS, JoinProcessor
-from streams.kafka.publisher import BatchPublisher
+from streams.kafka.publisher import TaskPublishers
+from streams.kafka.task_producers import TaskProducers
 from streams.common.metrics import BATCH_SECONDS, JoinMetrics
 from schemas.closed_time_report import DRAINED
 
@@ -47,7 +48,8 @@ class BatchLoop:
         topics = config.topics
         self.roles = {topics.requests: REQUESTS, topics.feedback: FEEDBACK}
         self.proc = JoinProcessor(config, pii, clock)
-        self.feed = InputFeed(opts.bootstrap, client_id=f"dlabel-{config.pipeline}-input")
+        self.feed = InputFeed(opts.bootstrap, client_id=f"dlabel-{config.pipeline}-input",
+                              read_committed=opts.exactly_once)
         self.lock = asyncio.Lock()
         self.ready = False       # state loaded and feed assigned for the current assignment
         self.generation = 0      # bumped by every rebalance callback
@@ -60,7 +62,12 @@ class BatchLoop:
         self.on_drained: Optional[Callable[[], None]] = None
         #: seconds spent per step of the batch loop, for profiling
         self.seconds: dict[str, float] = defaultdict(float)
-        self.committer = BatchCommitter(group, self.seconds)
+        transactions = (TaskProducers(opts.bootstrap, f"{group.group_id}-join",
+                                      client_id=f"dlabel-{config.pipeline}-join",
+                                      max_batch_size=256 * 1024,
+                                      max_request_size=4 * 1024 * 1024)
+                        if opts.exactly_once else None)
+        self.committer = BatchCommitter(group, self.seconds, transactions)
         self._closed_submitted: Optional[int] = None
         self._closed_submitted_at = 0.0  # monotonic; closed-time-only batches at most 1/s
         self.metrics = JoinMetrics({REQUESTS: config.topics.requests,
@@ -77,6 +84,7 @@ class BatchLoop:
         async with self.lock:  # the batch being processed is submitted first
             self.feed.unassign()
             await self.committer.wait()  # and every batch in flight is durable
+            await self.committer.release_tasks()  # they may move to another worker
 
     def on_assigned(self) -> None:
         """The group has a new assignment: the next batch waits for its table recovery."""
@@ -93,8 +101,14 @@ class BatchLoop:
             if generation != self.generation:
                 return False
             await self.committer.wait()
+            assigned = group.assigned(self.roles)
+            if self.committer.exactly_once:
+                # fenced first (table recovery did it already): no zombie commits now
+                await self.committer.own_tasks({tp.partition for tp in assigned})
+                positions = await group.fetch_committed(assigned)
+            else:
+                positions = group.committed(assigned)
             self._reload()
-            positions = group.committed(group.assigned(self.roles))
             self.positions = await self.feed.assign(positions)
             await group.pause(positions)
             self.committer.committed = dict(self.positions)
@@ -167,10 +181,10 @@ class BatchLoop:
         """Encode the batch's outputs and state changes; hand them to the committer."""
         committer = self.committer
         t0 = time.perf_counter()
-        pub = committer.publisher()
+        pub = committer.publishers()
         self.metrics.observe(self.proc, await self._publish(pub, outputs))
         t1 = time.perf_counter()
-        state = committer.publisher()
+        state = committer.publishers()
         store_writes = encode_changes(self.proc.join.take_dirty(), KIND_PREFIX,
                                       committer.changelog, state, committer.keeps_store)
         t2 = time.perf_counter()
@@ -216,7 +230,7 @@ class BatchLoop:
                     f"{tp.topic}:{tp.partition}": (self.feed.highwater(tp), off)
                     for tp, off in self.positions.items()})
             # a moved closed time is a batch too: the dataset sink learns of it (a report)
-            if (outputs or self.proc.join._dirty or self.committer.committed != self.positions
+            if (outputs or self.proc.join.has_changes or self.committer.committed != self.positions
                     or self.drained or self._closed_moved()):
                 await self._submit(outputs, from_input=False)
             if self.drained:
@@ -243,20 +257,22 @@ class BatchLoop:
             set_caught_up(self.roles[tp.topic], tp.partition, hw is not None and position >= hw)
 
     # ------------------------------------------------------------- outputs
-    async def _publish(self, pub: BatchPublisher, outputs) -> dict:
-        """Queue the outputs on ``pub``; returns the labeled count per label value."""
+    async def _publish(self, pubs: TaskPublishers, outputs) -> dict:
+        """Queue the outputs on ``pubs``; returns the labeled count per label value."""
         topics = self.config.topics
-        labeled, add = topics.labeled, pub.add
+        labeled, for_task = topics.labeled, pubs.for_task
         labels: dict = {}
         for o in outputs:
             if type(o) is LabeledOut:
                 ex = o.example
-                add(labeled, o.partition, ex["request_id"].encode(), encode_labeled(ex))
+                for_task(o.partition).add(labeled, o.partition, ex["request_id"].encode(),
+                                          encode_labeled(ex))
                 label = ex["label"]
                 labels[label] = labels.get(label, 0) + 1
                 self.sent_labeled += 1
             elif type(o) is DeadLetter:
-                await pub.add_any_partition(topics.dead_letter, None, o.encode())
+                await for_task(o.partition).add_any_partition(topics.dead_letter, None,
+                                                              o.encode())
         return labels
 
 

@@ -23,7 +23,7 @@ class ClosedTimeReporter:
         self.ends: dict[int, int] = {}
         self.reported: Optional[int] = None
 
-    async def hook(self, publisher, batch) -> None:
+    async def hook(self, publishers, batch) -> None:
         for (topic, partition), last in (batch.acked or {}).items():
             if topic == self.labeled and last + 1 > self.ends.get(partition, 0):
                 self.ends[partition] = last + 1
@@ -32,5 +32,6 @@ class ClosedTimeReporter:
             return
         for tp in sorted(batch.positions, key=lambda t: (t.topic, t.partition)):
             name = f"{self.roles[tp.topic]}:{tp.partition}"
-            publisher.add(self.topic, 0, name.encode(), encode_report(name, closed, self.ends))
+            publishers.for_task(tp.partition).add(self.topic, 0, name.encode(),
+                                                  encode_report(name, closed, self.ends))
         self.reported = closed

@@ -189,6 +189,11 @@ class EventTimeJoin:
         return self.advance(2**62)
 
     # ------------------------------------------------------------ persistence
+    @property
+    def has_changes(self) -> bool:
+        """Whether state changed since the last ``take_dirty``."""
+        return bool(self._dirty)
+
     def take_dirty(self) -> list[tuple[str, str, int, Any]]:
         """Return and clear the changed keys: ``[(kind, key, partition, json or None)]``.
 

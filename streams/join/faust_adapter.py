@@ -31,6 +31,7 @@ from schemas.pii import PiiHasher
 from streams.join.batch_loop import BatchLoop
 from streams.join.closed_time_reporter import ClosedTimeReporter
 from streams.kafka import clients as kafka_clients
+from streams.kafka.group_offsets import committed_offsets
 from streams.kafka.tansu_quirks import fetch_end_offsets
 
 log = logging.getLogger("dlabel.worker")
@@ -54,6 +55,9 @@ FAUST_INTERNALS = (
     ("faust.tables.recovery.Recovery", "_build_highwaters",
      "Tansu only: changelog ends from fetch high watermarks"),
     ("faust.Worker", "_schedule_shutdown", "stops the worker once a drain is done"),
+    ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_create_worker_consumer",
+     "exactly once: Faust's consumer (table recovery) reads read_committed"),
+    ("app.consumer", "in_transaction", "the switch Faust reads to pick read_committed"),
 )
 
 
@@ -68,6 +72,7 @@ class WorkerOptions:
     session_timeout_s: float = 10.0
     web_port: Optional[int] = None  # Faust starts its web server anyway: give it a port
     tansu: bool = False             # embedded-broker work-arounds (tansu_quirks)
+    exactly_once: bool = False      # transactions (brokers that have them: not Tansu)
 
 
 def state_table_name(config: PipelineConfig) -> str:
@@ -100,8 +105,13 @@ def faust_credentials(sec: Optional[KafkaSecurity] = None):
 class FaustGroup:
     """What the batch loop and the committer need from Faust, under plain names."""
 
-    def __init__(self, app: faust.App, table) -> None:
-        self.app, self.table = app, table
+    def __init__(self, app: faust.App, table, bootstrap: str) -> None:
+        self.app, self.table, self.bootstrap = app, table, bootstrap
+
+    @property
+    def group_id(self) -> str:
+        """The consumer group of the join workers."""
+        return self.app.conf.id
 
     @property
     def should_stop(self) -> bool:
@@ -121,6 +131,11 @@ class FaustGroup:
         """The group's committed offsets of ``tps`` (None: nothing committed)."""
         committed = self.app.consumer._committed_offset  # refreshed by the seek after recovery
         return {tp: committed.get(TP(tp.topic, tp.partition)) or None for tp in tps}
+
+    async def fetch_committed(self, tps: Iterable[TopicPartition]
+                              ) -> dict[TopicPartition, Optional[int]]:
+        """The group's committed offsets of ``tps``, read from the coordinator now."""
+        return await asyncio.to_thread(committed_offsets, self.bootstrap, self.group_id, tps)
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> bool:
         """Commit ``{tp: next offset to read}`` as the group member; False if rebalanced.
@@ -216,6 +231,51 @@ def keep_inputs_from_faust(consumer, topics: Iterable[str]) -> None:
 
 
 _recovery_patched = False
+_fencing_installed = False
+
+
+def fence_before_recovery() -> None:
+    """Exactly once: register the tasks' transactional producers before table recovery.
+
+    Recovery reads each changelog up to its last stable offset; fencing the previous
+    owner first (which aborts its open transaction) means no transaction of a zombie
+    can commit after recovery looked, so state and committed offsets agree.
+    """
+    global _fencing_installed
+    if _fencing_installed:
+        return
+    build = Recovery._build_highwaters
+
+    async def fence_then_build_highwaters(self, consumer, tps, destination, title) -> None:
+        loop = getattr(self.app, "dlabel_loop", None)
+        if loop is not None and tps:
+            await loop.committer.own_tasks({tp.partition for tp in tps})
+        await build(self, consumer, tps, destination, title)
+
+    Recovery._build_highwaters = fence_then_build_highwaters
+    _fencing_installed = True
+
+
+def read_committed_in_faust(app: faust.App) -> None:
+    """Make Faust's own consumer (the changelog recovery) read only committed records.
+
+    Faust picks ``read_committed`` only for its own exactly-once mode, which would also
+    start its transactional producers; dlabel has its own, so the switch is set just
+    while the consumer is built.
+    """
+    thread = app.consumer._thread
+    create = thread._create_worker_consumer
+
+    def create_read_committed(transport):
+        faust_consumer = thread.consumer
+        saved = faust_consumer.in_transaction
+        faust_consumer.in_transaction = True
+        try:
+            return create(transport)
+        finally:
+            faust_consumer.in_transaction = saved
+
+    thread._create_worker_consumer = create_read_committed
 
 
 def recover_to_fetch_highwaters(bootstrap: str) -> None:
@@ -246,6 +306,8 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
     """Build the Faust app of the join worker for ``config`` (its loop is ``app.dlabel_loop``)."""
     if opts.tansu:
         recover_to_fetch_highwaters(opts.bootstrap)
+    if opts.exactly_once:
+        fence_before_recovery()
     app = faust.App(
         app_id(config),
         broker=f"kafka://{opts.bootstrap}",
@@ -277,12 +339,14 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
                        key_serializer="raw", value_serializer="raw")
     table = app.Table(state_table_name(config), partitions=config.topics.partitions,
                       key_type=str, value_type=None)
-    loop = BatchLoop(config, opts, FaustGroup(app, table), pii, clock)
+    loop = BatchLoop(config, opts, FaustGroup(app, table, opts.bootstrap), pii, clock)
     loop.after_outputs.append(ClosedTimeReporter(config, loop.roles).hook)
     app.dlabel_loop = loop  # for tests and the CLI summary
     # Before anything starts: Faust's fetcher must never read the input partitions
     # (installed in a task it raced with the fetcher's first fetch after a restart).
     keep_inputs_from_faust(app.consumer, loop.roles)
+    if opts.exactly_once:
+        read_committed_in_faust(app)
     _declare_agents(app, inputs, loop)
     return app
 

@@ -28,10 +28,11 @@ class InputFeed:
 
     def __init__(self, bootstrap: str, client_id: str = "dlabel-input",
                  max_partition_fetch_bytes: int = 16 << 20,
-                 fetch_max_bytes: int = 64 << 20) -> None:
+                 fetch_max_bytes: int = 64 << 20, read_committed: bool = False) -> None:
         self._settings = dict(
             bootstrap_servers=bootstrap, client_id=client_id, group_id=None,
             enable_auto_commit=False, auto_offset_reset="earliest",
+            isolation_level="read_committed" if read_committed else "read_uncommitted",
             max_partition_fetch_bytes=max_partition_fetch_bytes,
             fetch_max_bytes=fetch_max_bytes)
         self._consumer: Optional[AIOKafkaConsumer] = None  # made in start(): needs the loop

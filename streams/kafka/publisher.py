@@ -74,3 +74,45 @@ class BatchPublisher:
                 if end > last.get(tp, -1):
                     last[tp] = end
         return last
+
+
+class TaskPublishers:
+    """Records routed by task (the input partition they belong to), one publisher each.
+
+    ``producer_for(task)`` names the producer of a task: under exactly-once each task has
+    its own transactional producer; at least once every task shares one producer, and
+    then one publisher serves them all.
+    """
+
+    def __init__(self, producer_for) -> None:
+        self._producer_for = producer_for
+        self._by_producer: dict[int, BatchPublisher] = {}
+        self._by_task: dict[int, BatchPublisher] = {}
+
+    def for_task(self, task: int) -> BatchPublisher:
+        """The publisher of ``task``'s records."""
+        pub = self._by_task.get(task)
+        if pub is None:
+            producer = self._producer_for(task)
+            pub = self._by_producer.get(id(producer))
+            if pub is None:
+                pub = self._by_producer[id(producer)] = BatchPublisher(producer)
+            self._by_task[task] = pub
+        return pub
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._by_producer.values())
+
+    async def send(self) -> None:
+        """Hand every queued record to its producer now, without waiting for acks."""
+        for pub in self._by_producer.values():
+            await pub.send()
+
+    async def flush(self) -> dict[tuple[str, int], int]:
+        """Send and wait for every ack; ``{(topic, partition): last offset}`` over all tasks."""
+        last: dict[tuple[str, int], int] = {}
+        for pub in self._by_producer.values():
+            for tp, offset in (await pub.flush()).items():
+                if offset > last.get(tp, -1):
+                    last[tp] = offset
+        return last
