@@ -9,17 +9,19 @@ from schemas.config import PipelineConfig, config_from_dict
 from schemas.records import DeadLetter, decode_dead_letter, encode_labeled
 from streams.join.event_time_join import LabeledOut
 from streams.join.processor import InputRecord, JoinProcessor
+from tests.oracle import assert_examples_match, expected_examples
 
 MIN = 60_000
 
 
-def make_config(kind: str = "binary", window: str = "30m", lateness: str = "2m",
+def config_dict(kind: str = "binary", window: str = "30m", lateness: str = "2m",
                 value: str = "elapsed_seconds", partitions: int = 1,
-                idle: str = "5s") -> PipelineConfig:
-    """A small pipeline config for tests."""
+                idle: str = "5s") -> dict[str, Any]:
+    """A small pipeline config for tests, as the dict a YAML file would load to
+    (what the oracle reads; ``make_config`` gives production's object of the same)."""
     label: dict[str, Any] = ({"kind": "binary", "positive": ["click"]} if kind == "binary"
                              else {"kind": "regression", "feedback": ["exit"], "value": value})
-    return config_from_dict({
+    return {
         "pipeline": "t",
         "broker": "kafka://127.0.0.1:9092",
         "topics": {"requests": "t.requests", "feedback": "t.feedback",
@@ -32,7 +34,14 @@ def make_config(kind: str = "binary", window: str = "30m", lateness: str = "2m",
         "slices": ["category"],
         "dataset": {"path": "data/t", "window": "1h"},
         "model": {"path": "models/t", "estimator": "sgd_classifier" if kind == "binary" else "sgd_regressor"},
-    })
+    }
+
+
+def make_config(kind: str = "binary", window: str = "30m", lateness: str = "2m",
+                value: str = "elapsed_seconds", partitions: int = 1,
+                idle: str = "5s") -> PipelineConfig:
+    """A small pipeline config for tests (production's object of ``config_dict``)."""
+    return config_from_dict(config_dict(kind, window, lateness, value, partitions, idle))
 
 
 def req(rid: str, ts: int, **features) -> bytes:
@@ -98,3 +107,17 @@ def _partition(raw: bytes, partitions: int) -> int:
     except Exception:
         return 0
     return zlib.crc32(str(rid).encode()) % partitions if partitions > 1 else 0
+
+
+def assert_run_matches_oracle(config: dict, arrivals: list[tuple[str, bytes]], run: Run,
+                              pii_key: Optional[bytes] = None) -> dict[str, dict]:
+    """The run's labeled examples equal the oracle's on the arrivals minus those the join
+    dead-lettered as ``late`` (DESIGN: the contract holds for events no later than the
+    allowed lateness), field by field; each request emitted once. Returns the oracle's."""
+    late = run.late_positions()
+    assert len(run.positions) == len(arrivals)
+    kept = [a for a, pos in zip(arrivals, run.positions) if pos not in late]
+    expected = expected_examples(config, [r for role, r in kept if role == "requests"],
+                                 [r for role, r in kept if role == "feedback"], pii_key)
+    assert_examples_match(expected, run.emitted)
+    return expected

@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.join.processor import JoinProcessor
-from tests.join_cases import Run, _partition, make_config
-from tests.oracle import assert_matches_oracle, oracle_labels
+from tests.join_cases import Run, _partition, assert_run_matches_oracle, config_dict, make_config
 from tests.test_join_property import scenarios
 
 
@@ -45,14 +44,9 @@ def drive_batches(config, arrivals, cuts, partitions: int = 1) -> Run:
 
 def _check(kind, scenario, cuts, partitions, lateness_min):
     arrivals, _ = scenario
-    cfg = make_config(kind, lateness=f"{lateness_min}m" if lateness_min else "0s")
-    run = drive_batches(cfg, arrivals, cuts, partitions)
-    late = run.late_positions()
-    assert len(run.positions) == len(arrivals)
-    kept = [a for a, pos in zip(arrivals, run.positions) if pos not in late]
-    expected = oracle_labels(cfg, [r for role, r in kept if role == "requests"],
-                             [r for role, r in kept if role == "feedback"])
-    assert_matches_oracle(expected, run.labeled)
+    lateness = f"{lateness_min}m" if lateness_min else "0s"
+    run = drive_batches(make_config(kind, lateness=lateness), arrivals, cuts, partitions)
+    assert_run_matches_oracle(config_dict(kind, lateness=lateness), arrivals, run)
     assert len(run.emitted) == len(run.labeled)
 
 
@@ -75,9 +69,7 @@ def test_regression_batches_equal_oracle(scenario, cuts, partitions, lateness_mi
 @given(scenarios("binary"), cuts_st)
 def test_nothing_is_late_in_batches_when_lateness_covers_disorder(scenario, cuts):
     arrivals, disorder = scenario
-    cfg = make_config("binary", lateness=f"{disorder // 1000 + 1}s")
-    run = drive_batches(cfg, arrivals, cuts)
+    lateness = f"{disorder // 1000 + 1}s"
+    run = drive_batches(make_config("binary", lateness=lateness), arrivals, cuts)
     assert "late" not in run.reasons()
-    assert_matches_oracle(oracle_labels(cfg, [r for role, r in arrivals if role == "requests"],
-                                        [r for role, r in arrivals if role == "feedback"]),
-                          run.labeled)
+    assert_run_matches_oracle(config_dict("binary", lateness=lateness), arrivals, run)

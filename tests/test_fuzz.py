@@ -18,9 +18,10 @@ from hypothesis import strategies as st
 
 from schemas.events import MAX_EVENT_BYTES, MAX_STRING_CHARS
 from streams.dev.simulate import generate
-from tests.join_cases import drive, make_config
-from tests.oracle import assert_matches_oracle, oracle_labels
+from tests.join_cases import config_dict, drive, make_config
+from tests.oracle import assert_examples_match, expected_examples
 
+CONFIG_DICT = config_dict("binary")
 CONFIG = make_config("binary")
 VALID = generate(CONFIG, "ctr", 300, seed=4, bad_fraction=0.0, rate_per_s=1.0)
 EXAMPLES = 120
@@ -108,7 +109,7 @@ def test_bad_events_are_dead_lettered_and_valid_ones_labeled(bad, slots):
             assert got == {reason}, (raw[:80], got)
     reqs = [v for r, v in arrivals if r == "requests"]
     fbs = [v for r, v in arrivals if r == "feedback"]
-    assert_matches_oracle(oracle_labels(CONFIG, reqs, fbs), run.labeled)
+    assert_examples_match(expected_examples(CONFIG_DICT, reqs, fbs), run.emitted)
 
 
 def test_memory_bounds_per_message_and_per_pending_request():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.join_cases import MIN, drive, fb, make_config, req
+from tests.join_cases import MIN, assert_run_matches_oracle, config_dict, drive, fb, make_config, req
 
 T0 = 1_795_000_000_000
 W = 30 * MIN  # label window of make_config()
@@ -56,6 +56,7 @@ def test_binary_join(name, arrivals, expected, reasons):
     assert {k: (v["label"], v["label_ts"]) for k, v in run.labeled.items()} == expected
     assert sorted(run.reasons()) == sorted(reasons)
     assert len(run.emitted) == len(run.labeled), "each request labeled exactly once"
+    assert_run_matches_oracle(config_dict(), arrivals, run)  # every field, not only the label
 
 
 REGRESSION_CASES = [
@@ -80,12 +81,14 @@ def test_regression_join(name, arrivals, expected, reasons):
     run = drive(make_config("regression"), arrivals)
     assert {k: (v["label"], v["label_ts"]) for k, v in run.labeled.items()} == expected
     assert sorted(run.reasons()) == sorted(reasons)
+    assert_run_matches_oracle(config_dict("regression"), arrivals, run)
 
 
 def test_regression_value_from_feedback_field():
-    cfg = make_config("regression", value="field:minutes")
-    run = drive(cfg, [("requests", req("a", T0)), ("feedback", fb("a", T0 + 1000, "exit", minutes=7.5))])
+    arrivals = [("requests", req("a", T0)), ("feedback", fb("a", T0 + 1000, "exit", minutes=7.5))]
+    run = drive(make_config("regression", value="field:minutes"), arrivals)
     assert run.labeled["a"]["label"] == 7.5
+    assert_run_matches_oracle(config_dict("regression", value="field:minutes"), arrivals, run)
 
 
 def test_positive_is_emitted_before_the_watermark_moves():
@@ -109,9 +112,34 @@ def test_dead_letter_keeps_original_bytes_and_position():
 
 
 def test_labeled_example_columns():
-    run = drive(make_config(), [("requests", req("a", T0 + 61 * MIN, price="0", category="x"))])
+    arrivals = [("requests", req("a", T0 + 61 * MIN, price="0", category="x"))]
+    run = drive(make_config(), arrivals)
+    assert_run_matches_oracle(config_dict(), arrivals, run)
     ex = run.labeled["a"]
     assert list(ex)[:7] == ["request_id", "request_ts", "window_start", "label", "label_ts",
                             "prediction", "model_version"]
     assert ex["window_start"] == T0 + 61 * MIN - (T0 + 61 * MIN) % 3_600_000
     assert ex["price"] == 0.0 and ex["category"] == "x"
+
+
+@pytest.mark.parametrize("scenario,partitions", [("ctr", 1), ("ctr", 3), ("airport", 2)])
+def test_simulated_example_pipelines_equal_oracle(scenario, partitions):
+    """The example configs in-process (no broker): every column of every labeled example,
+    hashed PII (ctr: user_email) and dropped PII (airport: passport_id) included, with the
+    simulator's messy inputs (mixed time formats, numeric strings, duplicates, malformed
+    events, early and orphan feedback)."""
+    import yaml
+    from pathlib import Path
+    from schemas.config import load_config
+    from schemas.pii import PiiHasher
+    from streams.dev.simulate import generate
+    from tests.pipeline_runs import PII_KEY
+
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{scenario}.yaml"
+    data = yaml.safe_load(path.read_text())
+    cfg = load_config(path, environ={"DLABEL_PII_KEY": PII_KEY})
+    events = generate(cfg, scenario, 600, seed=5, bad_fraction=0.03)
+    arrivals = [(e.role, e.value) for e in events]
+    run = drive(cfg, arrivals, partitions=partitions, pii=PiiHasher(PII_KEY.encode()))
+    expected = assert_run_matches_oracle(data, arrivals, run, PII_KEY.encode())
+    assert len(expected) > 500 and "late" not in run.reasons()
