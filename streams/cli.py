@@ -38,8 +38,17 @@ def main(verbose: bool, log_format: Optional[str]) -> None:
 @main.command()
 @click.option("--port", default=9092, show_default=True)
 @click.option("--host", default="0.0.0.0", show_default=True)
-def broker(port: int, host: str) -> None:
-    """Run the embedded Tansu broker in the foreground until Ctrl-C."""
+@click.option("--engine", type=click.Choice(["tansu", "kafka"]), default="tansu",
+              show_default=True,
+              help="tansu: the embedded broker (in memory, no Java); kafka: a single-node "
+                   "Apache Kafka (KRaft) from the official jars (Java 17+; Maven fetches "
+                   "the jars once)")
+def broker(port: int, host: str, engine: str) -> None:
+    """Run a broker in the foreground until Ctrl-C or SIGTERM: the embedded Tansu broker,
+    or Apache Kafka with --engine kafka."""
+    if engine == "kafka":
+        from streams.kafka.kafka_broker import run_foreground as run_kafka
+        sys.exit(run_kafka(port=port, host=host))
     from streams.kafka.broker import run_foreground
     sys.exit(run_foreground(port=port, host=host))
 
