@@ -28,6 +28,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 
 import streams.kafka.kafka_broker as kafka_broker
+import streams.kafka.kafka_jars as kafka_jars
 from schemas.errors import BrokerError
 from streams.kafka.broker import probe
 from streams.kafka.kafka_broker import KafkaBroker, cached_libs, java_binary, kafka_libs
@@ -148,7 +149,7 @@ def test_starts_and_answers(kafka: KafkaBroker) -> None:
 def test_second_start_uses_the_cache_and_stop_cleans_up(kafka: KafkaBroker, monkeypatch) -> None:
     def no_maven(*args, **kwargs):
         raise AssertionError("Maven ran although the jars are cached")
-    monkeypatch.setattr(kafka_broker, "_maven_fetch", no_maven)
+    monkeypatch.setattr(kafka_jars, "_maven_fetch", no_maven)
     libs = kafka_libs(kafka.version)
     assert (libs / f"kafka_2.13-{kafka.version}.jar").is_file()
     b = KafkaBroker()  # a second broker, side by side, from the cache
