@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 
 from schemas.errors import BrokerError
 from streams.kafka.broker import EmbeddedBroker, probe
 from streams.kafka.topics import ensure_topics, partition_count, topic_plan
+from tests.waiting import read_to_end, wait_until
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,13 +27,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_dead(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
+def _wait_dead(pid: int) -> None:
+    """Returns once ``pid`` is gone (or a zombie); fails the test after a generous minute."""
+    wait_until(lambda: not _alive(pid), what=f"process {pid} to exit")
 
 
 def test_start_stop_and_child_gone() -> None:
@@ -45,7 +42,7 @@ def test_start_stop_and_child_gone() -> None:
         assert b.bootstrap == f"127.0.0.1:{b.port}"
         assert probe("127.0.0.1", b.port)
     assert b.pid is None
-    assert _wait_dead(pid)
+    _wait_dead(pid)
     assert not probe("127.0.0.1", b.port, timeout=0.5)
     b.stop()  # idempotent
 
@@ -74,7 +71,7 @@ def test_child_dies_with_killed_parent(tmp_path: Path) -> None:
         assert _alive(child)
         parent.kill()  # SIGKILL: no atexit, no cleanup in Python
         parent.wait()
-        assert _wait_dead(child), "the broker outlived its killed parent"
+        _wait_dead(child)  # else: the broker outlived its killed parent
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -101,12 +98,16 @@ def test_topics_have_explicit_configs(broker: EmbeddedBroker, make_config) -> No
     ensure_topics(broker.bootstrap, cfg)
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     try:
-        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, cfg.topics.requests)],
+        res = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t)
+                                      for t in (cfg.topics.requests, cfg.topics.labeled)],
                                      config_filter="all")
     finally:
         admin.close()
-    configs = res["topic"][cfg.topics.requests]
-    assert "retention.ms" in configs and configs["cleanup.policy"]["value"] == "delete"
+    # inputs: retention is the operator's, only the policy is stated
+    inputs = res["topic"][cfg.topics.requests]
+    assert inputs["cleanup.policy"]["value"] == "delete" and "retention.ms" not in inputs
+    labeled = res["topic"][cfg.topics.labeled]
+    assert "retention.ms" in labeled and labeled["cleanup.policy"]["value"] == "delete"
 
 
 def test_partition_mismatch_raises(broker: EmbeddedBroker, make_config) -> None:
@@ -152,21 +153,33 @@ def test_round_trip_across_partitions(broker: EmbeddedBroker, make_config) -> No
         producer.flush()
     finally:
         producer.close()
-    consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
-                             session_timeout_ms=6000, heartbeat_interval_ms=1000,
-                             allow_auto_create_topics=False)
-    tps = [TopicPartition(topic, p) for p in range(4)]
-    got: dict[bytes, tuple[bytes, int]] = {}
+    records = read_to_end(broker.bootstrap, topic)  # the whole topic, duplicates included
+    assert Counter(r.key for r in records) == Counter(b"k%d" % i for i in range(n))
+    assert all(r.value == b"v" + r.key[1:] for r in records)
+    assert {r.partition for r in records} == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("policy", [{"cleanup.policy": "delete"},
+                                    {"cleanup.policy": "compact,delete", "retention.ms": "3600000"}])
+def test_existing_changelog_that_would_lose_state_is_refused(broker: EmbeddedBroker, make_config,
+                                                             policy) -> None:
+    from kafka.admin import KafkaAdminClient, NewTopic
+    cfg = make_config("ctr", broker=broker.url)
+    changelog = f"{cfg.pipeline}.state-changelog"
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
     try:
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + 30
-        while len(got) < n and time.monotonic() < deadline:
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                for r in records:
-                    got[r.key] = (r.value, tp.partition)
+        admin.create_topics([NewTopic(changelog, cfg.topics.partitions, 1, topic_configs=policy)])
     finally:
-        consumer.close()
-    assert len(got) == n
-    assert all(got[b"k%d" % i][0] == b"v%d" % i for i in range(n))
-    assert {p for _, p in got.values()} == {0, 1, 2, 3}
+        admin.close()
+    with pytest.raises(BrokerError) as err:
+        ensure_topics(broker.bootstrap, cfg, compacted=[changelog])
+    msg = str(err.value)
+    assert changelog in msg and policy["cleanup.policy"] in msg
+    assert "cleanup.policy=compact,retention.ms=-1" in msg
+
+
+def test_existing_compacted_changelog_is_accepted(broker: EmbeddedBroker, make_config) -> None:
+    cfg = make_config("ctr", broker=broker.url)
+    changelog = f"{cfg.pipeline}.state-changelog"
+    ensure_topics(broker.bootstrap, cfg, compacted=[changelog])
+    ensure_topics(broker.bootstrap, cfg, compacted=[changelog])  # again: already right

@@ -27,8 +27,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def dlabel(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
+def dlabel(*args: str, env: dict[str, str] | None = None, timeout: float = 180,
            cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run ``dlabel *args``; ``timeout`` only bounds a hung command (generous: shared CPUs)."""
     return subprocess.run([sys.executable, "-m", "streams.cli", *args], capture_output=True,
                           text=True, env=clean_env() if env is None else env, cwd=str(cwd),
                           timeout=timeout)
@@ -129,7 +130,7 @@ def test_worker_without_pii_key_fails_before_touching_the_broker(
     assert yaml.safe_load(config.read_text())["features"]["user_email"]["pii"] == "hash"
     env = clean_env() if key is None else clean_env(DLABEL_PII_KEY=key)
     result = dlabel("worker", "-c", str(config), "--broker",
-                    f"kafka://127.0.0.1:{detector.port}", env=env, timeout=30)
+                    f"kafka://127.0.0.1:{detector.port}", env=env)
     err = result.stderr
     assert result.returncode != 0
     assert "DLABEL_PII_KEY" in err, err
@@ -149,8 +150,10 @@ def test_simulate_then_tail_requests(broker: EmbeddedBroker, tmp_path: Path,
     assert sim.returncode == 0, sim.stderr
     assert f"({n_requests} requests)" in sim.stdout
 
+    # -n 5 ends the tail at the fifth record; --timeout only bounds a broken run (it is
+    # counted from before the first fetch, so a short one may stop before any record)
     result = dlabel("tail", "-c", str(config), "--topic", "requests", "-n", "5",
-                    "--timeout", "5")
+                    "--timeout", "60")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 5, result.stdout
@@ -171,7 +174,7 @@ def test_tail_with_broker_from_the_environment(broker: EmbeddedBroker, tmp_path:
     sim = dlabel("simulate", "-c", str(config), "--requests", "10", env=env)
     assert sim.returncode == 0, sim.stderr
     result = dlabel("tail", "-c", str(config), "--topic", "requests", "-n", "3",
-                    "--timeout", "5", env=env)
+                    "--timeout", "60", env=env)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 3
 

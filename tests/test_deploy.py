@@ -64,7 +64,7 @@ class Container:
     image: str
     argv: list[str]
     env: dict[str, object]          # name -> value, or ("secret", secret name, key)
-    ports: set[int]                 # metrics ports published (compose) / declared (k8s)
+    ports: list[int]                # metrics ports published (compose) / declared (k8s), sorted
     writable: set[str] = field(default_factory=set)  # mount paths on writable persistent volumes
     mounted: set[str] = field(default_factory=set)   # every mount path
     configs: dict[str, str] = field(default_factory=dict)  # mounted file path -> its text
@@ -91,7 +91,7 @@ def compose_containers() -> list[Container]:
         env |= svc.get("environment") or {}
         argv = svc.get("entrypoint", ENTRYPOINT) + svc["command"]
         c = Container("compose", name, svc["image"], argv, env,
-                      {int(p.split(":")[-1]) for p in svc.get("ports", [])})
+                      sorted(int(p.split(":")[-1]) for p in svc.get("ports", [])))
         for vol in svc.get("volumes", []):
             source, target, *mode = vol.split(":")
             c.mounted.add(target)
@@ -114,7 +114,7 @@ def k8s_containers() -> list[Container]:
             env = {e["name"]: e.get("value") or ("secret", e["valueFrom"]["secretKeyRef"]["name"],
                                                   e["valueFrom"]["secretKeyRef"]["key"])
                    for e in ct.get("env", [])}
-            ports = {p["containerPort"] for p in ct.get("ports", []) if p["name"] == "metrics"}
+            ports = sorted(p["containerPort"] for p in ct.get("ports", []) if p["name"] == "metrics")
             argv = ct.get("command", ENTRYPOINT) + ct.get("args", [])
             c = Container("k8s", name, ct["image"], argv, env, ports)
             for m in ct.get("volumeMounts", []):
@@ -242,7 +242,7 @@ def test_config_volumes_ports_image_env(c: Container, tmp_path: Path):
         assert under(cfg.model.path, c.writable), f"{c}: model.path not on a writable volume"
         assert not local_dataset or under(cfg.dataset.path, c.mounted), f"{c}: dataset not mounted"
     port = int(option(c, "--metrics-port"))
-    assert c.ports == ({port, port + 1} if r == "join+sink" else {port}), f"{c}: ports {c.ports}"
+    assert c.ports == ([port, port + 1] if r == "join+sink" else [port]), f"{c}: ports {c.ports}"
     assert c.image.rsplit("/", 1)[-1] == f"dlabel:{VERSION}"
     assert set(c.env) <= KNOWN_ENV, f"{c}: unknown variables {set(c.env) - KNOWN_ENV}"
     needs = set()
@@ -322,5 +322,5 @@ def test_compose_kafka_is_kraft_and_reachable_at_the_configured_broker(tmp_path:
 def test_kustomization_lists_every_manifest_but_the_secret_example():
     kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     files = {f.name for f in K8S.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
-    assert set(kust["resources"]) == files
+    assert sorted(kust["resources"]) == sorted(files)  # each exactly once
     assert all(i["newTag"] == VERSION for i in kust["images"] if i["name"] == "dlabel")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import pytest
 from kafka import KafkaProducer
@@ -15,6 +14,7 @@ from streams.dev.synthetic_windows import window_event
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.topics import ensure_topics
 from tests.jobs_support import START, H, on_tmp, write_ctr_windows
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -32,6 +32,15 @@ def test_parse_events_dedupes_and_ignores_bad_ones():
                         json.dumps({"pipeline": "ctr"}).encode()], "ctr", s)
     assert sorted(got) == [START, START + H]
     assert (s.events, s.duplicates, s.ignored) == (6, 1, 3)
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _script(tmp_path, body: str):
@@ -82,14 +91,25 @@ def test_a_job_that_fails_once_then_succeeds(cfg, tmp_path):
 
 
 def test_a_job_that_hangs_is_killed_at_the_timeout(make_config, tmp_path):
-    cfg = on_tmp(make_config("ctr"), tmp_path, retries=1, retry_backoff_ms=0, job_timeout_ms=500)
+    """Each attempt is killed at the timeout, and the window is recorded as timed out."""
+    cfg = on_tmp(make_config("ctr"), tmp_path, retries=1, retry_backoff_ms=0, job_timeout_ms=2000)
+    pids = tmp_path / "pids"
+
+    def hang(config_json, window, manifest):  # a shell that starts at once, then hangs
+        return ["/bin/sh", "-c", f'echo $$ >> "{pids}"; exec sleep 60']
     s = RunSummary()
-    t = time.monotonic()
-    Runner(cfg, job_argv=_script(tmp_path, "import time; time.sleep(60)\n"),
-           sleep=lambda s: None).run_windows({START: None}, s)
-    assert time.monotonic() - t < 10
-    rec = Registry(cfg.model.path).window_record(window_iso(START))
-    assert s.failed and rec["status"] == "failed" and "timed out after 0.5s" in rec["error"]
+    Runner(cfg, job_argv=hang, sleep=lambda s: None).run_windows({START: None}, s)
+    assert s.failed == [window_iso(START)] and s.trained == []
+    reg = Registry(cfg.model.path)
+    rec = reg.window_record(window_iso(START))
+    assert rec["status"] == "failed" and rec["attempts"] == 2
+    assert rec["error"] == "timed out after 2s (killed)"
+    for attempt in (1, 2):
+        assert "[runner] timed out after 2s (killed)" in reg.log_path(window_iso(START),
+                                                                      attempt).read_text()
+    started = [int(line) for line in pids.read_text().split()]
+    assert len(started) == 2, "one process per attempt"
+    assert not [pid for pid in started if _alive(pid)], "a timed-out job is still running"
 
 
 def test_windows_run_in_order_once_each(cfg):
@@ -122,7 +142,9 @@ def test_runner_on_the_broker(broker: EmbeddedBroker, make_config, tmp_path):
     producer.send(cfg.topics.windows, value=b"garbage")
     producer.flush()
     producer.close()
-    s = run_until_idle(cfg, idle_s=1.5)
+    # the runner reads the topic until idle_s pass without an event, counting from before
+    # its first fetch: generous, so that a slow first fetch is not taken for an empty topic
+    s = run_until_idle(cfg, idle_s=5.0)
     assert s.trained == [window_iso(w) for w in starts]
     assert (s.events, s.duplicates, s.ignored, s.failed) == (6, 2, 1, [])
     reg = Registry(cfg.model.path)
@@ -131,7 +153,7 @@ def test_runner_on_the_broker(broker: EmbeddedBroker, make_config, tmp_path):
     # a replay of the whole topic trains nothing (through the demo's one-call API)
     from jobs.loop import retrain_until_idle
     lines: list[str] = []
-    out = retrain_until_idle(cfg, "category", "mens_dress_shoes", idle_s=1.0, echo=lines.append,
+    out = retrain_until_idle(cfg, "category", "mens_dress_shoes", idle_s=5.0, echo=lines.append,
                              report_dir=tmp_path / "report")
     again = out["summary"]
     assert again.trained == [] and again.skipped == s.trained and len(reg.versions()) == 3
@@ -156,11 +178,11 @@ def test_runner_follows_the_topic(broker: EmbeddedBroker, make_config, tmp_path)
         producer.send(cfg.topics.windows, value=json.dumps(ev).encode())
         producer.flush()
 
-    def wait_for(n):
-        deadline = time.monotonic() + 60
-        while len(reg.window_records()) < n and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return len(reg.window_records())
+    def trained(*windows):
+        """Wait until exactly ``windows`` have a window record, each "trained"."""
+        want = {window_iso(w): "trained" for w in windows}
+        return wait_until(lambda: {w: r["status"] for w, r in reg.window_records().items()}
+                          == want, timeout=180, interval=0.2, what=f"records {want}")
 
     stop = threading.Event()
     result = {}
@@ -169,13 +191,16 @@ def test_runner_follows_the_topic(broker: EmbeddedBroker, make_config, tmp_path)
     publish(starts[0])
     t.start()
     try:
-        assert wait_for(1) == 1
+        trained(starts[0])
+        # a duplicate while following, sent before the next window: the topic has one
+        # partition, so once that window is trained the runner has read the duplicate too
+        publish(starts[0])
         publish(starts[1])
-        publish(starts[0])  # a duplicate while following
-        assert wait_for(2) == 2
+        trained(starts[0], starts[1])
     finally:
         stop.set()
-        t.join(30)
+        t.join(60)
         producer.close()
+    assert not t.is_alive(), "run_forever did not stop when told to"
     assert result["s"].trained == [window_iso(w) for w in starts]
     assert result["s"].skipped == [window_iso(starts[0])]

@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -24,8 +23,8 @@ import pytest
 
 from streams.kafka.broker import free_port
 from streams.dev.simulate import generate, produce
-from streams.dev.tail import read_topic
 from tests.pipeline_runs import PII_KEY, kill_group, load, worker_cmd, worker_env, write_pipeline
+from tests.waiting import read_to_end, wait_until
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +37,7 @@ def _start(cmd: list[str], log: Path) -> subprocess.Popen:
 
 
 def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as r:
         return r.read().decode()
 
 
@@ -81,19 +80,23 @@ def test_metrics_scraped_and_no_pii_anywhere(broker, tmp_path, unique_name):
     try:
         # idle inputs let event time move on with the clock (at its pace): the first two
         # windows close and train; the last one waits for label_window of real time
-        deadline = time.monotonic() + 150
-        trained = 0.0
-        while time.monotonic() < deadline:
-            assert worker.poll() is None and jobs.poll() is None, \
-                (tmp_path / "worker.log").read_text()[-2000:] + (tmp_path / "jobs.log").read_text()[-2000:]
+        def logs() -> str:
+            return "\n".join(f"--- {name} (tail)\n" + (tmp_path / name).read_text()[-3000:]
+                             for name in ("worker.log", "jobs.log"))
+
+        def two_trained() -> bool:
+            assert worker.poll() is None and jobs.poll() is None, logs()
             try:
-                trained = _metric(_scrape(jobs_port), "dlabel_jobs_total", outcome="trained")
-            except (AssertionError, OSError):
-                trained = 0.0
-            if trained >= 2:
-                break
-            time.sleep(1)
-        assert trained >= 2, "the jobs runner did not train the closed windows"
+                return _metric(_scrape(jobs_port), "dlabel_jobs_total", outcome="trained") >= 2
+            except (AssertionError, OSError):  # not serving yet, or nothing trained yet
+                return False
+        try:  # (under the 300 s per-test timeout, to fail with the logs)
+            wait_until(two_trained, timeout=240, interval=1,
+                       what="the jobs runner to train the two closed windows")
+        except AssertionError as e:
+            if not str(e).startswith("gave up"):
+                raise  # a process died: its message has the logs already
+            raise AssertionError(f"{e}\n{logs()}") from None
         sink_page = _scrape(worker_port + 1)
         jobs_page = _scrape(jobs_port)
         join_page = _scrape(worker_port)
@@ -131,8 +134,8 @@ def test_metrics_scraped_and_no_pii_anywhere(broker, tmp_path, unique_name):
 
     # no raw PII value and no HMAC key in any output
     key = PII_KEY.encode()
-    outputs = [("labeled topic", b"\n".join(r.value for r in read_topic(
-        broker.bootstrap, cfg.topics.labeled, idle_timeout_s=1.0)))]
+    outputs = [("labeled topic", b"\n".join(r.value for r in read_to_end(
+        broker.bootstrap, cfg.topics.labeled)))]
     outputs += [("metrics", (sink_page + jobs_page + join_page).encode())]
     for root in (Path(cfg.dataset.path), Path(cfg.model.path)):
         outputs += [(str(p), data) for p, data in _file_texts(root)]

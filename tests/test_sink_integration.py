@@ -12,11 +12,10 @@ import pytest
 from schemas.dataset_schema import arrow_schema, parse_window_dir
 from streams.dev.simulate import generate, produce
 from streams.common.storage import LocalStorage
-from streams.dev.tail import read_topic
 from streams.dataset.manifest import list_windows, read_manifest
-from tests.oracle import assert_matches_oracle, oracle_labels
+from tests.oracle import assert_examples_match, expected_examples, read_dataset_examples
 from tests.pipeline_runs import PII_KEY, load, run_drain, write_pipeline
-from schemas.pii import PiiHasher
+from tests.waiting import read_to_end, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -26,17 +25,14 @@ def dataset_rows(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path, partitioning=None)
 
 
-def as_examples(df: pd.DataFrame) -> dict[str, dict]:
-    out = {}
-    for row in df.itertuples(index=False):
-        out[row.request_id] = {"label": int(row.label) if not isinstance(row.label, float) else row.label,
-                               "request_ts": int(row.request_ts.value // 1_000_000),
-                               "label_ts": int(row.label_ts.value // 1_000_000)}
-    return out
-
-
 def windows_events(bootstrap: str, topic: str) -> list[dict]:
-    return [json.loads(r.value) for r in read_topic(bootstrap, topic, idle_timeout_s=1.5)]
+    """Every event of the windows topic, duplicates included."""
+    return [json.loads(r.value) for r in read_to_end(bootstrap, topic)]
+
+
+def started(caplog) -> int:
+    """How many sinks logged that they started (took the lock, recovered, sent unsent events)."""
+    return sum(r.getMessage().startswith("sink started at") for r in caplog.records)
 
 
 @pytest.mark.parametrize("scenario,partitions", [("ctr", 4), ("airport", 2)])
@@ -52,12 +48,12 @@ def test_dataset_equals_oracle_and_windows_close(broker, tmp_path, unique_name, 
 
     reqs = [e.value for e in events if e.role == "requests"]
     fbs = [e.value for e in events if e.role == "feedback"]
-    expected = oracle_labels(cfg, reqs, fbs, PiiHasher(PII_KEY.encode()))
+    expected = expected_examples(path, reqs, fbs, PII_KEY.encode())
     data = Path(cfg.dataset.path)
 
     df = dataset_rows(data)
     assert df.request_id.is_unique
-    assert_matches_oracle(expected, as_examples(df))
+    assert_examples_match(expected, read_dataset_examples(data))
 
     # pyarrow.dataset and DuckDB read the same rows
     table = ds.dataset(data, format="parquet", partitioning=None).to_table()
@@ -83,16 +79,18 @@ def test_dataset_equals_oracle_and_windows_close(broker, tmp_path, unique_name, 
         if cfg.label.kind == "binary":
             assert manifest["positives"] == int(rows.label.sum())
     events_out = windows_events(broker.bootstrap, cfg.topics.windows)
-    assert sorted({e["window_start"] for e in events_out}) == sorted(w["window_start"] for w in windows)
+    assert sorted(e["window_start"] for e in events_out) == sorted(w["window_start"] for w in windows)
     for e in events_out:
         assert Path(e["manifest"]).is_file() and e["pipeline"] == cfg.pipeline
     # readers never see temp files
     assert not [p for p in data.rglob("*") if p.name.startswith(".")]
 
 
-def test_windows_event_lost_in_a_crash_is_sent_on_restart_once(broker, make_config, tmp_path):
+def test_windows_event_lost_in_a_crash_is_sent_on_restart_once(broker, make_config, tmp_path,
+                                                                caplog):
     """A crash after a manifest and before its windows event: the restarted sink sends it."""
     import dataclasses
+    import logging
     import threading
     from streams.dataset.writer import DatasetWriter
     from streams.pipeline import prepare
@@ -108,21 +106,24 @@ def test_windows_event_lost_in_a_crash_is_sent_on_restart_once(broker, make_conf
     writer.commit_all()
     writer.close(writer.ready_windows(2 ** 62)[0], cfg.topics.labeled)  # ... and crash here
 
-    def run_sink_briefly() -> None:
+    def run_sink_until_started(n: int) -> None:
+        """Run a sink until it logged its start (after sending unsent events), then stop it."""
         sink = DatasetSink(cfg, SinkOptions(bootstrap=broker.bootstrap))
-        thread = threading.Thread(target=sink.run)
+        thread = threading.Thread(target=sink.run, daemon=True)
         thread.start()
         try:
-            deadline = __import__("time").monotonic() + 60
-            while not windows_events(broker.bootstrap, cfg.topics.windows) and \
-                    __import__("time").monotonic() < deadline:
-                pass
+            wait_until(lambda: started(caplog) == n or not thread.is_alive(),
+                       what=f"sink {n} to start")
+            assert started(caplog) == n, "the sink stopped before it started"
         finally:
             sink.stop()
-            thread.join(30)
+            thread.join(60)
+        assert not thread.is_alive()
 
-    run_sink_briefly()
-    run_sink_briefly()
+    with caplog.at_level(logging.INFO, logger="dlabel.sink"):
+        run_sink_until_started(1)
+        assert len(windows_events(broker.bootstrap, cfg.topics.windows)) == 1
+        run_sink_until_started(2)  # a restart with nothing unsent sends nothing
     events_out = windows_events(broker.bootstrap, cfg.topics.windows)
     assert len(events_out) == 1
     assert events_out[0]["rows"] == 1 and events_out[0]["positives"] == 1
@@ -148,7 +149,6 @@ def test_unwritable_dataset_path_stalls_the_sink_then_it_resumes(broker, make_co
     import dataclasses
     import logging
     import threading
-    import time
     from kafka import KafkaAdminClient
     from schemas.dataset_schema import window_dir
     from streams.common import metrics
@@ -166,26 +166,43 @@ def test_unwritable_dataset_path_stalls_the_sink_then_it_resumes(broker, make_co
     blocker.write_text("in the way")
 
     sink = DatasetSink(cfg, SinkOptions(bootstrap=broker.bootstrap, drain=True, retry_s=0.3))
+    failed_commits: list[OSError] = []
+    commit_all = sink.writer.commit_all
+
+    def counted_commit_all():
+        try:
+            return commit_all()
+        except OSError as e:
+            failed_commits.append(e)
+            raise
+    sink.writer.commit_all = counted_commit_all
     result = {}
-    thread = threading.Thread(target=lambda: result.update(sink.run()))
+    thread = threading.Thread(target=lambda: result.update(sink.run()), daemon=True)
     with caplog.at_level(logging.INFO, logger="dlabel.sink"):
         thread.start()
-        deadline = time.monotonic() + 60
-        while sink.stalled is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert sink.stalled is not None, "the sink did not notice the unwritable path"
-        time.sleep(1.5)  # several retries
-        assert metrics.SINK_STALLED._value.get() == 1
-        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
         try:
-            offsets = admin.list_group_offsets(sink_group(cfg))
-            assert not any(offsets.values()), f"offsets committed while the data was not: {offsets}"
+            wait_until(lambda: sink.stalled is not None or not thread.is_alive(),
+                       what="the sink to notice the unwritable path")
+            assert sink.stalled is not None, "the sink did not notice the unwritable path"
+            stalled_at = len(failed_commits)
+            wait_until(lambda: len(failed_commits) >= stalled_at + 3 or not thread.is_alive(),
+                       what="three more failed commits while stalled")
+            assert sink.stalled is not None and metrics.SINK_STALLED._value.get() == 1
+            admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+            try:
+                offsets = admin.list_group_offsets(sink_group(cfg))
+                assert not any(offsets.values()), \
+                    f"offsets committed while the data was not: {offsets}"
+            finally:
+                admin.close()
+            assert thread.is_alive()
+            blocker.unlink()  # the operator fixes the path
+            thread.join(120)  # drain mode: it ends by itself once everything is written
+            assert not thread.is_alive(), "the sink did not resume and drain"
         finally:
-            admin.close()
-        assert thread.is_alive()
-        blocker.unlink()  # the operator fixes the path
-        thread.join(60)
-    assert not thread.is_alive() and result["rows"] == 50 and result["windows_closed"] == 1
+            sink.stop()  # after a failure above: do not leave the sink running
+            thread.join(60)
+    assert result["rows"] == 50 and result["windows_closed"] == 1
     errors = [r for r in caplog.records if "cannot write to" in r.getMessage()]
     assert len(errors) == 1 and "not committing offsets" in errors[0].getMessage()
     assert any("resuming" in r.getMessage() for r in caplog.records)
@@ -199,7 +216,6 @@ def test_a_second_sink_stands_by_and_takes_over(broker, make_config, tmp_path, c
     import dataclasses
     import logging
     import threading
-    import time
     from streams.pipeline import prepare
     from streams.dataset.sink import DatasetSink, SinkOptions
     from tests.test_dataset_writer import T0, example
@@ -211,20 +227,34 @@ def test_a_second_sink_stands_by_and_takes_over(broker, make_config, tmp_path, c
     first = DatasetSink(cfg, SinkOptions(bootstrap=broker.bootstrap, retry_s=0.2))
     second = DatasetSink(cfg, SinkOptions(bootstrap=broker.bootstrap, drain=True, retry_s=0.2))
     results = {}
-    t1 = threading.Thread(target=lambda: results.update(first=first.run()))
-    t2 = threading.Thread(target=lambda: results.update(second=second.run()))
+    t1 = threading.Thread(target=lambda: results.update(first=first.run()), daemon=True)
+    t2 = threading.Thread(target=lambda: results.update(second=second.run()), daemon=True)
     with caplog.at_level(logging.INFO, logger="dlabel.sink"):
         t1.start()
-        time.sleep(2)
-        t2.start()
-        time.sleep(2)
-        assert any("standing by" in r.getMessage() for r in caplog.records)
-        _produce_labeled(broker.bootstrap, cfg, [example(f"r{i}", T0 + i, 1) for i in range(30)])
-        time.sleep(2)
-        first.stop()
-        t1.join(30)
-        t2.join(60)
-    assert not t2.is_alive()
-    assert any("took over" in r.getMessage() for r in caplog.records)
+        try:
+            wait_until(lambda: started(caplog) == 1 or not t1.is_alive(), what="the first sink")
+            assert started(caplog) == 1 and t1.is_alive()
+            t2.start()
+            wait_until(lambda: any("standing by" in r.getMessage() for r in caplog.records)
+                       or started(caplog) > 1 or not t2.is_alive(),
+                       what="the second sink to stand by")
+            assert t2.is_alive() and started(caplog) == 1  # waiting on the lock, not running
+            _produce_labeled(broker.bootstrap, cfg,
+                             [example(f"r{i}", T0 + i, 1) for i in range(30)])
+            # the first sink writes the rows and closes their window (it sends its event)
+            wait_until(lambda: first.sent or not t1.is_alive(), what="the first sink's window")
+            assert len(first.sent) == 1
+            first.stop()
+            t1.join(60)
+            t2.join(120)  # drain mode: it ends by itself once it took over and found all done
+            assert not t1.is_alive() and not t2.is_alive()
+        finally:
+            first.stop()  # after a failure above: do not leave the sinks running
+            second.stop()
+            t1.join(60)
+            if t2.ident is not None:  # started
+                t2.join(60)
+    assert any("took over" in r.getMessage() for r in caplog.records) and started(caplog) == 2
     df = pd.read_parquet(data, partitioning=None)
     assert len(df) == 30 and df.request_id.is_unique
+    assert len(windows_events(broker.bootstrap, cfg.topics.windows)) == 1  # not sent again

@@ -24,7 +24,7 @@ def _create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="test-tansu-quirks")
     try:
         admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict(TOPIC_CONFIGS))])
-        admin.wait_for_topics([name], timeout_ms=10_000)
+        admin.wait_for_topics([name], timeout_ms=60_000)
     finally:
         admin.close()
 
@@ -65,7 +65,8 @@ def test_fetch_end_offsets_counts_every_record_of_batched_produce(
     async def scenario():
         await _produce(broker.bootstrap, topic, N_RECORDS)
         listed = await _list_offsets_end(broker.bootstrap, [tp])
-        fetched = await fetch_end_offsets(broker.bootstrap, [tp])
+        # a generous deadline: past it, fetch_end_offsets falls back to ListOffsets' answer
+        fetched = await fetch_end_offsets(broker.bootstrap, [tp], timeout_s=60)
         return listed[tp], fetched
 
     listed, fetched = asyncio.run(scenario())
@@ -87,7 +88,7 @@ def test_fetch_end_offsets_per_partition_and_empty(broker: EmbeddedBroker, uniqu
         for p, n in counts.items():
             await _produce(broker.bootstrap, topic, n, partition=p)
         return await fetch_end_offsets(broker.bootstrap,
-                                       [TopicPartition(topic, p) for p in counts])
+                                       [TopicPartition(topic, p) for p in counts], timeout_s=60)
 
     assert asyncio.run(scenario()) == {TopicPartition(topic, p): n for p, n in counts.items()}
 
