@@ -45,6 +45,9 @@ __all__ = ["KafkaBroker", "run_foreground", "TEST_SETTINGS", "JVM_OPTIONS", "SER
 #: broker settings on top of Kafka's defaults: a one-node cluster for tests on a small machine
 TEST_SETTINGS: dict[str, str] = {
     "num.partitions": "4",  # like Tansu's auto-create
+    # keep every record, like Tansu: simulated and replayed events carry event-time
+    # timestamps days old, which the default 7-day retention would delete at once
+    "log.retention.ms": "-1",
     "auto.create.topics.enable": "true",
     "default.replication.factor": "1",
     "min.insync.replicas": "1",
