@@ -130,14 +130,21 @@ class BatchCommitter:
         if self.transactions is not None:
             await self.transactions.close()
 
+    async def open_batch(self, tasks) -> None:
+        """Before a batch's first record: exactly once, wait for the batch before it and
+        begin a transaction per task (a transactional producer has one open at a time)."""
+        if self.transactions is not None:
+            t0 = time.perf_counter()
+            await self.wait()
+            for task in sorted(tasks):
+                await self.transactions.producer(task).begin_transaction()
+            self.seconds["submit"] += time.perf_counter() - t0
+
     async def submit(self, batch: Batch) -> None:
         """Send the batch's outputs now; finish it after the batch before it."""
         t0 = time.perf_counter()
         if self.transactions is not None:
-            await self.wait()  # a transactional producer has one open transaction
-            for task in sorted(batch.tasks):
-                await self.transactions.producer(task).begin_transaction()
-            await batch.outputs.send()
+            await batch.outputs.send()  # its transactions were begun by ``open_batch``
         else:
             await batch.outputs.send()
             await self.wait()  # at most one batch in flight

@@ -181,6 +181,8 @@ class BatchLoop:
         """Encode the batch's outputs and state changes; hand them to the committer."""
         committer = self.committer
         t0 = time.perf_counter()
+        tasks = {tp.partition for tp in self.positions}
+        await committer.open_batch(tasks)
         pub = committer.publishers()
         self.metrics.observe(self.proc, await self._publish(pub, outputs))
         t1 = time.perf_counter()
@@ -192,6 +194,7 @@ class BatchLoop:
         self.seconds[prefix + "publish"] += t1 - t0
         self.seconds[prefix + "persist"] += t2 - t1
         batch = Batch(pub, state, store_writes, dict(self.positions), from_input=from_input,
+                      tasks=tasks,
                       closed=DRAINED if self.drained else self.proc.join.closed_time)
         self._closed_submitted = self.proc.join.closed_time
         self._closed_submitted_at = time.monotonic()

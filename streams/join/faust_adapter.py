@@ -32,6 +32,7 @@ from streams.join.batch_loop import BatchLoop
 from streams.join.closed_time_reporter import ClosedTimeReporter
 from streams.kafka import clients as kafka_clients
 from streams.kafka.group_offsets import committed_offsets
+from streams.kafka.transactional_reads import last_committed_offsets
 from streams.kafka.tansu_quirks import fetch_end_offsets
 
 log = logging.getLogger("dlabel.worker")
@@ -235,11 +236,12 @@ _fencing_installed = False
 
 
 def fence_before_recovery() -> None:
-    """Exactly once: register the tasks' transactional producers before table recovery.
+    """Exactly once: register the tasks' transactional producers before table recovery,
+    and let recovery end at each changelog's last committed record.
 
-    Recovery reads each changelog up to its last stable offset; fencing the previous
-    owner first (which aborts its open transaction) means no transaction of a zombie
-    can commit after recovery looked, so state and committed offsets agree.
+    Fencing the previous owner first (which aborts its open transaction) means no
+    transaction of a zombie can commit after recovery looked, so state and committed
+    offsets agree.
     """
     global _fencing_installed
     if _fencing_installed:
@@ -248,9 +250,18 @@ def fence_before_recovery() -> None:
 
     async def fence_then_build_highwaters(self, consumer, tps, destination, title) -> None:
         loop = getattr(self.app, "dlabel_loop", None)
-        if loop is not None and tps:
-            await loop.committer.own_tasks({tp.partition for tp in tps})
-        await build(self, consumer, tps, destination, title)
+        if loop is None or not tps:
+            await build(self, consumer, tps, destination, title)
+            return
+        await loop.committer.own_tasks({tp.partition for tp in tps})
+        # a changelog written in transactions ends with a commit marker, which recovery
+        # never receives: it must stop at the last committed record instead
+        by_kafka_tp = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
+        last = await last_committed_offsets(loop.opts.bootstrap, by_kafka_tp)
+        destination.clear()
+        destination.update({by_kafka_tp[tp]: offset for tp, offset in last.items()})
+        log.info("changelog ends for %s partitions (last committed records): %s", title,
+                 {f"{tp.topic}:{tp.partition}": off for tp, off in last.items()})
 
     Recovery._build_highwaters = fence_then_build_highwaters
     _fencing_installed = True
