@@ -22,6 +22,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "broker: needs the embedded Tansu broker (started by the test session)")
+    config.addinivalue_line(
+        "markers", "kafka: needs Apache Kafka (Java 17+; Maven on first use), started once "
+                   "per test session")
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +36,38 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
         yield b
     finally:
         b.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    """One Apache Kafka (KRaft, official jars) for the whole session.
+
+    Skipped, saying why, only where Java 17+ is missing (or the jars are not cached and
+    Maven is missing); CI has both.
+    """
+    from schemas.errors import BrokerError
+    from streams.kafka.kafka_broker import KafkaBroker
+    try:
+        b = KafkaBroker().start()
+    except BrokerError as e:
+        pytest.skip(f"Apache Kafka cannot run here: {e}")
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+ENGINES = ("tansu", "kafka")
+
+
+@pytest.fixture(params=ENGINES)
+def any_broker(request: pytest.FixtureRequest):
+    """The test runs once on each engine: the embedded Tansu broker (at least once,
+    no transactions) and Apache Kafka (exactly once)."""
+    if request.param == "kafka":
+        request.applymarker(pytest.mark.kafka)
+        return request.getfixturevalue("kafka_broker")
+    return request.getfixturevalue("broker")
 
 
 @pytest.fixture

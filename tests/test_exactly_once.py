@@ -14,7 +14,6 @@ shows.
 from __future__ import annotations
 
 import json
-import random
 import threading
 import time
 from collections import Counter
@@ -31,20 +30,6 @@ from tests.pipeline_runs import PII_KEY, kill_group, load, run_drain, start_work
     write_pipeline
 from tests.waiting import wait_until
 
-
-@pytest.fixture(scope="module")
-def kafka_broker():
-    """One Apache Kafka for this module (skipped without Java 17+ or cached jars/Maven)."""
-    from streams.kafka.kafka_broker import KafkaBroker
-    from schemas.errors import BrokerError
-    try:
-        broker = KafkaBroker().start()
-    except BrokerError as e:
-        pytest.skip(f"Apache Kafka cannot run here: {e}")
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 pytestmark = pytest.mark.kafka
 
@@ -112,7 +97,6 @@ def test_labels_exactly_once_across_sigkills(kafka_broker, tmp_path: Path):
     chunks = [events[i * len(events) // (KILLS + 1):(i + 1) * len(events) // (KILLS + 1)]
               for i in range(KILLS + 1)]
     labeled = cfg.topics.labeled
-    rnd = random.Random(5)
 
     # every topic exists before anything looks at it (a lookup would auto-create it)
     ensure_topics(kafka_broker.bootstrap, cfg, compacted=[changelog_topic(cfg)])

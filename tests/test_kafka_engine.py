@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import textwrap
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Awaitable, Callable, Iterator, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -41,22 +40,10 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
-@pytest.fixture(scope="module")
-def kafka() -> Iterator[KafkaBroker]:
-    """One Apache Kafka broker on a free port for this module (stopped at the end)."""
-    try:
-        java_binary()
-    except BrokerError as e:
-        pytest.skip(f"no usable Java for Apache Kafka: {e}")
-    version = os.environ.get("DLABEL_KAFKA_VERSION") or kafka_broker.DEFAULT_KAFKA_VERSION
-    if cached_libs(version) is None and not shutil.which("mvn"):
-        pytest.skip(f"Apache Kafka {version} jars are not cached and `mvn` is not on PATH to "
-                    f"fetch them: {kafka_broker.INSTALL_HINT}")
-    b = KafkaBroker().start()
-    try:
-        yield b
-    finally:
-        b.stop()
+@pytest.fixture
+def kafka(kafka_broker) -> KafkaBroker:
+    """The session's Apache Kafka (tests/conftest.py: one per test session)."""
+    return kafka_broker
 
 
 def _alive(pid: int) -> bool:

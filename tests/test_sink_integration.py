@@ -36,7 +36,9 @@ def started(caplog) -> int:
 
 
 @pytest.mark.parametrize("scenario,partitions", [("ctr", 4), ("airport", 2)])
-def test_dataset_equals_oracle_and_windows_close(broker, tmp_path, unique_name, scenario, partitions):
+def test_dataset_equals_oracle_and_windows_close(any_broker, tmp_path, unique_name, scenario,
+                                                 partitions):
+    broker = any_broker
     path = write_pipeline(tmp_path, scenario, broker.url, unique_name, partitions=partitions,
                           dataset={"window": "1m", "flush_rows": 200})
     cfg = load(path)
