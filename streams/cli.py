@@ -63,15 +63,20 @@ def broker(port: int, host: str, engine: str) -> None:
 @click.option("--loglevel", default="WARNING", show_default=True)
 @click.option("--metrics-port", type=int, default=None, envvar="DLABEL_METRICS_PORT",
               help="serve Prometheus metrics: the join on this port, the sink on the next")
+@click.option("--guarantee", type=click.Choice(["auto", "exactly_once", "at_least_once"]),
+              default="auto", show_default=True,
+              help="labeled topic: auto = exactly once where the broker has transactions "
+                   "(Apache Kafka and compatible), at least once on Tansu")
 def worker(config_path: str, broker: Optional[str], drain: bool, only: Optional[str],
-           batch_size: int, loglevel: str, metrics_port: Optional[int]) -> None:
+           batch_size: int, loglevel: str, metrics_port: Optional[int], guarantee: str) -> None:
     """Run the join worker (requests + feedback -> labeled) and the dataset sink
     (labeled -> Parquet windows -> windows topic)."""
     from streams.pipeline import run_pipeline
     cfg = _config(config_path, broker)
     try:
         summary = run_pipeline(cfg, only=only, drain=drain, batch_size=batch_size,
-                               loglevel=loglevel, metrics_port=metrics_port)
+                               loglevel=loglevel, metrics_port=metrics_port,
+                               guarantee=guarantee)
     except DlabelError as e:
         raise click.ClickException(str(e)) from None
     click.echo(json.dumps(summary))

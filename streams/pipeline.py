@@ -26,8 +26,12 @@ log = logging.getLogger("dlabel.pipeline")
 
 def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool = False,
                  loglevel: str = "WARNING", batch_size: int = 2000,
-                 session_timeout_s: float = 10.0, metrics_port: Optional[int] = None) -> dict:
+                 session_timeout_s: float = 10.0, metrics_port: Optional[int] = None,
+                 guarantee: str = "auto") -> dict:
     """Run the join worker and the dataset sink (``only``: "join" or "sink" alone).
+
+    ``guarantee`` of the labeled topic: "auto" (exactly once where the broker has
+    transactions, else at least once), "exactly_once" or "at_least_once".
 
     The sink runs in a child process (the join keeps one core busy). Metrics: the join
     on ``metrics_port``, the sink on ``metrics_port + 1`` (``only="sink"``: on
@@ -43,17 +47,17 @@ def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool
     probe = BrokerProbe(config.bootstrap_servers).start()
     try:
         return _run_join_and_sink(config, only, drain, loglevel, batch_size, session_timeout_s,
-                                  metrics_port)
+                                  metrics_port, guarantee)
     finally:
         probe.stop()
 
 
 def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool, loglevel: str,
                        batch_size: int, session_timeout_s: float,
-                       metrics_port: Optional[int]) -> dict:
+                       metrics_port: Optional[int], guarantee: str) -> dict:
     if only == "join":
         return run_join_worker(config, drain=drain, loglevel=loglevel, batch_size=batch_size,
-                               session_timeout_s=session_timeout_s)
+                               session_timeout_s=session_timeout_s, guarantee=guarantee)
     prepare(config, config.bootstrap_servers)
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=False)
@@ -66,7 +70,8 @@ def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool,
     child_conn.close()
     try:
         summary = run_join_worker(config, drain=drain, loglevel=loglevel,
-                                  batch_size=batch_size, session_timeout_s=session_timeout_s)
+                                  batch_size=batch_size, session_timeout_s=session_timeout_s,
+                                  guarantee=guarantee)
     except BaseException:
         sink.terminate()
         sink.join(10)
@@ -88,9 +93,31 @@ def prepare(config: PipelineConfig, bootstrap: str) -> bool:
     return is_tansu(bootstrap)
 
 
+GUARANTEES = ("auto", "exactly_once", "at_least_once")
+
+
+def _exactly_once(guarantee: str, tansu: bool) -> bool:
+    """Whether the worker writes in transactions; logs the guarantee when it is not."""
+    if guarantee not in GUARANTEES:
+        raise DlabelError(f"processing guarantee {guarantee!r} is not one of {GUARANTEES}")
+    if tansu and guarantee == "exactly_once":
+        raise DlabelError("exactly_once needs a broker with transactions (Apache Kafka, "
+                          "Redpanda, Confluent, MSK); the embedded Tansu broker has none: use "
+                          "--guarantee auto or at_least_once, or dlabel broker --engine kafka")
+    if tansu:
+        log.warning("at-least-once output: the broker (Tansu) has no transactions; consumers "
+                    "of the labeled topic may see a label repeated after a crash")
+        return False
+    if guarantee == "at_least_once":
+        log.warning("at-least-once output (--guarantee at_least_once): consumers of the "
+                    "labeled topic may see a label repeated after a crash")
+        return False
+    return True
+
+
 def run_join_worker(config: PipelineConfig, drain: bool = False, loglevel: str = "WARNING",
-               web_port: Optional[int] = None, batch_size: int = 2000,
-               session_timeout_s: float = 10.0) -> dict:
+                    web_port: Optional[int] = None, batch_size: int = 2000,
+                    session_timeout_s: float = 10.0, guarantee: str = "auto") -> dict:
     """Run the join worker in this process until Ctrl-C (or, with ``drain``, until caught up).
 
     Returns a summary: records in per topic, labeled sent, dead letters by reason.
@@ -99,10 +126,8 @@ def run_join_worker(config: PipelineConfig, drain: bool = False, loglevel: str =
     key = load_pii_key(config)
     pii = PiiHasher(key) if key else None
     tansu = prepare(config, bootstrap)
-    if tansu:
-        log.warning("at-least-once output: the broker (Tansu) has no transactions; consumers "
-                    "of the labeled topic may see a label repeated after a crash")
-    opts = WorkerOptions(bootstrap=bootstrap, drain=drain, tansu=tansu, exactly_once=not tansu,
+    exactly_once = _exactly_once(guarantee, tansu)
+    opts = WorkerOptions(bootstrap=bootstrap, drain=drain, tansu=tansu, exactly_once=exactly_once,
                          batch_size=batch_size,
                          session_timeout_s=session_timeout_s,
                          web_port=web_port or free_port("127.0.0.1"))
