@@ -18,7 +18,7 @@ from schemas.config import load_config
 from streams.kafka.broker import EmbeddedBroker
 from streams.dev.simulate import DEFAULT_START_MS, ConceptDrift, generate, produce
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DAY_MS = 24 * 3_600_000
 DRIFT_SLICE = ("category", "mens_dress_shoes")
 
