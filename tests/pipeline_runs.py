@@ -12,7 +12,7 @@ import yaml
 
 from schemas.config import load_config
 from schemas.records import decode_dead_letter
-from streams.dev.tail import read_topic
+from tests.waiting import read_to_end
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PII_KEY = "test-pii-key"
@@ -62,13 +62,18 @@ def start_worker(config_path: Path, log_path: Path, *args: str) -> subprocess.Po
                             start_new_session=True)
 
 
-def kill_group(proc: subprocess.Popen, sig: int = 9) -> None:
-    """SIGKILL (or ``sig``) a worker started by ``start_worker`` and all its children."""
+def kill_group(proc: subprocess.Popen, sig: int = 9, timeout: float = 60) -> None:
+    """SIGKILL (or ``sig``) a worker started by ``start_worker`` and all its children;
+    a group still there ``timeout`` seconds after another signal gets SIGKILL."""
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
-    proc.wait(10)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait(30)
 
 
 def run_drain(config_path: Path, log_path: Path, timeout: float = 180) -> dict:
@@ -85,26 +90,15 @@ def run_drain(config_path: Path, log_path: Path, timeout: float = 180) -> dict:
     return json.loads(last[last.index("{"):])  # mode may prefix a terminal escape
 
 
-def dataset_examples(path: str | Path) -> dict[str, dict]:
-    """The Parquet dataset as ``{request_id: example}``; asserts each id appears once."""
-    import pandas as pd
-    df = pd.read_parquet(path, partitioning=None)
-    assert df.request_id.is_unique, "a request appears twice in the dataset"
-    out = {}
-    for row in df.itertuples(index=False):
-        label = row.label if isinstance(row.label, float) else int(row.label)
-        out[row.request_id] = {"label": label, "request_ts": row.request_ts.value // 1_000_000,
-                               "label_ts": row.label_ts.value // 1_000_000}
-    return out
-
-
 def labeled_records(bootstrap: str, topic: str) -> tuple[dict[str, dict], dict[str, list[bytes]]]:
-    """Labeled topic as ``{request_id: example}`` plus every raw copy per id."""
+    """Labeled topic, read to its end: ``{request_id: example}`` (the first copy) plus
+    every raw copy per id (the join is at least once: repeats must be identical)."""
     copies: dict[str, list[bytes]] = defaultdict(list)
-    for rec in read_topic(bootstrap, topic, idle_timeout_s=1.5):
+    for rec in read_to_end(bootstrap, topic, timeout=180):
         copies[json.loads(rec.value)["request_id"]].append(rec.value)
     return {rid: json.loads(vals[0]) for rid, vals in copies.items()}, copies
 
 
 def dead_letters(bootstrap: str, topic: str) -> list[dict]:
-    return [decode_dead_letter(rec.value) for rec in read_topic(bootstrap, topic, idle_timeout_s=1.5)]
+    """The dead-letter topic, read to its end."""
+    return [decode_dead_letter(rec.value) for rec in read_to_end(bootstrap, topic, timeout=180)]
