@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import signal
+import threading
 from typing import Optional
 
 from schemas.config import PipelineConfig
@@ -68,14 +71,19 @@ def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool,
                        name="dlabel-sink", daemon=False)
     sink.start()
     child_conn.close()
+    stopping = threading.Event()
+    threading.Thread(target=_stop_without_sink, args=(sink, drain, stopping),
+                     name="dlabel-sink-watch", daemon=True).start()
     try:
         summary = run_join_worker(config, drain=drain, loglevel=loglevel,
                                   batch_size=batch_size, session_timeout_s=session_timeout_s,
                                   guarantee=guarantee)
     except BaseException:
+        stopping.set()
         sink.terminate()
         sink.join(10)
         raise
+    stopping.set()
     if not drain:
         sink.terminate()  # SIGTERM: the sink finishes its poll and exits
     result = parent_conn.recv() if parent_conn.poll(None if drain else 30) else None
@@ -85,6 +93,17 @@ def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool,
                           f"{(result or {}).get('error', 'it exited without a summary')}")
     summary["sink"] = result["summary"]
     return summary
+
+
+def _stop_without_sink(sink, drain: bool, stopping: threading.Event) -> None:
+    """The join must not go on without its sink: when the sink child dies (SIGKILL, the
+    OOM killer, a crash), stop this worker too, so that its supervisor restarts both."""
+    sink.join()
+    if stopping.is_set() or (drain and sink.exitcode == 0):
+        return
+    log.error("the dataset sink (pid %s) exited with code %s; stopping the join worker so "
+              "that its supervisor restarts both", sink.pid, sink.exitcode)
+    os.kill(os.getpid(), signal.SIGTERM)  # the Faust worker shuts down in order
 
 
 def prepare(config: PipelineConfig, bootstrap: str) -> bool:

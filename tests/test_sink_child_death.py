@@ -6,9 +6,8 @@ container runtime, Kubernetes - restarts it, sink included) or start a new sink.
 Otherwise the join keeps labeling, the Parquet dataset silently stops growing, no window
 closes and no job runs, while the worker looks healthy to any supervisor.
 
-Today the worker does neither (found by the fault runs of ``test_faults``, which restart
-the worker themselves after killing its sink): strict xfail, so the fix shows up as
-XPASS and the marker must then go.
+The worker exits (found missing by the fault runs of ``test_faults``, fixed in
+``streams.pipeline``): its summary says the sink stopped, with a non-zero status.
 """
 from __future__ import annotations
 
@@ -22,9 +21,6 @@ from tests.pipeline_runs import kill_group, load, start_worker, write_pipeline
 pytestmark = [pytest.mark.broker, pytest.mark.faults]
 
 
-@pytest.mark.xfail(strict=True, reason="production bug: `dlabel worker` neither exits nor "
-                   "restarts its sink when the sink child dies (streams/pipeline.py only looks "
-                   "at the sink when the join stops)")
 @pytest.mark.timeout(600)
 def test_worker_does_not_go_on_without_its_sink(broker, tmp_path, unique_name):
     path = write_pipeline(tmp_path, "ctr", broker.url, unique_name, partitions=2)
@@ -42,6 +38,8 @@ def test_worker_does_not_go_on_without_its_sink(broker, tmp_path, unique_name):
         # what a supervisor needs: the worker exits, or a new sink takes the dead one's place
         wait_until(lambda: worker.poll() is not None or sink_child(worker.pid) not in (None, sink),
                    120, "the worker exited or started a new sink after its sink died")
+        assert worker.wait(60) != 0
+        assert "the dataset sink" in (tmp_path / "worker.log").read_text(errors="replace")
     finally:
         if worker.poll() is None:
             kill_group(worker)
