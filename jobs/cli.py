@@ -42,6 +42,10 @@ def jobs(config_path: str, broker: Optional[str], until_idle: bool, idle_timeout
     from streams.common import metrics
     cfg = _config(config_path, broker)
     kafka_clients.configure(cfg.kafka)
+    try:  # a refused TLS or SASL login fails here, naming the cause
+        kafka_clients.check_connection(cfg.bootstrap_servers)
+    except DlabelError as e:
+        raise click.ClickException(str(e)) from None
     metrics.serve(metrics_port, "jobs runner")
     from streams.kafka.probe import BrokerProbe
     probe = BrokerProbe(cfg.bootstrap_servers).start()

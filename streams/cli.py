@@ -15,13 +15,15 @@ from schemas.errors import DlabelError
 BROKER_HELP = "kafka://host:port of the cluster (overrides the config; env DLABEL_BROKER)"
 
 
-def _config(path: str, broker: Optional[str]):
+def _config(path: str, broker: Optional[str], check_broker: bool = True):
     from streams.kafka import clients as kafka_clients
     try:
         cfg = load_config(path, broker=broker)
+        kafka_clients.configure(cfg.kafka)
+        if check_broker:  # a refused TLS or SASL login fails here, naming the cause
+            kafka_clients.check_connection(cfg.bootstrap_servers)
     except DlabelError as e:
         raise click.ClickException(str(e)) from None
-    kafka_clients.configure(cfg.kafka)
     return cfg
 
 
@@ -72,7 +74,7 @@ def worker(config_path: str, broker: Optional[str], drain: bool, only: Optional[
     """Run the join worker (requests + feedback -> labeled) and the dataset sink
     (labeled -> Parquet windows -> windows topic)."""
     from streams.pipeline import run_pipeline
-    cfg = _config(config_path, broker)
+    cfg = _config(config_path, broker, check_broker=False)  # run_pipeline checks, after the PII key
     try:
         summary = run_pipeline(cfg, only=only, drain=drain, batch_size=batch_size,
                                loglevel=loglevel, metrics_port=metrics_port,
@@ -123,7 +125,7 @@ def datasets(config_path: str, as_json: bool) -> None:
     """List the dataset's windows: status, rows, label rate, files (from the manifests)."""
     from streams.common.storage import open_storage
     from streams.dataset.manifest import list_windows
-    cfg = _config(config_path, None)
+    cfg = _config(config_path, None, check_broker=False)
     try:
         windows = list_windows(open_storage(cfg.dataset.path))
     except DlabelError as e:
@@ -149,7 +151,7 @@ def datasets(config_path: str, as_json: bool) -> None:
 def status(config_path: str, broker: Optional[str], as_json: bool, no_broker: bool) -> None:
     """One screen for an operator: lag, watermark, windows, jobs, champion."""
     from streams.status import collect_status, format_status
-    cfg = _config(config_path, broker)
+    cfg = _config(config_path, broker, check_broker=not no_broker)
     try:
         s = collect_status(cfg, broker=not no_broker)
     except DlabelError as e:

@@ -43,9 +43,11 @@ def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool
     """
     kafka_clients.configure(config.kafka)
     if only == "sink":
+        kafka_clients.check_connection(config.bootstrap_servers)
         prepare(config, config.bootstrap_servers)
         return {"sink": run_sink(config, drain=drain, metrics_port=metrics_port)}
     load_pii_key(config)  # refuse to start without a PII key before touching the broker
+    kafka_clients.check_connection(config.bootstrap_servers)  # a refused TLS/SASL login: now
     metrics.serve(metrics_port, "join worker")
     probe = BrokerProbe(config.bootstrap_servers).start()
     try:

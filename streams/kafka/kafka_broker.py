@@ -18,6 +18,10 @@ Needs Java 17+ and, for the first start of a version, Maven (``mvn``). The setti
 partitions for auto-created topics, no initial rebalance delay, session timeouts down to
 500 ms, a small heap. Unlike Tansu it has transactions, idempotent producers, compaction
 and true ListOffsets.
+
+``security=BrokerSecurity(...)`` (``kafka_security``) adds secured listeners besides the
+PLAINTEXT one: SASL_SSL / SASL_PLAINTEXT with SCRAM users created at format time, SSL
+requiring client certificates; ``listener_bootstrap("SASL_SSL")`` is their address.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import base64
 import fcntl
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +42,8 @@ from streams.kafka.broker_process import BrokerProcess, serve_in_foreground
 from streams.kafka.child_process import StopAtExit, die_with_parent_preexec, free_port, port_taken
 from streams.kafka.kafka_jars import (DEFAULT_KAFKA_VERSION, INSTALL_HINT, cache_root, cached_libs,
                                       java_binary, kafka_libs)
+from streams.kafka.kafka_security import (BrokerSecurity, escape_property,
+                                          listener_properties, scram_format_args)
 from streams.kafka.kafka_workdir import (LOG4J2_XML, OWNER_LOCK, WORKDIR_PREFIX,
                                          sweep_stale_workdirs)
 
@@ -100,6 +107,12 @@ class KafkaBroker(BrokerProcess):
     log goes to ``log_path`` (default: ``kafka.log`` in the working directory, removed on
     ``stop``); ``log_tail()`` returns its end. ``timings`` holds the seconds the last
     ``start`` spent fetching jars, formatting storage and waiting for the broker to answer.
+
+    ``security`` (default: none) adds secured listeners (``BrokerSecurity``: SASL_SSL,
+    SASL_PLAINTEXT with SCRAM users made at format time, SSL with client certificates
+    required), each on a free port of ``host``; ``listener_bootstrap(protocol)`` gives
+    its address. The PLAINTEXT listener (``bootstrap``), the controller and inter-broker
+    traffic stay unsecured.
     """
 
     stop_timeout_s = 10.0
@@ -111,8 +124,12 @@ class KafkaBroker(BrokerProcess):
                  log_path: str | None = None, heap: str = "512m",
                  settings: Mapping[str, str] | None = None,
                  jvm_options: Sequence[str] = JVM_OPTIONS,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None,
+                 security: BrokerSecurity | None = None) -> None:
         super().__init__(port, host, advertised_host, log_path)
+        self.security = security or BrokerSecurity()
+        #: the port of each secured listener, by protocol (new free ports on every start)
+        self.listener_ports: dict[str, int] = {}
         self.controller_port: int | None = None
         self.version = version or os.environ.get("DLABEL_KAFKA_VERSION") or DEFAULT_KAFKA_VERSION
         self.heap = heap
@@ -128,6 +145,33 @@ class KafkaBroker(BrokerProcess):
     def name(self) -> str:
         return f"Apache Kafka {self.version}"
 
+    def listener_bootstrap(self, protocol: str = "PLAINTEXT") -> str:
+        """``host:port`` of the listener for ``protocol`` (``PLAINTEXT``: ``bootstrap``;
+        otherwise one of ``security.listeners``, whose port is known once ``start`` ran)."""
+        if protocol == "PLAINTEXT":
+            return self.bootstrap
+        if protocol not in self.security.listeners:
+            raise KeyError(f"this broker has no {protocol} listener (its listeners: PLAINTEXT"
+                           f"{''.join(', ' + p for p in self.security.listeners)})")
+        if protocol not in self.listener_ports:
+            raise KeyError(f"the {protocol} listener has no port before start()")
+        return f"{self.advertised_host}:{self.listener_ports[protocol]}"
+
+    def listener_url(self, protocol: str = "PLAINTEXT") -> str:
+        """``kafka://host:port`` of the listener for ``protocol`` (see ``listener_bootstrap``)."""
+        return f"kafka://{self.listener_bootstrap(protocol)}"
+
+    def _pick_listener_ports(self) -> None:
+        """Free ports of ``host`` for the secured listeners, distinct from the others."""
+        taken = {self.port, self.controller_port}
+        self.listener_ports = {}
+        for protocol in self.security.listeners:
+            port = free_port(self.host)
+            while port in taken:
+                port = free_port(self.host)
+            taken.add(port)
+            self.listener_ports[protocol] = port
+
     # -- configuration --------------------------------------------------------------
 
     def server_properties(self) -> dict[str, str]:
@@ -135,17 +179,24 @@ class KafkaBroker(BrokerProcess):
         assert self.workdir is not None and self.controller_port is not None
         controller = f"127.0.0.1:{self.controller_port}"
         host, advertised = (f"[{h}]" if ":" in h else h for h in (self.host, self.advertised_host))
+        secured = [(p, self.listener_ports[p]) for p in self.security.listeners]
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.bootstrap.servers": controller,
-            "listeners": f"PLAINTEXT://{host}:{self.port},CONTROLLER://{controller}",
-            "advertised.listeners": f"PLAINTEXT://{advertised}:{self.port}",
+            "listeners": ",".join([f"PLAINTEXT://{host}:{self.port}",
+                                   *(f"{p}://{host}:{port}" for p, port in secured),
+                                   f"CONTROLLER://{controller}"]),
+            "advertised.listeners": ",".join([f"PLAINTEXT://{advertised}:{self.port}",
+                                              *(f"{p}://{advertised}:{port}"
+                                                for p, port in secured)]),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(
+                ["CONTROLLER:PLAINTEXT", "PLAINTEXT:PLAINTEXT", *(f"{p}:{p}" for p, _ in secured)]),
             "log.dirs": str(self.workdir / "data"),
         }
+        props.update(listener_properties(self.security))
         props.update(TEST_SETTINGS)
         props.update(self.settings)
         return props
@@ -160,7 +211,7 @@ class KafkaBroker(BrokerProcess):
         (self.workdir / "log4j2.xml").write_text(LOG4J2_XML)
         props = self.server_properties()
         (self.workdir / "server.properties").write_text(
-            "".join(f"{k}={v}\n" for k, v in props.items()))
+            "".join(f"{k}={escape_property(v)}\n" for k, v in props.items()))
 
     def _clean_up(self) -> None:
         """Remove the working directory (config, storage, log) after a stop."""
@@ -187,6 +238,7 @@ class KafkaBroker(BrokerProcess):
         cmd = self._java_cmd(java, libs, "kafka.tools.StorageTool", "format",
                              "--cluster-id", self.cluster_id,
                              "--config", str(self.workdir / "server.properties"), "--standalone",
+                             *scram_format_args(self.security),
                              options=("-Xmx256m", "-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"))
         with open(self.log_path, "ab") as log:
             try:
@@ -248,6 +300,7 @@ class KafkaBroker(BrokerProcess):
                 self.controller_port = free_port("127.0.0.1")
                 while self.controller_port == self.port:
                     self.controller_port = free_port("127.0.0.1")
+                self._pick_listener_ports()
                 try:
                     self._make_workdir()
                     t1 = time.monotonic()
@@ -256,6 +309,7 @@ class KafkaBroker(BrokerProcess):
                     self._proc = self._spawn(java, libs)
                     self._at_exit.add(self)
                     self._wait_ready(timeout)
+                    self._wait_listeners(timeout)
                     self.timings.update(format=t2 - t1, ready=time.monotonic() - t2)
                     return self
                 except BaseException as e:
@@ -266,6 +320,25 @@ class KafkaBroker(BrokerProcess):
                         continue  # lost a race for a port (a taken fixed port is refused above)
                     raise
             raise BrokerError("cannot start Apache Kafka: no free port found")
+
+    def _wait_listeners(self, timeout: float) -> None:
+        """Return once every secured listener accepts TCP connections (Kafka opens them
+        with the PLAINTEXT one, which already answers); BrokerError otherwise."""
+        deadline = time.monotonic() + timeout
+        connect_host = "127.0.0.1" if self.host in ("0.0.0.0", "") else (
+            "::1" if self.host == "::" else self.host)
+        for protocol, port in self.listener_ports.items():
+            while True:
+                try:
+                    socket.create_connection((connect_host, port), timeout=1.0).close()
+                    break
+                except OSError:
+                    pass
+                if self._proc is None or self._proc.poll() is not None \
+                        or time.monotonic() >= deadline:
+                    raise BrokerError(f"{self.name}: its {protocol} listener on port {port} "
+                                      f"does not accept connections; log tail:\n{self.log_tail()}")
+                time.sleep(0.05)
 
     def __repr__(self) -> str:
         return f"KafkaBroker(version={self.version!r}, url={self.url!r}, pid={self.pid})"
