@@ -22,9 +22,6 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "broker: needs the embedded Tansu broker (started by the test session)")
-    config.addinivalue_line(
-        "markers", "kafka: needs Apache Kafka (Java 17+; Maven on first use), started once "
-                   "per test session")
 
 
 @pytest.fixture(scope="session")
