@@ -45,7 +45,8 @@ def assignments(log: Path) -> list[set[str]]:
 
 
 @pytest.mark.timeout(900)
-def test_partitions_move_between_two_workers(broker, tmp_path, unique_name):
+def test_partitions_move_between_two_workers(any_broker, tmp_path, unique_name):
+    broker = any_broker
     path = write_pipeline(tmp_path, "ctr", broker.url, unique_name, partitions=4)
     cfg = load(path)
     everything = {f"{t}:{p}" for t in (cfg.topics.requests, cfg.topics.feedback)
