@@ -1,22 +1,33 @@
-"""Join worker throughput vs the raw-client ceiling, on the embedded broker.
+"""Join worker throughput vs the raw-client ceiling, on Tansu and/or Apache Kafka.
 
     python benchmarks/bench_join.py --requests 200000 --runs 3
+    python benchmarks/bench_join.py --engine both --guarantee exactly_once \
+        --guarantee at_least_once --requests 200000 --runs 3
 
 For each run, on the same freshly produced topics: the raw aiokafka consume rate of
 the requests and feedback topics (getmany + json.loads: the ceiling), then the join
-worker (`dlabel worker --drain` as a child process) over the same data; their ratio is
-taken side by side in the run. Also: the pandas oracle time, the worker's peak RSS, and
-the memory of pending requests held by the join. Medians over runs are printed as a
-Markdown table for BENCHMARKS.md. Timing is not asserted anywhere.
+worker (`dlabel worker --drain --guarantee G` as a child process) over the same data;
+their ratio is taken side by side in the run, on the same broker. ``--engine`` picks
+the broker (the embedded Tansu broker, a single-node Apache Kafka from the cached jars,
+or both, started side by side); ``--guarantee`` (repeatable) the worker's processing
+guarantee. Every (engine, guarantee) pair is measured in every run on the same
+simulated events (seed = run + 1), in an order rotated from run to run; exactly_once
+is skipped on Tansu (no transactions) and ``auto`` means at_least_once there and
+exactly_once on Kafka. With both guarantees on Kafka, the cost of exactly once is
+the ratio of its join rate to at-least-once's, per run, then the median.
+
+Also: the oracle's time (``tests/oracle.py``) and label count, the worker's peak RSS, and the memory of pending
+requests held by the join. Medians over runs are printed as a Markdown table for
+BENCHMARKS.md. Timing is not asserted anywhere.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,22 +41,23 @@ sys.path.insert(0, str(ROOT))
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 from aiokafka.structs import TopicPartition  # noqa: E402
 
-from schemas.pii import PiiHasher  # noqa: E402
 from streams.kafka.broker import EmbeddedBroker  # noqa: E402
+from streams.kafka.kafka_broker import SERVER_JVM_OPTIONS, KafkaBroker  # noqa: E402
 from streams.dev.simulate import generate, produce  # noqa: E402
 from streams.kafka.tansu_quirks import fetch_end_offsets  # noqa: E402
-from tests.oracle import oracle_labels  # noqa: E402
+from tests.oracle import expected_examples  # noqa: E402
 from tests.pipeline_runs import PII_KEY, load, write_pipeline  # noqa: E402
 
 
-async def raw_consume(bootstrap: str, topics: list[str]) -> tuple[int, float]:
-    """Read every record of ``topics`` with getmany + json.loads; (count, seconds)."""
+async def raw_consume(bootstrap: str, topics: list[str], partitions: int) -> tuple[int, float]:
+    """Read every record of ``topics`` (``partitions`` each) with getmany + json.loads;
+    (count, seconds)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 group_id=None, max_partition_fetch_bytes=4 << 20,
                                 fetch_max_bytes=16 << 20)
     await consumer.start()
     try:
-        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t)]
+        tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]
         ends = await fetch_end_offsets(bootstrap, tps)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -65,25 +77,40 @@ async def raw_consume(bootstrap: str, topics: list[str]) -> tuple[int, float]:
         await consumer.stop()
 
 
-def run_worker(config_path: Path, log: Path) -> tuple[dict, float]:
-    """`dlabel worker --drain` in a child; (summary, peak RSS MiB of the child).
+def run_worker(config_path: Path, log: Path, guarantee: str = "auto") -> tuple[dict, float]:
+    """`dlabel worker --drain --guarantee G` in a child; (summary, peak RSS MiB of the child).
 
-    The summary gets ``seconds``: where the worker's batch loop spent its time.
+    The summary gets ``seconds``: where the worker's batch loop spent its time. The
+    peak RSS is the worker process's own ``VmHWM``, sampled while it runs (rusage's
+    maxrss of a child starts at this process's RSS when it forked: Linux carries the
+    high-water mark over the exec, so it would report the benchmark's own memory).
     """
     stats = log.with_suffix(".stats.json")
     env = {**os.environ, "DLABEL_PII_KEY": PII_KEY, "DLABEL_WORKER_STATS": str(stats)}
+    rss = cpu = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
     with open(log, "wb") as out:
-        proc = subprocess.run([sys.executable, "-m", "streams.cli", "worker", "-c",
-                               str(config_path), "--drain", "--batch-size", "5000"],
-                              stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker", "-c",
+                                 str(config_path), "--drain", "--batch-size", "5000",
+                                 "--guarantee", guarantee],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        while proc.poll() is None:
+            rss = max(rss, _status_mib(proc.pid, "VmHWM"))
+            try:  # utime + stime of the worker process (not its sink child)
+                with open(f"/proc/{proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                cpu = max(cpu, (int(fields[11]) + int(fields[12])) / tick)
+            except (OSError, IndexError, ValueError):
+                pass
+            time.sleep(0.2)
     text = log.read_text(errors="replace").strip().splitlines()
     if proc.returncode != 0:
         raise SystemExit(f"worker failed ({proc.returncode}):\n" + "\n".join(text[-30:]))
     last = text[-1]
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     summary = json.loads(last[last.index("{"):])
     if stats.exists():
         summary["seconds"] = json.loads(stats.read_text())["seconds"]
+    summary["cpu_s"] = cpu  # the whole process: start-up, group join and drain included
     return summary, rss
 
 
@@ -156,11 +183,49 @@ def pending_memory(config, n: int) -> float:
 
 
 def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+    return _status_mib("self", "VmRSS")
+
+
+def _status_mib(pid, field: str) -> float:
+    """``field`` (e.g. VmRSS, VmHWM) of /proc/<pid>/status in MiB; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return 0.0
+
+
+#: what ``--guarantee auto`` means on each engine (the worker decides the same way)
+AUTO = {"tansu": "at_least_once", "kafka": "exactly_once"}
+
+
+def configurations(engines: list[str], guarantees: list[str]) -> list[tuple[str, str]]:
+    """(engine, effective guarantee) pairs to measure, in order, without repeats."""
+    out: list[tuple[str, str]] = []
+    for engine in engines:
+        for g in guarantees:
+            g = AUTO[engine] if g == "auto" else g
+            if engine == "tansu" and g == "exactly_once":
+                print("# skipped tansu/exactly_once: Tansu has no transactions", flush=True)
+                continue
+            if (engine, g) not in out:
+                out.append((engine, g))
+    return out
+
+
+def start_brokers(stack: contextlib.ExitStack, engines: list[str]) -> dict:
+    """Start each engine's broker (stopped when ``stack`` closes)."""
+    brokers = {}
+    for engine in engines:
+        if engine == "tansu":
+            brokers[engine] = stack.enter_context(EmbeddedBroker())
+        else:  # the long-running broker's JVM options (C2), not the quick-start ones
+            brokers[engine] = stack.enter_context(
+                KafkaBroker(heap="1g", jvm_options=SERVER_JVM_OPTIONS))
+    return brokers
 
 
 def main() -> None:
@@ -168,59 +233,104 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--engine", choices=["tansu", "kafka", "both"], default="tansu",
+                    help="the broker: embedded Tansu (default), Apache Kafka, or both")
+    ap.add_argument("--guarantee", choices=["auto", "exactly_once", "at_least_once"],
+                    action="append",
+                    help="the worker's --guarantee (repeatable; default auto: at least "
+                         "once on Tansu, exactly once on Kafka)")
     ap.add_argument("--pending", type=int, default=1_000_000)
+    ap.add_argument("--no-pending-memory", action="store_true",
+                    help="skip the in-process memory of --pending pending requests")
     ap.add_argument("--pending-rss", choices=["memory", "rocksdb"], action="append",
                     help="only measure the RSS of a worker holding --pending pending "
                          "requests with this store (repeatable)")
     args = ap.parse_args()
-    rows = []
+    engines = ["tansu", "kafka"] if args.engine == "both" else [args.engine]
     if args.pending_rss:
-        with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-            broker.start()
+        with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+            broker = start_brokers(stack, engines[:1])[engines[0]]
             for store in args.pending_rss:
                 print(json.dumps(pending_worker_rss(broker, Path(tmp), args.pending, store)),
                       flush=True)
         return
-    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        broker.start()
+    configs = configurations(engines, args.guarantee or ["auto"])
+    print(f"# load average at start: {os.getloadavg()}", flush=True)
+    rows: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
+    oracle_s: list[float] = []
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        brokers = start_brokers(stack, engines)
+        cfg = None
         for run in range(args.runs):
-            work = Path(tmp) / f"run{run}"
-            work.mkdir()
-            path = write_pipeline(work, "ctr", broker.url, f"bench{run}-{os.getpid()}",
-                                  partitions=args.partitions)
-            cfg = load(path)
-            events = generate(cfg, "ctr", args.requests, seed=run + 1)
-            produce(broker.bootstrap, cfg, events)
-            n_raw, s_raw = asyncio.run(raw_consume(broker.bootstrap,
-                                                   [cfg.topics.requests, cfg.topics.feedback]))
-            summary, rss = run_worker(path, work / "worker.log")
-            n_join = summary["requests"] + summary["feedback"]
+            events = None
+            order = configs[run % len(configs):] + configs[:run % len(configs)]
+            for engine, guarantee in order:
+                broker = brokers[engine]
+                tag = f"{engine[0]}{'e' if guarantee == 'exactly_once' else 'a'}"
+                work = Path(tmp) / f"run{run}-{tag}"
+                work.mkdir()
+                path = write_pipeline(work, "ctr", broker.url,
+                                      f"bench{run}{tag}-{os.getpid()}",
+                                      partitions=args.partitions)
+                cfg = load(path)
+                if events is None:  # the same events for every configuration of the run
+                    events = generate(cfg, "ctr", args.requests, seed=run + 1)
+                produce(broker.bootstrap, cfg, events)
+                n_raw, s_raw = asyncio.run(raw_consume(
+                    broker.bootstrap, [cfg.topics.requests, cfg.topics.feedback],
+                    cfg.topics.partitions))
+                load_before = os.getloadavg()[0]
+                summary, rss = run_worker(path, work / "worker.log", guarantee)
+                n_join = summary["requests"] + summary["feedback"]
+                row = {"events": n_join, "raw_eps": n_raw / s_raw,
+                       "join_eps": n_join / summary["busy_seconds"],
+                       "worker_peak_rss_mib": rss, "labeled": summary["labeled_sent"],
+                       "busy_s": summary["busy_seconds"], "load1": load_before,
+                       "worker_cpu_s": summary["cpu_s"]}
+                row["ratio"] = row["join_eps"] / row["raw_eps"]
+                rows[(engine, guarantee)].append(row)
+                print(json.dumps({"run": run, "engine": engine, "guarantee": guarantee,
+                                  **{k: round(v, 3) for k, v in row.items()},
+                                  "batches": summary.get("batches"),
+                                  "steps_s": {k: round(v, 2) for k, v in
+                                              summary.get("seconds", {}).items()}}),
+                      flush=True)
             t0 = time.perf_counter()
-            oracle_labels(cfg, [e.value for e in events if e.role == "requests"],
-                          [e.value for e in events if e.role == "feedback"],
-                          PiiHasher(PII_KEY.encode()))
-            s_oracle = time.perf_counter() - t0
-            row = {"events": n_join, "raw_eps": n_raw / s_raw,
-                   "join_eps": n_join / summary["busy_seconds"],
-                   "oracle_s": s_oracle, "worker_peak_rss_mib": rss,
-                   "labeled": summary["labeled_sent"]}
-            row["ratio"] = row["join_eps"] / row["raw_eps"]
-            rows.append(row)
-            print(json.dumps({"run": run, **{k: round(v, 3) for k, v in row.items()},
-                              "busy_s": summary["busy_seconds"],
-                              "steps_s": {k: round(v, 2) for k, v in
-                                          summary.get("seconds", {}).items()}}), flush=True)
-        mem = pending_memory(cfg, args.pending)
-    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    print(f"\n| metric (median of {len(rows)} runs, {args.requests} requests, "
-          f"{args.partitions} partitions) | value |\n|---|---|")
-    print(f"| events per run (requests + feedback) | {med['events']:.0f} |")
-    print(f"| raw aiokafka getmany + json.loads (ceiling) | {med['raw_eps']:,.0f} ev/s |")
-    print(f"| dlabel join worker | {med['join_eps']:,.0f} ev/s |")
-    print(f"| ratio join / ceiling (per run, then median) | {med['ratio']:.3f} |")
-    print(f"| pandas oracle, same events | {med['oracle_s']:.2f} s |")
-    print(f"| worker peak RSS | {med['worker_peak_rss_mib']:.0f} MiB |")
-    print(f"| join memory per 1M pending requests (in-process) | {mem:,.0f} MiB |")
+            expected = expected_examples(path, [e.value for e in events if e.role == "requests"],
+                                         [e.value for e in events if e.role == "feedback"],
+                                         PII_KEY.encode())
+            oracle_s.append(time.perf_counter() - t0)
+            for engine, guarantee in configs:  # labels sent vs the oracle's count
+                rows[(engine, guarantee)][-1]["oracle_labels"] = len(expected)
+            print(json.dumps({"run": run, "oracle_s": round(oracle_s[-1], 2),
+                              "oracle_labels": len(expected)}), flush=True)
+            del events
+        mem = None if args.no_pending_memory else pending_memory(cfg, args.pending)
+    print(f"# load average at the end: {os.getloadavg()}", flush=True)
+    med = {c: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for c, rs in rows.items()}
+    print(f"\n{args.requests} requests, {args.partitions} partitions, median of "
+          f"{args.runs} runs (ratio: per run, then median); worker --batch-size 5000\n")
+    print("| broker | guarantee | events | raw aiokafka ev/s (ceiling) | join ev/s | "
+          "ratio join / raw | worker CPU s (whole run) | worker peak RSS MiB | labeled sent | "
+          "oracle labels |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (engine, guarantee), m in med.items():
+        print(f"| {engine} | {guarantee} | {m['events']:,.0f} | {m['raw_eps']:,.0f} | "
+              f"{m['join_eps']:,.0f} | {m['ratio']:.3f} | {m['worker_cpu_s']:.1f} | "
+              f"{m['worker_peak_rss_mib']:.0f} | "
+              f"{m['labeled']:,.0f} | {m['oracle_labels']:,.0f} |")
+    eos, alo = rows.get(("kafka", "exactly_once")), rows.get(("kafka", "at_least_once"))
+    if eos and alo:
+        cost = [e["join_eps"] / a["join_eps"] for e, a in zip(eos, alo)]
+        print(f"\nKafka exactly once / at least once, join ev/s per run: "
+              f"{', '.join(f'{c:.3f}' for c in cost)}; median {statistics.median(cost):.3f}")
+        cpu = [e["worker_cpu_s"] / a["worker_cpu_s"] for e, a in zip(eos, alo)]
+        print(f"Kafka exactly once / at least once, worker CPU seconds per run: "
+              f"{', '.join(f'{c:.3f}' for c in cpu)}; median {statistics.median(cpu):.3f}")
+    print(f"\noracle (tests/oracle.py), same events: {statistics.median(oracle_s):.2f} s "
+          "(median)")
+    if mem is not None:
+        print(f"join memory per 1M pending requests (in-process): {mem:,.0f} MiB")
 
 
 if __name__ == "__main__":
