@@ -1,8 +1,8 @@
-"""Join worker throughput vs the raw-client ceiling, on Tansu and/or Apache Kafka.
+r"""Join worker throughput vs the raw-client ceiling, on Tansu and/or Apache Kafka.
 
     python benchmarks/bench_join.py --requests 200000 --runs 3
     python benchmarks/bench_join.py --engine both --guarantee exactly_once \
-        --guarantee at_least_once --requests 200000 --runs 3
+        --guarantee at_least_once --requests 200000 --runs 5 --no-pending-memory
 
 For each run, on the same freshly produced topics: the raw aiokafka consume rate of
 the requests and feedback topics (getmany + json.loads: the ceiling), then the join
@@ -16,9 +16,10 @@ is skipped on Tansu (no transactions) and ``auto`` means at_least_once there and
 exactly_once on Kafka. With both guarantees on Kafka, the cost of exactly once is
 the ratio of its join rate to at-least-once's, per run, then the median.
 
-Also: the oracle's time (``tests/oracle.py``) and label count, the worker's peak RSS, and the memory of pending
-requests held by the join. Medians over runs are printed as a Markdown table for
-BENCHMARKS.md. Timing is not asserted anywhere.
+Also: the oracle's time (``tests/oracle.py``) and label count, the worker's CPU time
+and peak RSS (its own, from /proc), and the memory of pending requests held by the
+join. Medians over runs are printed as a Markdown table for BENCHMARKS.md. Timing is
+not asserted anywhere.
 """
 from __future__ import annotations
 
