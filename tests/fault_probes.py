@@ -84,16 +84,6 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
-def alive(pid: int) -> bool:
-    """Running or stopped, not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def group_members(pgid: int) -> list[int]:
     """Every live process of process group ``pgid``."""
     out = []

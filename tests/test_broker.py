@@ -12,24 +12,10 @@ from kafka import KafkaConsumer, KafkaProducer
 from schemas.errors import BrokerError
 from streams.kafka.broker import EmbeddedBroker, probe
 from streams.kafka.topics import ensure_topics, partition_count, topic_plan
-from tests.waiting import read_to_end, wait_until
+from tests.waiting import alive, read_to_end, wait_dead
 
 pytestmark = pytest.mark.broker
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_dead(pid: int) -> None:
-    """Returns once ``pid`` is gone (or a zombie); fails the test after a generous minute."""
-    wait_until(lambda: not _alive(pid), what=f"process {pid} to exit")
 
 
 def test_start_stop_and_child_gone() -> None:
@@ -37,12 +23,12 @@ def test_start_stop_and_child_gone() -> None:
     assert b.pid is None
     with b:
         pid = b.pid
-        assert pid is not None and _alive(pid)
+        assert pid is not None and alive(pid)
         assert b.url == f"kafka://127.0.0.1:{b.port}"
         assert b.bootstrap == f"127.0.0.1:{b.port}"
         assert probe("127.0.0.1", b.port)
     assert b.pid is None
-    _wait_dead(pid)
+    wait_dead(pid)
     assert not probe("127.0.0.1", b.port, timeout=0.5)
     b.stop()  # idempotent
 
@@ -68,10 +54,10 @@ def test_child_dies_with_killed_parent(tmp_path: Path) -> None:
                               text=True)
     try:
         child = int(parent.stdout.readline())
-        assert _alive(child)
+        assert alive(child)
         parent.kill()  # SIGKILL: no atexit, no cleanup in Python
         parent.wait()
-        _wait_dead(child)  # else: the broker outlived its killed parent
+        wait_dead(child)  # else: the broker outlived its killed parent
     finally:
         if parent.poll() is None:
             parent.kill()

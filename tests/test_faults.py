@@ -59,11 +59,12 @@ from jobs.job import MIN_ROWS
 from jobs.registry import Registry
 from streams.dev.simulate import generate
 from streams.kafka.topics import ensure_topics
-from tests.fault_probes import (BackgroundProducer, JoinWatch, KillLog, alive, checkpoints,
+from tests.fault_probes import (BackgroundProducer, JoinWatch, KillLog, checkpoints,
                                 dataset_snapshot, freeze, group_members, job_children,
                                 kill_join_in_flight, sample_frozen, sigkill,
                                 sink_child, sink_commit_in_flight, wait_join_caught_up,
                                 wait_until, window_dirs)
+from tests.waiting import alive
 from tests.oracle import assert_examples_match, expected_examples, read_dataset_examples
 from tests.pipeline_runs import (PII_KEY, dead_letters, load, run_drain, worker_cmd,
                                  worker_env, write_pipeline)

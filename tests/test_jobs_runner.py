@@ -14,7 +14,7 @@ from streams.dev.synthetic_windows import window_event
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.topics import ensure_topics
 from tests.jobs_support import START, H, on_tmp, write_ctr_windows
-from tests.waiting import wait_until
+from tests.waiting import alive, wait_until
 
 
 @pytest.fixture
@@ -32,15 +32,6 @@ def test_parse_events_dedupes_and_ignores_bad_ones():
                         json.dumps({"pipeline": "ctr"}).encode()], "ctr", s)
     assert sorted(got) == [START, START + H]
     assert (s.events, s.duplicates, s.ignored) == (6, 1, 3)
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _script(tmp_path, body: str):
@@ -109,7 +100,7 @@ def test_a_job_that_hangs_is_killed_at_the_timeout(make_config, tmp_path):
                                                                       attempt).read_text()
     started = [int(line) for line in pids.read_text().split()]
     assert len(started) == 2, "one process per attempt"
-    assert not [pid for pid in started if _alive(pid)], "a timed-out job is still running"
+    assert not [pid for pid in started if alive(pid)], "a timed-out job is still running"
 
 
 def test_windows_run_in_order_once_each(cfg):

@@ -33,7 +33,7 @@ from streams.kafka.broker import probe
 from streams.kafka.kafka_broker import KafkaBroker, cached_libs, java_binary, kafka_libs
 from streams.kafka.tansu_quirks import is_tansu
 from streams.kafka.topics import ensure_topics, partition_count
-from tests.waiting import read_to_end, wait_until
+from tests.waiting import alive, read_to_end, wait_dead, wait_until
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,19 +44,6 @@ T = TypeVar("T")
 def kafka(kafka_broker) -> KafkaBroker:
     """The session's Apache Kafka (tests/conftest.py: one per test session)."""
     return kafka_broker
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _wait_dead(pid: int) -> None:
-    wait_until(lambda: not _alive(pid), what=f"process {pid} to exit")
 
 
 def _name() -> str:
@@ -118,7 +105,7 @@ async def _read_all(bootstrap: str, topic: str, partitions: int,
 # -- lifecycle ------------------------------------------------------------------------
 
 def test_starts_and_answers(kafka: KafkaBroker) -> None:
-    assert kafka.pid is not None and _alive(kafka.pid)
+    assert kafka.pid is not None and alive(kafka.pid)
     assert kafka.bootstrap == f"127.0.0.1:{kafka.port}"
     assert kafka.url == f"kafka://127.0.0.1:{kafka.port}"
     assert probe("127.0.0.1", kafka.port)
@@ -147,7 +134,7 @@ def test_second_start_uses_the_cache_and_stop_cleans_up(kafka: KafkaBroker, monk
     assert port != kafka.port and probe("127.0.0.1", port)
     b.stop()
     assert b.pid is None and b.workdir is None
-    _wait_dead(pid)
+    wait_dead(pid)
     assert not workdir.exists()  # storage, config and log removed
     assert not probe("127.0.0.1", port, timeout=0.5)
     b.stop()  # idempotent
@@ -181,11 +168,11 @@ def test_jvm_dies_with_killed_parent_and_its_storage_is_swept(kafka: KafkaBroker
     try:
         pid_text, workdir_text = parent.stdout.readline().split()
         child, workdir = int(pid_text), Path(workdir_text)
-        assert _alive(child) and workdir.parent == tmp_path
+        assert alive(child) and workdir.parent == tmp_path
         assert kafka_broker.sweep_stale_workdirs(tmp_path, min_age_s=0) == []  # in use
         parent.kill()  # SIGKILL: no atexit, no cleanup in Python
         parent.wait()
-        _wait_dead(child)  # else: the broker outlived its killed parent
+        wait_dead(child)  # else: the broker outlived its killed parent
         assert workdir.exists()  # left behind ...
         # ... and removed by a later start's sweep, once the last JVM thread released the
         # lock (a killed JVM's main thread is a zombie before its other threads are gone)

@@ -76,3 +76,18 @@ def read_to_end(bootstrap: str, topic: str, timeout: float = DEFAULT_TIMEOUT) ->
     finally:
         consumer.close()
     return [r for p in sorted(got) for r in got[p]]
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (or is stopped); False once it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_dead(pid: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Returns once ``pid`` is gone (or a zombie); fails the test after ``timeout``."""
+    wait_until(lambda: not alive(pid), timeout, what=f"process {pid} to exit")
