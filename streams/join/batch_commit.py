@@ -197,9 +197,13 @@ class BatchCommitter:
     async def _commit_transactions(self, batch: Batch, offsets: dict) -> None:
         """Add each task's input offsets to its transaction and commit it."""
         group_id = self.group.group_id
-        for task in sorted(batch.tasks):
+
+        async def commit(task: int) -> None:
             producer = self.transactions.producer(task)
             mine = {tp: off for tp, off in offsets.items() if tp.partition == task}
             if mine:
                 await producer.send_offsets_to_transaction(mine, group_id)
             await producer.commit_transaction()
+
+        # the tasks' transactions are independent: their round trips overlap
+        await asyncio.gather(*(commit(task) for task in sorted(batch.tasks)))
