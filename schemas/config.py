@@ -23,6 +23,7 @@ from schemas.config_checks import (NAME_RE, Section, choice, duration, fail, nam
                                    validate_broker)
 from schemas.config_features import (FEATURE_TYPES, PII_ACTIONS, RESERVED_COLUMNS, FeatureSpec,
                                      feature_specs, kept_feature_names)
+from schemas.config_inputs import TS_UNITS, FieldPath, InputsSpec, RoleInputs, inputs_spec
 from schemas.config_sections import (ESTIMATORS, KAFKA_PASSWORD_ENV, KAFKA_PROTOCOLS,
                                      PROMOTION_METRICS, SASL_MECHANISMS, DriftSpec,
                                      KafkaSecurity, ModelSpec, PromotionSpec, kafka_security,
@@ -32,7 +33,8 @@ from schemas.errors import ConfigError
 __all__ = [
     "BROKER_ENV", "DEFAULT_BROKER", "ESTIMATORS", "FEATURE_TYPES", "KAFKA_PASSWORD_ENV",
     "KAFKA_PROTOCOLS", "PII_ACTIONS", "PROMOTION_METRICS", "RESERVED_COLUMNS",
-    "SASL_MECHANISMS", "STORES", "DatasetSpec", "DriftSpec", "FeatureSpec", "JoinSpec",
+    "SASL_MECHANISMS", "STORES", "TS_UNITS", "DatasetSpec", "DriftSpec", "FeatureSpec",
+    "FieldPath", "InputsSpec", "JoinSpec", "RoleInputs",
     "KafkaSecurity", "LabelSpec", "ModelSpec", "PipelineConfig", "PromotionSpec",
     "TopicsSpec", "config_from_dict", "default_closed_time_topic", "load_config",
     "parse_duration_ms", "validate_broker",
@@ -111,6 +113,7 @@ class PipelineConfig:
     store: str = "memory"
     state_dir: str = ".dlabel-state"
     kafka: KafkaSecurity = KafkaSecurity()
+    inputs: InputsSpec = InputsSpec()
 
     @property
     def bootstrap_servers(self) -> str:
@@ -145,7 +148,7 @@ def _label(sec: Section, join_key: str) -> LabelSpec:
 
 
 _TOP_KEYS = ("pipeline", "broker", "topics", "join", "label", "features", "slices",
-             "dataset", "model", "store", "state_dir", "kafka")
+             "dataset", "model", "store", "state_dir", "kafka", "inputs")
 
 
 def config_from_dict(data: dict, source: str = "<dict>", broker: str | None = None,
@@ -215,7 +218,8 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
                           model=model,
                           store=top.get("store", choice(STORES), "memory"),
                           state_dir=top.get("state_dir", non_empty_str, ".dlabel-state"),
-                          kafka=kafka_security(top, environ))
+                          kafka=kafka_security(top, environ),
+                          inputs=inputs_spec(top, join.key, label.value_field))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

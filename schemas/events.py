@@ -7,13 +7,15 @@ code of DESIGN.md; PII values are never quoted in error details.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any, Callable
 
 import orjson
 
-from schemas.config import PipelineConfig
+from schemas.config import PipelineConfig, RoleInputs
 from schemas.errors import ConfigError, EventError
 from schemas.pii import PII_KEY_ENV, PiiHasher
 
@@ -50,14 +52,16 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def parse_event_time(value: Any, field: str = "ts") -> int:
-    """Parse an event time (ISO-8601 with a zone, or integer epoch ms) to epoch ms.
+def parse_event_time(value: Any, field: str = "ts", unit: str = "ms") -> int:
+    """Parse an event time (ISO-8601 with a zone, or an integer epoch in ``unit``) to epoch ms.
 
-    A zone-less time, a bool, a fractional or non-finite number, a time outside years
-    1-9999 or anything else raises ``EventError('bad_timestamp', ...)``.
+    ``unit`` (s, ms or us) applies to numbers only: seconds may have a fraction
+    (truncated to the millisecond, exactly as written), ms and us must be whole.
+    A zone-less time, a bool, a non-finite number, a fractional ms or us, a time
+    outside years 1-9999 or anything else raises ``EventError('bad_timestamp', ...)``.
     """
     kind = type(value)
-    if kind is int:
+    if kind is int and unit == "ms":
         ms = value
     elif kind is str:
         text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
@@ -71,14 +75,32 @@ def parse_event_time(value: Any, field: str = "ts") -> int:
                                               "add Z or an offset like +01:00")
         delta = dt - _EPOCH
         ms = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
-    elif kind is float and value - value == 0.0 and value.is_integer():
-        ms = int(value)
+    elif kind is int or (kind is float and value - value == 0.0
+                         and (unit == "s" or value.is_integer())):
+        ms = _epoch_to_ms(value, unit, field)
     else:
+        what = {"s": "epoch seconds", "ms": "integer epoch milliseconds",
+                "us": "integer epoch microseconds"}[unit]
         raise EventError("bad_timestamp", f"{field}: {_short(value)} is not an ISO-8601 time "
-                                          "with a zone or integer epoch milliseconds")
+                                          f"with a zone or {what}")
     if not MIN_TS_MS <= ms <= MAX_TS_MS:
         raise EventError("bad_timestamp", f"{field}: {_short(value)} is outside years 1-9999")
     return ms
+
+
+def _epoch_to_ms(value: int | float, unit: str, field: str) -> int:
+    if unit == "us":
+        return int(value) // 1000
+    if unit == "ms":
+        return int(value)
+    if type(value) is int:
+        return value * 1000
+    # the decimal as written (repr is the shortest exact form): 0.123 s is 123 ms, not 122
+    try:
+        return math.floor(Decimal(repr(value)) * 1000)
+    except (ArithmeticError, ValueError):
+        raise EventError("bad_timestamp", f"{field}: {_short(value)} is outside years "
+                                          "1-9999") from None
 
 
 class _Bad(Exception):
@@ -261,8 +283,42 @@ def _load(raw: bytes) -> dict[str, Any]:
     return obj
 
 
+def _lookup(obj: Any, segments: tuple[str, ...]) -> Any:
+    """The value at a nested path, or None when any step is absent or not an object."""
+    for name in segments:
+        if type(obj) is not dict:
+            return None
+        obj = obj.get(name)
+    return obj
+
+
+def _getters(role: RoleInputs, names: tuple[str, ...]
+             ) -> dict[str, tuple[str, Callable[[dict], Any]]]:
+    """Per event field: (the path as the config wrote it, for errors; its getter)."""
+    out = {}
+    for name in names:
+        path = role.path(name)
+        segments = path.segments
+        if len(segments) == 1:
+            out[name] = (path.text, _top_level(segments[0]))
+        else:
+            out[name] = (path.text, lambda obj, segments=segments: _lookup(obj, segments))
+    return out
+
+
+def _top_level(name: str) -> Callable[[dict], Any]:
+    def get(obj: dict) -> Any:
+        return obj.get(name)
+    return get
+
+
 class EventParser:
-    """Parses raw request and feedback values for one pipeline config."""
+    """Parses raw request and feedback values for one pipeline config.
+
+    The config's ``inputs:`` mapping is applied here, before coercion and PII hashing:
+    each field is read at its mapped path, and an absent required one is
+    ``missing_field`` naming the path as the config wrote it.
+    """
 
     def __init__(self, config: PipelineConfig, pii: PiiHasher | None) -> None:
         hashed = [f.name for f in config.features if f.pii == "hash"]
@@ -270,38 +326,50 @@ class EventParser:
             raise ConfigError(f"features {', '.join(hashed)} have pii: hash but no PiiHasher "
                               f"was given; set {PII_KEY_ENV} and pass PiiHasher(key)")
         self.undeclared_features = 0
-        self._key = config.join.key
+        key = config.join.key
+        label = config.label
+        self._outcome = label.value_field if label.kind == "regression" else None
+        inputs = config.inputs
+        self._req = _getters(inputs.requests, (key, "ts", "features", "prediction",
+                                               "model_version"))
+        self._fb = _getters(inputs.feedback, (key, "ts", "type", "value")
+                            + ((self._outcome,) if self._outcome else ()))
+        self._req_key, self._fb_key = self._req.pop(key), self._fb.pop(key)
+        self._req_unit, self._fb_unit = inputs.requests.ts_unit, inputs.feedback.ts_unit
         self._features = tuple(
             (f.name, _hashing(pii) if f.pii == "hash" and pii else _COERCERS[f.type],
              f.pii is not None)
             for f in config.kept_features)
         self._dropped = tuple(f.name for f in config.features if f.pii == "drop")
-        label = config.label
-        self._outcome = label.value_field if label.kind == "regression" else None
         self._outcome_types = frozenset(label.feedback)
 
-    def _head(self, obj: dict[str, Any]) -> tuple[str, int]:
-        rid = obj.get(self._key)
+    @staticmethod
+    def _head(obj: dict[str, Any], key: tuple, ts: tuple, unit: str) -> tuple[str, int]:
+        name, get = key
+        rid = get(obj)
         if rid is None:
-            raise EventError("missing_field", f"{self._key} is missing")
+            raise EventError("missing_field", f"{name} is missing")
         if type(rid) is not str or not rid:
-            raise EventError("bad_type", f"{self._key}: {_short(rid)} is not a non-empty string")
+            raise EventError("bad_type", f"{name}: {_short(rid)} is not a non-empty string")
         if len(rid) > MAX_STRING_CHARS:
-            raise _too_long(self._key, rid)
-        ts = obj.get("ts")
-        if ts is None:
-            raise EventError("missing_field", "ts is missing")
-        return rid, parse_event_time(ts, "ts")
+            raise _too_long(name, rid)
+        name, get = ts
+        value = get(obj)
+        if value is None:
+            raise EventError("missing_field", f"{name} is missing")
+        return rid, parse_event_time(value, name, unit)
 
     def parse_request(self, raw: bytes) -> Request:
         """Parse a request value; raises ``EventError`` when it is invalid."""
         obj = _load(raw)
-        rid, ts = self._head(obj)
-        feats = obj.get("features")
+        fields = self._req
+        rid, ts = self._head(obj, self._req_key, fields["ts"], self._req_unit)
+        where, get = fields["features"]
+        feats = get(obj)
         if feats is None:
             feats = {}
         elif type(feats) is not dict:
-            raise EventError("bad_type", f"features: {_short(feats)} is not a JSON object")
+            raise EventError("bad_type", f"{where}: {_short(feats)} is not a JSON object")
         out: dict[str, Any] = {}
         present = 0
         for name, coerce, secret in self._features:
@@ -311,20 +379,22 @@ class EventParser:
                 continue
             present += 1
             if type(v) is str and len(v) > MAX_STRING_CHARS:
-                raise _too_long(f"features.{name}", v)
+                raise _too_long(f"{where}.{name}", v)
             try:
                 out[name] = None if v is None else coerce(v)
             except _Bad as e:
                 shown = f"a {type(v).__name__} value" if secret else _short(v)
-                raise EventError("bad_type", f"features.{name}: {shown} is not {e.args[0]}"
+                raise EventError("bad_type", f"{where}.{name}: {shown} is not {e.args[0]}"
                                  ) from None
-        prediction = _number(obj.get("prediction"), "prediction")
-        version = obj.get("model_version")
+        where, get = fields["prediction"]
+        prediction = _number(get(obj), where)
+        where, get = fields["model_version"]
+        version = get(obj)
         if version is not None and type(version) is not str:
-            raise EventError("bad_type", f"model_version: {_short(version)} is not a string "
+            raise EventError("bad_type", f"{where}: {_short(version)} is not a string "
                                          "or null")
         if version is not None and len(version) > MAX_STRING_CHARS:
-            raise _too_long("model_version", version)
+            raise _too_long(where, version)
         if len(feats) > present:
             present += sum(1 for name in self._dropped if name in feats)
             self.undeclared_features += len(feats) - present
@@ -337,21 +407,25 @@ class EventParser:
         carry that field as a finite number; it is stored as a float in ``fields``.
         """
         obj = _load(raw)
-        rid, ts = self._head(obj)
-        ftype = obj.get("type")
+        fields = self._fb
+        rid, ts = self._head(obj, self._fb_key, fields["ts"], self._fb_unit)
+        where, get = fields["type"]
+        ftype = get(obj)
         if ftype is None:
-            raise EventError("missing_field", "type is missing")
+            raise EventError("missing_field", f"{where} is missing")
         if type(ftype) is not str or not ftype:
-            raise EventError("bad_type", f"type: {_short(ftype)} is not a non-empty string")
+            raise EventError("bad_type", f"{where}: {_short(ftype)} is not a non-empty string")
         if len(ftype) > MAX_STRING_CHARS:
-            raise _too_long("type", ftype)
-        value = _number(obj.get("value"), "value")
-        fields: dict[str, Any] = {}  # only the label's value field is kept (bounded state)
+            raise _too_long(where, ftype)
+        where, get = fields["value"]
+        value = _number(get(obj), where)
+        out: dict[str, Any] = {}  # only the label's value field is kept (bounded state)
         name = self._outcome
         if name is not None and ftype in self._outcome_types:
-            outcome = obj.get(name)
+            where, get = fields[name]
+            outcome = get(obj)
             if outcome is None:
-                raise EventError("missing_field", f"{name} (the label value of {ftype!r} "
+                raise EventError("missing_field", f"{where} (the label value of {ftype!r} "
                                                   "feedback) is missing")
-            fields[name] = _number(outcome, name)
-        return Feedback(rid, ts, ftype, value, fields)
+            out[name] = _number(outcome, where)
+        return Feedback(rid, ts, ftype, value, out)
