@@ -90,16 +90,31 @@ def worker(config_path: str, broker: Optional[str], drain: bool, only: Optional[
 @click.option("--scenario", type=click.Choice(["ctr", "airport"]), default="ctr", show_default=True)
 @click.option("--requests", "n_requests", default=1000, show_default=True)
 @click.option("--seed", default=1, show_default=True)
-def simulate(config_path: str, broker: Optional[str], scenario: str, n_requests: int, seed: int) -> None:
+@click.option("--format", "fmt", type=click.Choice(["dlabel", "ecs", "fluentd"]), default="dlabel",
+              show_default=True,
+              help="shape of the events: dlabel (flat, keyed by request id), ecs (as "
+                   "Filebeat/Logstash ship them) or fluentd (time in epoch seconds); ecs and "
+                   "fluentd are unkeyed and need a config with the matching inputs: section "
+                   "(examples/ctr-ecs.yaml, examples/ctr-fluentd.yaml)")
+def simulate(config_path: str, broker: Optional[str], scenario: str, n_requests: int, seed: int,
+             fmt: str) -> None:
     """Produce realistic simulated requests and feedback to the pipeline's topics."""
+    from streams.dev.event_shapes import mismatch, reshape
     from streams.dev.simulate import generate, produce
     cfg = _config(config_path, broker)
-    events = generate(cfg, scenario, n_requests, seed)
+    why = mismatch(fmt, cfg)
+    if why is not None:  # still produced: seeing the dead letters is a lesson too
+        example = "examples/ctr.yaml" if fmt == "dlabel" else f"examples/ctr-{fmt}.yaml"
+        click.echo(f"warning: {config_path} does not read the {fmt} format ({why}); the "
+                   f"worker will dead-letter these events. Use the inputs: section of "
+                   f"{example}", err=True)
     try:
+        events = reshape(generate(cfg, scenario, n_requests, seed), cfg, fmt)
         n = produce(cfg.bootstrap_servers, cfg, events)
     except DlabelError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"produced {n} events ({n_requests} requests) to {cfg.bootstrap_servers}")
+    shape = "" if fmt == "dlabel" else f" in the {fmt} format"
+    click.echo(f"produced {n} events ({n_requests} requests){shape} to {cfg.bootstrap_servers}")
 
 
 @main.command()

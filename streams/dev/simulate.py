@@ -5,7 +5,9 @@ produce: ``ctr`` (ad clicks, binary label) and ``airport`` (security-line waits,
 regression label), with the messiness the join must survive: feedback that arrives
 before its request, duplicated requests, malformed events, orphan feedback, clicks
 after the label window, mixed timestamp formats. The result is in arrival order;
-``produce`` writes it to the pipeline's topics, keyed by request id.
+``produce`` writes it to the pipeline's topics, keyed by request id (an event with key
+None goes round-robin). ``streams.dev.event_shapes.reshape`` rewrites the events as log
+shippers write them (ECS, Fluentd: unkeyed).
 
 Out-of-order arrivals (early feedback, delayed requests, duplicates) lag their own
 topic by at most ``max(1s, min(60s, allowed_lateness / 2))``, so with a non-zero
@@ -312,6 +314,8 @@ def generate(config: "PipelineConfig", scenario: str, n_requests: int, seed: int
             fts = ts + _ri(rng, 100, 60_000)
             ftype = (config.label.positive or config.label.feedback or ("click",))[0]
             fb = {key: oid, "ts": fmt_ts(fts, rand()), "type": ftype, "value": None}
+            if config.label.value_field:  # a valid orphan carries its outcome (no rng draw)
+                fb[config.label.value_field] = round((fts - ts) / 1000, 3)
             add(SimEvent("feedback", oid.encode(), _encode(fb).encode(), fts, "orphan", fts))
     out.sort(key=attrgetter("arrival_ms"))  # stable: ties keep generation order
     return out
