@@ -37,6 +37,7 @@ __all__ = [
     "FieldPath", "InputsSpec", "JoinSpec", "RoleInputs",
     "KafkaSecurity", "LabelSpec", "ModelSpec", "PipelineConfig", "PromotionSpec",
     "TopicsSpec", "config_from_dict", "default_closed_time_topic", "load_config",
+    "repartition_topic",
     "parse_duration_ms", "validate_broker",
 ]
 
@@ -59,6 +60,11 @@ class TopicsSpec:
     partitions: int = 4
     replication_factor: int = 1
     closed_time: str = ""       # the join's closed-time reports for the dataset sink
+
+
+def repartition_topic(input_topic: str) -> str:
+    """The topic the worker repartitions ``input_topic`` into, keyed by the join key."""
+    return f"{input_topic}.repartition"
 
 
 def default_closed_time_topic(labeled: str) -> str:
@@ -119,6 +125,21 @@ class PipelineConfig:
     def bootstrap_servers(self) -> str:
         """The broker as ``host:port[,host:port...]`` (what Kafka clients expect)."""
         return self.broker[len("kafka://"):]
+
+    @property
+    def repartitions(self) -> bool:
+        """Whether the worker repartitions its inputs by the join key (the default)."""
+        return not self.inputs.copartitioned
+
+    @property
+    def join_inputs(self) -> dict[str, str]:
+        """``{role: topic}`` the join reads: the repartition topics, or the inputs
+        themselves when ``inputs.copartitioned`` promises they are keyed right."""
+        t = self.topics
+        if self.inputs.copartitioned:
+            return {"requests": t.requests, "feedback": t.feedback}
+        return {"requests": repartition_topic(t.requests),
+                "feedback": repartition_topic(t.feedback)}
 
     @property
     def kept_features(self) -> tuple[FeatureSpec, ...]:

@@ -78,6 +78,8 @@ def parse_event_time(value: Any, field: str = "ts", unit: str = "ms") -> int:
     elif kind is int or (kind is float and value - value == 0.0
                          and (unit == "s" or value.is_integer())):
         ms = _epoch_to_ms(value, unit, field)
+    elif kind is Decimal and unit == "s" and value.is_finite():
+        ms = _epoch_to_ms(value, unit, field)
     else:
         what = {"s": "epoch seconds", "ms": "integer epoch milliseconds",
                 "us": "integer epoch microseconds"}[unit]
@@ -88,16 +90,29 @@ def parse_event_time(value: Any, field: str = "ts", unit: str = "ms") -> int:
     return ms
 
 
-def _epoch_to_ms(value: int | float, unit: str, field: str) -> int:
+def _exact_number(raw: bytes, path: tuple[str, ...], parsed: float) -> Decimal | float:
+    """The number at ``path`` exactly as the JSON wrote it (a float has ~16 digits: an
+    epoch in seconds with a nanosecond fraction does not fit one)."""
+    if not math.isfinite(parsed):
+        return parsed
+    try:
+        value = _lookup(json.loads(raw, parse_float=Decimal), path)
+    except (ValueError, RecursionError):
+        return parsed
+    return value if type(value) is Decimal else parsed
+
+
+def _epoch_to_ms(value: int | float | Decimal, unit: str, field: str) -> int:
     if unit == "us":
         return int(value) // 1000
     if unit == "ms":
         return int(value)
     if type(value) is int:
         return value * 1000
-    # the decimal as written (repr is the shortest exact form): 0.123 s is 123 ms, not 122
+    # the decimal as written (a Decimal from the raw JSON, or the float's shortest
+    # exact form): 0.123 s is 123 ms, not 122
     try:
-        return math.floor(Decimal(repr(value)) * 1000)
+        return math.floor((value if type(value) is Decimal else Decimal(repr(value))) * 1000)
     except (ArithmeticError, ValueError):
         raise EventError("bad_timestamp", f"{field}: {_short(value)} is outside years "
                                           "1-9999") from None
@@ -336,6 +351,8 @@ class EventParser:
                             + ((self._outcome,) if self._outcome else ()))
         self._req_key, self._fb_key = self._req.pop(key), self._fb.pop(key)
         self._req_unit, self._fb_unit = inputs.requests.ts_unit, inputs.feedback.ts_unit
+        self._req_ts_path = inputs.requests.path("ts").segments
+        self._fb_ts_path = inputs.feedback.path("ts").segments
         self._features = tuple(
             (f.name, _hashing(pii) if f.pii == "hash" and pii else _COERCERS[f.type],
              f.pii is not None)
@@ -344,7 +361,8 @@ class EventParser:
         self._outcome_types = frozenset(label.feedback)
 
     @staticmethod
-    def _head(obj: dict[str, Any], key: tuple, ts: tuple, unit: str) -> tuple[str, int]:
+    def _head(obj: dict[str, Any], key: tuple, ts: tuple, unit: str, raw: bytes,
+              ts_path: tuple[str, ...]) -> tuple[str, int]:
         name, get = key
         rid = get(obj)
         if rid is None:
@@ -357,13 +375,16 @@ class EventParser:
         value = get(obj)
         if value is None:
             raise EventError("missing_field", f"{name} is missing")
+        if type(value) is float and unit == "s":
+            value = _exact_number(raw, ts_path, value)
         return rid, parse_event_time(value, name, unit)
 
     def parse_request(self, raw: bytes) -> Request:
         """Parse a request value; raises ``EventError`` when it is invalid."""
         obj = _load(raw)
         fields = self._req
-        rid, ts = self._head(obj, self._req_key, fields["ts"], self._req_unit)
+        rid, ts = self._head(obj, self._req_key, fields["ts"], self._req_unit, raw,
+                             self._req_ts_path)
         where, get = fields["features"]
         feats = get(obj)
         if feats is None:
@@ -408,7 +429,8 @@ class EventParser:
         """
         obj = _load(raw)
         fields = self._fb
-        rid, ts = self._head(obj, self._fb_key, fields["ts"], self._fb_unit)
+        rid, ts = self._head(obj, self._fb_key, fields["ts"], self._fb_unit, raw,
+                             self._fb_ts_path)
         where, get = fields["type"]
         ftype = get(obj)
         if ftype is None:

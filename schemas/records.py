@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import orjson
@@ -79,6 +79,9 @@ class DeadLetter:
     partition: int
     offset: int
     original: Optional[bytes]  # None for a tombstone
+    #: the worker task whose output it is (routing only, not in the envelope);
+    #: None: the task of ``partition``
+    task: Any = field(default=None, compare=False)
 
     def encode(self) -> bytes:
         """The envelope as JSON; ``original`` goes as base64."""

@@ -32,6 +32,7 @@ import re
 import signal
 import threading
 import time
+import types
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,10 +224,16 @@ def join_committed(bootstrap: str, pipeline: str, ends: dict[tuple[str, int], in
 
 def wait_join_caught_up(bootstrap: str, config, what: str, timeout: float = 180,
                         alive: Optional[dict] = None) -> None:
-    """Wait until the join group committed every input record produced so far."""
+    """Wait until the join group committed every input record produced so far (with the
+    repartition hop: forwarded them, then joined what it forwarded)."""
     ends = input_ends(bootstrap, config.topics, config.topics.partitions)
     wait_until(lambda: join_committed(bootstrap, config.pipeline, ends), timeout, what,
                interval=0.5, alive=alive)
+    if config.repartitions:
+        inputs = config.join_inputs
+        ends = input_ends(bootstrap, types.SimpleNamespace(**inputs), config.topics.partitions)
+        wait_until(lambda: join_committed(bootstrap, config.pipeline, ends), timeout,
+                   what + " (the repartitioned inputs)", interval=0.5, alive=alive)
 
 
 class BackgroundProducer(threading.Thread):
@@ -322,14 +329,22 @@ class JoinEvidence:
 
 
 class JoinWatch:
-    """Follows the input and labeled topics to tell, for a frozen join worker, which of
-    its outputs the group's committed input offsets do not account for."""
+    """Follows the join's input topics and the labeled topic to tell, for a frozen join
+    worker, which of its outputs the group's committed input offsets do not account for.
 
-    def __init__(self, bootstrap: str, topics, partitions: int, group: str) -> None:
+    The join's inputs are ``config.join_inputs``: the repartition topics (the hop forwards
+    the original bytes, so they read like the inputs), or the inputs themselves when
+    they are copartitioned."""
+
+    def __init__(self, bootstrap: str, config, partitions: int, group: str) -> None:
         from tests.oracle import parse_event_time
         self._ts = parse_event_time
         self.bootstrap, self.group, self.partitions = bootstrap, group, partitions
-        self.topics = topics
+        inputs = config.join_inputs
+        self.topics = types.SimpleNamespace(requests=inputs["requests"],
+                                            feedback=inputs["feedback"],
+                                            labeled=config.topics.labeled)
+        topics = self.topics
         self.requests = TopicReader(bootstrap, topics.requests, partitions)
         self.feedback = TopicReader(bootstrap, topics.feedback, partitions)
         self.labeled = TopicReader(bootstrap, topics.labeled, partitions)

@@ -7,6 +7,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from schemas.config import InputsSpec
 from kafka import KafkaConsumer, KafkaProducer
 
 from schemas.errors import BrokerError
@@ -75,7 +77,10 @@ def test_ensure_topics_partitions_and_idempotent(broker: EmbeddedBroker, make_co
     ensure_topics(broker.bootstrap, cfg, extra=[extra])  # again: no error, nothing changes
     assert partition_count(broker.bootstrap, t.requests) == 3
     assert set(topic_plan(cfg, [extra])) == {t.requests, t.feedback, t.labeled, t.dead_letter,
-                                             t.windows, t.closed_time, extra}
+                                             t.windows, t.closed_time, extra,
+                                             *cfg.join_inputs.values()}
+    for name in cfg.join_inputs.values():  # the repartition topics: the join's tasks
+        assert partition_count(broker.bootstrap, name) == 3
 
 
 def test_topics_have_explicit_configs(broker: EmbeddedBroker, make_config) -> None:
@@ -97,8 +102,10 @@ def test_topics_have_explicit_configs(broker: EmbeddedBroker, make_config) -> No
 
 
 def test_partition_mismatch_raises(broker: EmbeddedBroker, make_config) -> None:
-    ensure_topics(broker.bootstrap, make_config("ctr", broker=broker.url, partitions=2))
-    cfg = make_config("ctr", broker=broker.url, partitions=4)
+    copartitioned = InputsSpec(copartitioned=True)
+    ensure_topics(broker.bootstrap, make_config("ctr", broker=broker.url, partitions=2,
+                                                inputs=copartitioned))
+    cfg = make_config("ctr", broker=broker.url, partitions=4, inputs=copartitioned)
     with pytest.raises(BrokerError) as err:
         ensure_topics(broker.bootstrap, cfg)
     msg = str(err.value)
@@ -106,9 +113,24 @@ def test_partition_mismatch_raises(broker: EmbeddedBroker, make_config) -> None:
     assert "topics.partitions" in msg
 
 
+def test_repartitioned_inputs_may_have_any_partition_count(broker: EmbeddedBroker,
+                                                          make_config) -> None:
+    """With the repartition hop (the default) the inputs keep the producers' partition
+    count; the join's own topics are checked as ever."""
+    ensure_topics(broker.bootstrap, make_config("ctr", broker=broker.url, partitions=2))
+    cfg = make_config("ctr", broker=broker.url, partitions=4)
+    with pytest.raises(BrokerError) as err:
+        ensure_topics(broker.bootstrap, cfg)
+    assert cfg.topics.requests not in str(err.value)
+    assert cfg.topics.labeled in str(err.value) or cfg.topics.dead_letter in str(err.value) \
+        or any(t in str(err.value) for t in cfg.join_inputs.values())
+
+
 def test_auto_created_topic_is_detected(broker: EmbeddedBroker, make_config) -> None:
-    """A topic looked up before creation gets the broker default (4): a 2-partition config fails."""
-    cfg = make_config("ctr", broker=broker.url, partitions=2)
+    """A topic looked up before creation gets the broker default (4): a 2-partition config
+    whose inputs are the join's own (copartitioned) fails."""
+    cfg = make_config("ctr", broker=broker.url, partitions=2,
+                      inputs=InputsSpec(copartitioned=True))
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False)
     try:
         assert len(producer.partitions_for(cfg.topics.requests)) == 4  # auto-created

@@ -48,7 +48,7 @@ def test_sigkill_in_flight_and_restart_loses_nothing(broker, tmp_path, unique_na
     chunks = [events[i:i + size] for i in range(0, len(events), size)]
     ensure_topics(broker.bootstrap, cfg)
     produce(broker.bootstrap, cfg, chunks.pop(0))
-    watch = JoinWatch(broker.bootstrap, cfg.topics, cfg.topics.partitions,
+    watch = JoinWatch(broker.bootstrap, cfg, cfg.topics.partitions,
                       f"dlabel-{cfg.pipeline}")
     rnd = random.Random(kills)
     log = tmp_path / "worker.log"

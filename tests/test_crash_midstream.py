@@ -32,7 +32,7 @@ def test_kills_mid_stream_lose_nothing(broker, tmp_path, unique_name, store):
     events = generate(cfg, "ctr", 60000, seed=13, rate_per_s=2.0)
     ensure_topics(broker.bootstrap, cfg)
     produce(broker.bootstrap, cfg, events)
-    watch = JoinWatch(broker.bootstrap, cfg.topics, cfg.topics.partitions,
+    watch = JoinWatch(broker.bootstrap, cfg, cfg.topics.partitions,
                       f"dlabel-{cfg.pipeline}")
     watch.index_inputs()  # read the backlog now, not while a worker is frozen
     rnd = random.Random(13)

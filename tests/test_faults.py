@@ -107,7 +107,7 @@ class FaultRun:
         self.logs = {"worker": tmp_path / "worker.log", "jobs": tmp_path / "jobs.log"}
         # create the topics before anything looks them up (Tansu auto-creates with 4)
         ensure_topics(broker.bootstrap, self.cfg)
-        self.watch = JoinWatch(broker.bootstrap, self.cfg.topics, partitions,
+        self.watch = JoinWatch(broker.bootstrap, self.cfg, partitions,
                                f"dlabel-{self.cfg.pipeline}")
         self.worker: subprocess.Popen | None = None
         self.jobs: subprocess.Popen | None = None

@@ -56,7 +56,7 @@ def test_partitions_move_between_two_workers(any_broker, tmp_path, unique_name):
     quarters = [events[:q], events[q:2 * q], events[2 * q:3 * q], events[3 * q:]]
     ensure_topics(broker.bootstrap, cfg)
     produce(broker.bootstrap, cfg, quarters[0])
-    watch = JoinWatch(broker.bootstrap, cfg.topics, cfg.topics.partitions,
+    watch = JoinWatch(broker.bootstrap, cfg, cfg.topics.partitions,
                       f"dlabel-{cfg.pipeline}")
     a_log, b_log = tmp_path / "a.log", tmp_path / "b.log"
     a = start_worker(path, a_log)

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 import orjson
 from aiokafka.structs import TopicPartition
@@ -94,8 +94,10 @@ class BatchCommitter:
     """
 
     def __init__(self, group, seconds: dict,
-                 transactions: Optional[TaskProducers] = None) -> None:
+                 transactions: Optional[TaskProducers] = None,
+                 task_of: Callable[[TopicPartition], Any] = lambda tp: tp.partition) -> None:
         self.group = group
+        self.task_of = task_of
         self.transactions = transactions
         self.changelog = group.changelog
         self.after_outputs: list[AfterOutputsHook] = []
@@ -136,7 +138,7 @@ class BatchCommitter:
         if self.transactions is not None:
             t0 = time.perf_counter()
             await self.wait()
-            for task in sorted(tasks):
+            for task in sorted(tasks, key=str):
                 await self.transactions.producer(task).begin_transaction()
             self.seconds["submit"] += time.perf_counter() - t0
 
@@ -200,10 +202,10 @@ class BatchCommitter:
 
         async def commit(task: int) -> None:
             producer = self.transactions.producer(task)
-            mine = {tp: off for tp, off in offsets.items() if tp.partition == task}
+            mine = {tp: off for tp, off in offsets.items() if self.task_of(tp) == task}
             if mine:
                 await producer.send_offsets_to_transaction(mine, group_id)
             await producer.commit_transaction()
 
         # the tasks' transactions are independent: their round trips overlap
-        await asyncio.gather(*(commit(task) for task in sorted(batch.tasks)))
+        await asyncio.gather(*(commit(task) for task in sorted(batch.tasks, key=str)))

@@ -28,6 +28,7 @@ from streams.join.batch_commit import Batch, BatchCommitter, encode_changes
 from streams.kafka.input_feed import InputFeed
 from streams.join.join_state import EARLY, REQUEST, LabeledOut
 from streams.join.processor import FEEDBACK, REQUESTS, JoinProcessor
+from streams.join.repartition import hop_task
 from streams.kafka.publisher import TaskPublishers
 from streams.kafka.task_producers import TaskProducers
 from streams.common.metrics import BATCH_SECONDS, JoinMetrics
@@ -46,7 +47,14 @@ class BatchLoop:
         self.config, self.opts, self.group = config, opts, group
         self.pii, self.clock = pii, clock
         topics = config.topics
-        self.roles = {topics.requests: REQUESTS, topics.feedback: FEEDBACK}
+        #: the topics the join reads (its tasks), and those the repartition hop reads
+        self.join_roles = {topic: role for role, topic in config.join_inputs.items()}
+        self.hop_roles = ({topics.requests: REQUESTS, topics.feedback: FEEDBACK}
+                          if config.repartitions else {})
+        self.roles = {**self.join_roles, **self.hop_roles}  # everything the feed reads
+        self._marked_at: dict[TopicPartition, float] = {}  # hop input -> monotonic
+        self._repartition_topic = config.join_inputs  # role -> topic the hop writes
+        self._hop_topic = {role: topic for topic, role in self.hop_roles.items()}
         self.proc = JoinProcessor(config, pii, clock)
         self.feed = InputFeed(opts.bootstrap, client_id=f"dlabel-{config.pipeline}-input",
                               read_committed=opts.exactly_once)
@@ -67,7 +75,7 @@ class BatchLoop:
                                       max_batch_size=256 * 1024,
                                       max_request_size=4 * 1024 * 1024)
                         if opts.exactly_once else None)
-        self.committer = BatchCommitter(group, self.seconds, transactions)
+        self.committer = BatchCommitter(group, self.seconds, transactions, self.task_of)
         self._closed_submitted: Optional[int] = None
         self._closed_submitted_at = 0.0  # monotonic; closed-time-only batches at most 1/s
         self.metrics = JoinMetrics({REQUESTS: config.topics.requests,
@@ -75,6 +83,12 @@ class BatchLoop:
         self.committer.on_input_durable = self._input_durable
         #: hooks run after each batch's outputs were acked (see ``BatchCommitter``)
         self.after_outputs = self.committer.after_outputs
+
+    def task_of(self, tp: TopicPartition):
+        """The task an input partition belongs to: the join's partition number, or for an
+        input of the repartition hop, that hop's task (``repartition.hop_task``)."""
+        role = self.hop_roles.get(tp.topic)
+        return tp.partition if role is None else hop_task(role, tp.partition)
 
     # ------------------------------------------------------------- rebalances
     async def on_revoked(self) -> None:
@@ -104,7 +118,7 @@ class BatchLoop:
             assigned = group.assigned(self.roles)
             if self.committer.exactly_once:
                 # fenced first (table recovery did it already): no zombie commits now
-                await self.committer.own_tasks({tp.partition for tp in assigned})
+                await self.committer.own_tasks({self.task_of(tp) for tp in assigned})
                 positions = await group.fetch_committed(assigned)
             else:
                 positions = group.committed(assigned)
@@ -120,8 +134,14 @@ class BatchLoop:
     def _reload(self) -> None:
         """Rebuild the in-memory join from the recovered table."""
         self.proc = JoinProcessor(self.config, self.pii, self.clock)
-        assigned = {(self.roles[tp.topic], tp.partition)
-                    for tp in self.group.assigned(self.roles)}
+        assigned = {(self.join_roles[tp.topic], tp.partition)
+                    for tp in self.group.assigned(self.join_roles)}
+        if self.hop_roles:  # event time per (input partition, task): see repartition
+            inputs = {role: self.group.partition_count(topic)
+                      for topic, role in self.hop_roles.items()}
+            assigned = {(role, (origin, task)) for role, task in assigned
+                        for origin in range(inputs[role])}
+        self._marked_at.clear()
         self.proc.watermark.assign(assigned)
         kinds = {v: k for k, v in KIND_PREFIX.items()}
         n = 0
@@ -151,6 +171,9 @@ class BatchLoop:
                 if self.first_event_at is not None:
                     self.seconds["fetch"] += time.perf_counter() - t0
                 if not records:
+                    async with self.lock:  # nothing fetched is waiting: skip markers
+                        if generation == self.generation and self.ready:
+                            await self._skip_markers()
                     continue
                 async with self.lock:
                     if generation != self.generation or not self.ready:
@@ -165,12 +188,21 @@ class BatchLoop:
         self.batches += 1
         t0 = time.perf_counter()
         outputs = []
-        process = self.proc.process
+        proc = self.proc
+        process = proc.process_forwarded if self.hop_roles else proc.process
         positions = self.positions
         for tp, recs in records.items():
-            outputs.extend(process(self.roles[tp.topic], tp.partition, recs))
+            role = self.hop_roles.get(tp.topic)
+            if role is not None:
+                forwards, dead = proc.forward(role, tp.partition, recs)
+                outputs.append((tp, forwards))
+                outputs.extend(dead)
+            else:
+                outputs.extend(process(self.join_roles[tp.topic], tp.partition, recs))
             positions[tp] = recs[-1].offset + 1
             await asyncio.sleep(0)  # let acks and fetches in flight progress
+        await self._skip_markers()
+        outputs.extend(self._markers(records))
         self._update_caught_up()
         outputs.extend(self.proc.tick())
         self.seconds["process"] += time.perf_counter() - t0
@@ -181,7 +213,7 @@ class BatchLoop:
         """Encode the batch's outputs and state changes; hand them to the committer."""
         committer = self.committer
         t0 = time.perf_counter()
-        tasks = {tp.partition for tp in self.positions}
+        tasks = {self.task_of(tp) for tp in self.positions}
         await committer.open_batch(tasks)
         pub = committer.publishers()
         self.metrics.observe(self.proc, await self._publish(pub, outputs))
@@ -203,9 +235,43 @@ class BatchLoop:
     def _owns_every_input(self) -> bool:
         """A drain is a one-worker bounded replay: it finishes only once this worker holds
         every input partition (after a crash, the dead member's partitions come back to
-        the group when its session expires; draining without them would end too early)."""
-        want = 2 * self.config.topics.partitions
-        return len(self.positions) >= want
+        the group when its session expires; draining without them would end too early),
+        and has read each to its end."""
+        want = 2 * self.config.topics.partitions + sum(
+            self.group.partition_count(topic) for topic in self.hop_roles)
+        return len(self.positions) >= want and all(
+            self._at_end(tp) for tp in self.positions)
+
+    async def _skip_markers(self) -> None:
+        """Move positions past what the feed skipped (transaction markers, aborted
+        records): only between batches, when every record it returned is processed."""
+        positions, position = self.positions, self.feed.position
+        for tp, offset in positions.items():
+            now = await position(tp)
+            if now > offset:
+                positions[tp] = now
+
+    def _at_end(self, tp: TopicPartition) -> bool:
+        hw = self.feed.highwater(tp)
+        return hw is not None and self.positions.get(tp, 0) >= hw
+
+    def _markers(self, records: Optional[dict] = None) -> list:
+        """Watermark markers of the hop's inputs: those just read, and (from the timer)
+        each other one once a second, so that even an empty input reports its end."""
+        if not self.hop_roles:
+            return []
+        now = time.monotonic()
+        out = []
+        for tp in self.positions:
+            role = self.hop_roles.get(tp.topic)
+            if role is None:
+                continue
+            if (records is not None and tp in records) or (
+                    records is None and now - self._marked_at.get(tp, 0.0) >= 1.0):
+                self._marked_at[tp] = now
+                out.append((tp, self.proc.repartitioner.markers(role, tp.partition,
+                                                                self._at_end(tp))))
+        return out
 
     def _closed_moved(self) -> bool:
         """The closed time moved since the last batch (at most once a second: an idle
@@ -223,8 +289,9 @@ class BatchLoop:
         async with self.lock:
             if not self.ready:
                 return
+            outputs = self._markers()
             self._update_caught_up()
-            outputs = self.proc.tick()
+            outputs.extend(self.proc.tick())
             if (self.opts.drain and not self.drained and self._owns_every_input()
                     and self.proc.watermark.all_caught_up(self.opts.drain_quiet_ms)):
                 outputs.extend(self.proc.drain())
@@ -255,9 +322,21 @@ class BatchLoop:
         unlike ListOffsets on Tansu); the position is what this worker has processed.
         """
         set_caught_up = self.proc.watermark.set_caught_up
-        for tp, position in self.positions.items():
-            hw = self.feed.highwater(tp)
-            set_caught_up(self.roles[tp.topic], tp.partition, hw is not None and position >= hw)
+        if not self.hop_roles:
+            for tp in self.positions:
+                set_caught_up(self.join_roles[tp.topic], tp.partition, self._at_end(tp))
+            return
+        # through the hop: an input partition is at its end for a task once the task's
+        # repartition partition is read to its end and the hop's last marker said so
+        hop_at_end = self.proc.hop_at_end
+        for tp in self.positions:
+            role = self.join_roles.get(tp.topic)
+            if role is None:
+                continue
+            task_at_end = self._at_end(tp)
+            for origin in range(self.group.partition_count(self._hop_topic[role])):
+                key = (origin, tp.partition)
+                set_caught_up(role, key, task_at_end and hop_at_end.get((role, key), False))
 
     # ------------------------------------------------------------- outputs
     async def _publish(self, pubs: TaskPublishers, outputs) -> dict:
@@ -266,7 +345,13 @@ class BatchLoop:
         labeled, for_task = topics.labeled, pubs.for_task
         labels: dict = {}
         for o in outputs:
-            if type(o) is LabeledOut:
+            if type(o) is tuple:  # the hop's forwards (and markers) from one input
+                tp, forwards = o
+                pub = for_task(self.task_of(tp))
+                target = self._repartition_topic[self.hop_roles[tp.topic]]
+                for f in forwards:
+                    pub.add(target, f.task, f.key, f.value, f.headers)
+            elif type(o) is LabeledOut:
                 ex = o.example
                 for_task(o.partition).add(labeled, o.partition, ex["request_id"].encode(),
                                           encode_labeled(ex))
@@ -274,8 +359,8 @@ class BatchLoop:
                 labels[label] = labels.get(label, 0) + 1
                 self.sent_labeled += 1
             elif type(o) is DeadLetter:
-                await for_task(o.partition).add_any_partition(topics.dead_letter, None,
-                                                              o.encode())
+                task = o.partition if o.task is None else o.task
+                await for_task(task).add_any_partition(topics.dead_letter, None, o.encode())
         return labels
 
 

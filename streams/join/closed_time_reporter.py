@@ -17,6 +17,7 @@ class ClosedTimeReporter:
     """
 
     def __init__(self, config: PipelineConfig, roles: Mapping[str, str]) -> None:
+        """``roles``: ``{topic: role}`` of the topics the join reads (its tasks)."""
         self.topic = config.topics.closed_time
         self.labeled = config.topics.labeled
         self.roles = roles
@@ -31,6 +32,8 @@ class ClosedTimeReporter:
         if closed is None or closed == self.reported or not batch.positions:
             return
         for tp in sorted(batch.positions, key=lambda t: (t.topic, t.partition)):
+            if tp.topic not in self.roles:
+                continue  # an input the repartition hop reads: no closed time of its own
             name = f"{self.roles[tp.topic]}:{tp.partition}"
             publishers.for_task(tp.partition).add(self.topic, 0, name.encode(),
                                                   encode_report(name, closed, self.ends))

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from schemas.config import PipelineConfig
 from schemas.events import Feedback, Request
 from schemas.records import DeadLetter, labeled_example
+from streams.join.repartition import origin_of
 from streams.join.join_state import (EARLY, REQUEST, DoneMarker, EarlyFeedback, LabeledOut,
                                      Output, PendingRequest, Source)
 
@@ -62,9 +63,9 @@ class EventTimeJoin:
             if (prior.partition, prior.offset) == (src.partition, src.offset):
                 return self._replayed(rid, req)
             self._count("duplicate_request")
+            first = "partition %d offset %d" % origin_of(prior.offset)
             return [self._dead_letter("duplicate_request",
-                                      f"request_id {rid!r} was first seen at partition "
-                                      f"{prior.partition} offset {prior.offset}", src, raw)]
+                                      f"request_id {rid!r} was first seen at {first}", src, raw)]
         if self._is_late(req.ts):
             return [self._late(src, raw, req.ts)]
         pending = PendingRequest(req, src.partition, src.offset)
@@ -317,8 +318,9 @@ class EventTimeJoin:
                                  src, raw)
 
     def _dead_letter(self, reason: str, detail: str, src: Source, raw: bytes) -> DeadLetter:
-        return DeadLetter(reason, detail, self.input_topics[src.role], src.partition,
-                          src.offset, raw)
+        partition, offset = origin_of(src.offset)
+        return DeadLetter(reason, detail, self.input_topics[src.role], partition, offset, raw,
+                          task=src.partition)
 
     def _done_expires(self, marker: DoneMarker) -> int:
         return marker.ts + self.label_window + self.dedupe_retention

@@ -108,6 +108,7 @@ class FaustGroup:
 
     def __init__(self, app: faust.App, table, bootstrap: str) -> None:
         self.app, self.table, self.bootstrap = app, table, bootstrap
+        self._counts: dict[str, int] = {}
 
     @property
     def group_id(self) -> str:
@@ -121,6 +122,17 @@ class FaustGroup:
     def ready(self) -> bool:
         """The assignment is settled and the table recovered."""
         return bool(self.app.tables.actives_ready) and not self.app.rebalancing
+
+    def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has (from the group's metadata; cached)."""
+        count = self._counts.get(topic)
+        if count is None:
+            count = self.app.consumer.topic_partitions(topic)
+            if not count:
+                raise DlabelError(f"no partition count known for topic {topic!r}: the "
+                                  "group has not subscribed it")
+            self._counts[topic] = count
+        return count
 
     def assigned(self, topics: Iterable[str]) -> list[TopicPartition]:
         """This member's partitions of ``topics``."""
@@ -346,12 +358,13 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
         processing_guarantee="at_least_once",
         broker_credentials=faust_credentials(config.kafka),
     )
-    inputs = app.topic(config.topics.requests, config.topics.feedback,
-                       key_serializer="raw", value_serializer="raw")
     table = app.Table(state_table_name(config), partitions=config.topics.partitions,
                       key_type=str, value_type=None)
     loop = BatchLoop(config, opts, FaustGroup(app, table, opts.bootstrap), pii, clock)
-    loop.after_outputs.append(ClosedTimeReporter(config, loop.roles).hook)
+    # the group assigns every topic the loop reads: the join's inputs (co-partitioned
+    # with the table) and, with the repartition hop, the input topics as they are
+    inputs = app.topic(*loop.roles, key_serializer="raw", value_serializer="raw")
+    loop.after_outputs.append(ClosedTimeReporter(config, loop.join_roles).hook)
     app.dlabel_loop = loop  # for tests and the CLI summary
     # Before anything starts: Faust's fetcher must never read the input partitions
     # (installed in a task it raced with the fetcher's first fetch after a restart).

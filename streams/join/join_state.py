@@ -22,7 +22,9 @@ EARLY = "early"
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where an event was read: role (``requests``/``feedback``), partition, offset."""
+    """Where an event was read: its role (``requests``/``feedback``), the join's task
+    (partition) it belongs to, and its input record as one ``repartition.position``
+    (input partition and offset: an event's identity across input partitions)."""
 
     role: str
     partition: int

@@ -10,11 +10,14 @@ from typing import Callable, Iterable, NamedTuple, Optional, Sequence
 
 from schemas.config import PipelineConfig
 from schemas.errors import EventError
-from schemas.events import EventParser
+from schemas.events import MIN_TS_MS, EventParser
 from schemas.pii import PiiHasher
 from schemas.records import DeadLetter
 from streams.join.event_time_join import EventTimeJoin
 from streams.join.join_state import Output, Source
+from streams.join.repartition import (WATERMARK_HEADER, Forward, Repartitioner, decode_source,
+                                      decode_watermark, position)
+from streams.kafka.partitioner import partition_for
 from streams.join.watermark import WatermarkTracker
 
 REQUESTS, FEEDBACK = "requests", "feedback"
@@ -25,6 +28,7 @@ class InputRecord(NamedTuple):
 
     offset: int
     value: bytes
+    headers: tuple = ()   # repartition topics: where the record came from (see repartition)
 
 
 class JoinProcessor:
@@ -38,6 +42,12 @@ class JoinProcessor:
         self.watermark = WatermarkTracker(config.join.idle_timeout_ms, clock)
         self.records_in = {REQUESTS: 0, FEEDBACK: 0}
         self.dead_letters: dict[str, int] = {}
+        self.repartitioner = Repartitioner(config, self.parser)
+        #: copartitioned inputs: each event's key must belong to the partition it is on
+        self._check_routing = not config.repartitions
+        self._tasks = config.topics.partitions
+        #: (role, (input partition, task)) -> whether the hop was at that input's end
+        self.hop_at_end: dict[tuple, bool] = {}
 
     def process(self, role: str, partition: int, records: Sequence[InputRecord]) -> list[Output]:
         """Handle consumed records of one input partition (``.offset``, ``.value``), in order.
@@ -56,6 +66,7 @@ class JoinProcessor:
         out: list[Output] = []
         max_ts: Optional[int] = None
         invalid = False
+        check_routing = self._check_routing
         for rec in records:
             value = rec.value
             try:
@@ -65,16 +76,85 @@ class JoinProcessor:
                 out.append(DeadLetter(exc.reason, exc.detail, self.join.input_topics[role],
                                       partition, rec.offset, value))
                 continue
+            if check_routing and partition_for(event.request_id.encode(),
+                                               self._tasks) != partition:
+                invalid = True
+                out.append(self._misrouted(role, partition, rec.offset, value, event))
+                continue
             ts = event.ts
             if max_ts is None or ts > max_ts:
                 max_ts = ts
-            res = on_event(event, Source(role, partition, rec.offset), value)
+            res = on_event(event, Source(role, partition, position(partition, rec.offset)),
+                           value)
             if res:
                 out.extend(res)
         if max_ts is not None:
             self.watermark.observe(role, partition, max_ts)
         elif invalid:
             self.watermark.touch(role, partition)
+        return self._counted(out) if out else out
+
+    def _misrouted(self, role: str, partition: int, offset: int, value: bytes,
+                   event) -> DeadLetter:
+        want = partition_for(event.request_id.encode(), self._tasks)
+        return DeadLetter("misrouted", f"{self.config.join.key} {event.request_id!r} belongs "
+                          f"to partition {want} (murmur2 of the key, as Java clients "
+                          f"partition), not {partition}; key records by it with that "
+                          "partitioner, or remove inputs.copartitioned to have dlabel "
+                          "repartition", self.join.input_topics[role], partition, offset, value)
+
+    def forward(self, role: str, partition: int, records: Sequence[InputRecord]
+                ) -> tuple[list[Forward], list[Output]]:
+        """The repartition hop for records of one input partition: (forwards, dead letters).
+
+        The dead letters are the hop's task's (``hop_task``); they are counted here.
+        """
+        self.records_in[role] += len(records)
+        forwards, dead = self.repartitioner.forward(role, partition, records)
+        return forwards, self._counted(dead) if dead else dead
+
+    def process_forwarded(self, role: str, task: int,
+                          records: Sequence[InputRecord]) -> list[Output]:
+        """Handle records of the repartition topic of ``role`` (partition ``task``), in order.
+
+        Each record is an input event with its source in a header, or a watermark
+        marker of an input partition; event time is tracked per (input partition, task).
+        Otherwise as ``process``.
+        """
+        if role == REQUESTS:
+            parse, on_event = self.parser.parse_request, self.join.on_request
+        else:
+            parse, on_event = self.parser.parse_feedback, self.join.on_feedback
+        topic = self.join.input_topics[role]
+        out: list[Output] = []
+        max_ts: dict[int, int] = {}
+        watermark = self.watermark
+        for rec in records:
+            name, header = rec.headers[0]
+            if name == WATERMARK_HEADER:
+                origin, ts, at_end = decode_watermark(header)
+                key = (origin, task)
+                self.hop_at_end[(role, key)] = at_end
+                # a marker that moves nothing is no activity: its input may go idle
+                if ts is not None and ts > (watermark.max_ts(role, key) or MIN_TS_MS):
+                    watermark.observe(role, key, ts)
+                continue
+            origin, offset = decode_source(header)
+            value = rec.value
+            try:
+                event = parse(value)
+            except EventError as exc:  # validated by the hop: only if the config changed
+                out.append(DeadLetter(exc.reason, exc.detail, topic, origin, offset, value,
+                                      task=task))
+                continue
+            ts = event.ts
+            if ts > max_ts.get(origin, ts - 1):
+                max_ts[origin] = ts
+            res = on_event(event, Source(role, task, position(origin, offset)), value)
+            if res:
+                out.extend(res)
+        for origin, ts in max_ts.items():
+            watermark.observe(role, (origin, task), ts)
         return self._counted(out) if out else out
 
     def tick(self) -> list[Output]:

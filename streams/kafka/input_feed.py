@@ -79,6 +79,11 @@ class InputFeed:
             return {}
         return await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
 
+    async def position(self, tp: TopicPartition) -> int:
+        """The offset of the next record ``getmany`` would return for ``tp`` (past any
+        transaction markers and aborted records it skipped, unlike the last record's)."""
+        return await self._consumer.position(tp)
+
     def highwater(self, tp: TopicPartition) -> Optional[int]:
         """End of ``tp`` from the last fetch response (right on Tansu, unlike ListOffsets)."""
         return self._consumer.highwater(tp) if self._consumer is not None else None

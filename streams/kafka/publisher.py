@@ -27,17 +27,20 @@ class BatchPublisher:
         return len(self._pending) + len(self._full) + len(self._open) + len(self._loose)
 
     def add(self, topic: str, partition: int, key: Optional[bytes],
-            value: Optional[bytes]) -> None:
-        """Queue one record for ``topic``/``partition`` (sent as batches by ``flush``)."""
+            value: Optional[bytes], headers: Optional[list] = None) -> None:
+        """Queue one record for ``topic``/``partition`` (sent as batches by ``flush``).
+
+        ``headers``: ``[(name, bytes)]`` or None.
+        """
         tp = (topic, partition)
         entry = self._open.get(tp)
         if entry is None:
             entry = self._open[tp] = [self._producer.create_batch(), 0]
-        if entry[0].append(key=key, value=value, timestamp=None) is None:
+        if entry[0].append(key=key, value=value, timestamp=None, headers=headers) is None:
             if entry[1]:
                 self._full.append((tp, entry[0], entry[1]))
             entry[0], entry[1] = self._producer.create_batch(), 0
-            if entry[0].append(key=key, value=value, timestamp=None) is None:
+            if entry[0].append(key=key, value=value, timestamp=None, headers=headers) is None:
                 raise ValueError(f"a record of {len(value or b'')} bytes does not fit in "
                                  f"a producer batch for {topic}")
         entry[1] += 1

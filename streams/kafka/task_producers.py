@@ -51,7 +51,7 @@ class TaskProducers:
         A new producer registers its transactional id before this returns: from then
         on any earlier holder of the task is fenced and its open transaction aborted.
         """
-        for task in sorted(set(tasks) - set(self._producers)):
+        for task in sorted(set(tasks) - set(self._producers), key=str):
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
                 transactional_id=self.transactional_id(task),

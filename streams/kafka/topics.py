@@ -50,13 +50,16 @@ def topic_plan(config: "PipelineConfig", extra: Iterable[str] = (),
 
     requests, feedback, labeled, dead_letter and the ``extra`` topics get
     ``config.topics.partitions`` partitions; the windows topic gets 1 (its events are
-    ordered), and so does the compacted topic of closed-time reports.
+    ordered), and so does the compacted topic of closed-time reports. Unless
+    ``inputs.copartitioned``, the repartition topics are planned too (the join's tasks),
+    and existing input topics may have any partition count (see ``any_count``).
     """
     t = config.topics
     plan: dict[str, tuple[int, dict[str, str]]] = {}
     for name in (t.requests, t.feedback):
         plan[name] = (t.partitions, dict(INPUT_TOPIC_CONFIGS))
-    for name in (t.labeled, t.dead_letter, *extra):
+    repartition = tuple(config.join_inputs.values()) if config.repartitions else ()
+    for name in (t.labeled, t.dead_letter, *repartition, *extra):
         plan[name] = (t.partitions, dict(TOPIC_CONFIGS))
     for name in compacted:
         plan[name] = (t.partitions, dict(CHANGELOG_TOPIC_CONFIGS))
@@ -91,10 +94,18 @@ def _describe(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
     return found
 
 
-def _check_counts(plan: dict[str, tuple[int, Any]], existing: dict[str, int]) -> None:
+def any_count(config: "PipelineConfig") -> frozenset[str]:
+    """Topics whose existing partition count is fine whatever it is: the inputs, when
+    the worker repartitions them (the join's tasks are the repartition topics')."""
+    t = config.topics
+    return frozenset((t.requests, t.feedback)) if config.repartitions else frozenset()
+
+
+def _check_counts(plan: dict[str, tuple[int, Any]], existing: dict[str, int],
+                  flexible: frozenset[str] = frozenset()) -> None:
     for name, have in existing.items():
         want = plan[name][0]
-        if have != want:
+        if have != want and name not in flexible:
             raise BrokerError(
                 f"topic {name!r} exists with {have} partitions but the pipeline needs {want}; "
                 f"delete and recreate it with {want} partitions (its data is lost), or "
@@ -120,7 +131,7 @@ def ensure_topics(bootstrap: str, config: "PipelineConfig", extra: Iterable[str]
     admin = _admin(bootstrap, timeout)
     try:
         existing = _describe(admin, names)
-        _check_counts(plan, existing)
+        _check_counts(plan, existing, any_count(config))
         _check_cleanup_policies(admin, plan, existing)
         missing = {n: {"num_partitions": plan[n][0],
                        "replication_factor": config.topics.replication_factor,
@@ -138,7 +149,7 @@ def ensure_topics(bootstrap: str, config: "PipelineConfig", extra: Iterable[str]
                     msg = topic.get("error_message") or kerr.for_code(code).__name__
                     raise BrokerError(f"cannot create topic {topic['name']!r}: {msg}")
             if raced:
-                _check_counts(plan, _describe(admin, raced))
+                _check_counts(plan, _describe(admin, raced), any_count(config))
         admin.wait_for_topics(names, timeout_ms=int(timeout * 1000))
     except kerr.KafkaError as e:
         raise BrokerError(f"topic setup on {bootstrap} failed ({e})") from None

@@ -1,0 +1,219 @@
+"""The repartition hop without a broker: routing, dead letters, watermark markers, and
+labels through the hop equal to the oracle whatever partitioned the inputs."""
+from __future__ import annotations
+
+import json
+import random
+import zlib
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from kafka.partitioner.default import murmur2 as kafka_python_murmur2
+
+from schemas.config import config_from_dict
+from schemas.records import DeadLetter
+from streams.join.processor import InputRecord, JoinProcessor
+from streams.join.repartition import (SOURCE_HEADER, WATERMARK_HEADER, decode_source,
+                                      decode_watermark, hop_task)
+from streams.kafka.partitioner import murmur2, partition_for
+from tests.join_cases import MIN, Run, config_dict, fb, req
+from tests.oracle import assert_examples_match, expected_examples
+
+# org.apache.kafka.common.utils.UtilsTest#testMurmur2
+JAVA_MURMUR2 = {b"21": -973932308, b"foobar": -790332482,
+                b"a-little-bit-long-string": -985981536,
+                b"a-little-bit-longer-string": -1486304829,
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+                b"abc": 479470107}
+
+
+def test_murmur2_is_the_java_clients():
+    for data, want in JAVA_MURMUR2.items():
+        assert murmur2(data) == want
+    rnd = random.Random(7)
+    aiokafka = DefaultPartitioner()
+    for _ in range(2000):
+        key = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 48)))
+        assert murmur2(key) & 0xFFFFFFFF == kafka_python_murmur2(key) & 0xFFFFFFFF
+        n = rnd.randint(1, 12)
+        assert partition_for(key, n) == aiokafka(key, list(range(n)), list(range(n)))
+
+
+def _config(partitions: int = 2, **inputs) -> dict:
+    d = config_dict(partitions=partitions)
+    if inputs:
+        d["inputs"] = inputs
+    return d
+
+
+def test_forward_routes_by_key_and_dead_letters_at_the_hop():
+    cfg = config_from_dict(_config(partitions=3))
+    proc = JoinProcessor(cfg, None, clock=lambda: 0)
+    records = [InputRecord(10, fb("a", 1000)), InputRecord(11, b"{not json"),
+               InputRecord(12, fb("b", 2000)), InputRecord(13, None)]
+    forwards, dead = proc.forward("feedback", 4, records)
+    assert [(f.key, f.value) for f in forwards] == [(b"a", records[0].value),
+                                                    (b"b", records[2].value)]
+    for f in forwards:
+        assert f.task == partition_for(f.key, 3)
+        (name, header), = f.headers
+        assert name == SOURCE_HEADER
+    assert [decode_source(f.headers[0][1]) for f in forwards] == [(4, 10), (4, 12)]
+    assert [(d.reason, d.topic, d.partition, d.offset, d.task) for d in dead] == [
+        ("malformed_json", "t.feedback", 4, 11, hop_task("feedback", 4)),
+        ("malformed_json", "t.feedback", 4, 13, hop_task("feedback", 4))]
+    assert proc.dead_letters == {"malformed_json": 2} and proc.records_in["feedback"] == 4
+    markers = proc.repartitioner.markers("feedback", 4, at_end=True)
+    assert sorted(m.task for m in markers) == [0, 1, 2]
+    assert {decode_watermark(m.headers[0][1]) for m in markers} == {(4, 2000, True)}
+    assert all(m.headers[0][0] == WATERMARK_HEADER for m in markers)
+    assert decode_watermark(proc.repartitioner.markers("requests", 0, False)[0].headers[0][1]) \
+        == (0, None, False)
+
+
+class Hop:
+    """Drives production's hop and join tasks by hand: input partitions -> forwards ->
+    per-task repartition logs -> one JoinProcessor per task (as separate workers)."""
+
+    def __init__(self, config: dict, inputs: int) -> None:
+        self.config = config_from_dict(config)
+        self.tasks = self.config.topics.partitions
+        self.inputs = inputs
+        self.hop = JoinProcessor(self.config, None, clock=lambda: 0)
+        self.join = [JoinProcessor(self.config, None, clock=lambda: 0)
+                     for _ in range(self.tasks)]
+        for task, proc in enumerate(self.join):
+            proc.watermark.assign({(role, (origin, task)) for role in ("requests", "feedback")
+                                   for origin in range(inputs)})
+        self.offsets: dict[tuple[str, int], int] = {}
+        self.log: dict[tuple[str, int], list] = {}   # (role, task) -> undelivered records
+        self.run = Run()
+        self.positions: list[tuple[str, int, int]] = []
+
+    def produce(self, role: str, partition: int, raw: bytes) -> None:
+        """One input record through the hop (a batch of one), then its markers."""
+        off = self.offsets.get((role, partition), 0)
+        self.offsets[(role, partition)] = off + 1
+        self.positions.append((role, partition, off))
+        forwards, dead = self.hop.forward(role, partition, [InputRecord(off, raw)])
+        self.run.take(dead)
+        for f in forwards + self.hop.repartitioner.markers(role, partition, at_end=False):
+            self.log.setdefault((role, f.task), []).append(
+                InputRecord(len(self.log.get((role, f.task), [])), f.value, tuple(f.headers)))
+
+    def deliver(self, role: str, task: int) -> None:
+        """The task's worker reads what its repartition partition holds so far."""
+        records = self.log.pop((role, task), [])
+        if records:
+            self.run.take(self.join[task].process_forwarded(role, task, records))
+        self.run.take(self.join[task].tick())
+
+    def deliver_all(self) -> None:
+        for role in ("requests", "feedback"):
+            for task in range(self.tasks):
+                self.deliver(role, task)
+
+    def drain(self) -> Run:
+        self.deliver_all()
+        for proc in self.join:
+            self.run.take(proc.drain())
+        return self.run
+
+
+def _arrivals(seed: int, n: int = 120) -> list[tuple[str, bytes]]:
+    rnd = random.Random(seed)
+    out = []
+    t = 0
+    for i in range(n):
+        t += rnd.randint(0, 40_000)
+        rid = f"r{i}"
+        out.append((t + rnd.randint(0, 30_000), "requests", req(rid, t, price=1.0)))
+        for _ in range(rnd.choice((0, 0, 1, 2))):
+            ft = t + rnd.randint(-60_000, 40 * MIN)
+            out.append((ft + rnd.randint(0, 20_000), "feedback",
+                        fb(rid, ft, rnd.choice(("click", "view")))))
+    out.sort(key=lambda a: a[0])
+    return [(role, raw) for _, role, raw in out]
+
+
+@pytest.mark.parametrize("partitioner", ["crc32", "unkeyed", "murmur2"])
+@pytest.mark.parametrize("seed", range(6))
+def test_labels_through_the_hop_equal_the_oracle(partitioner, seed):
+    """Inputs partitioned by crc32, round-robin or murmur2 over 3 input partitions, the
+    hop into 2 tasks delivered at random moments: labels equal the oracle's, and no
+    event is late that the allowed lateness covers."""
+    config = _config(partitions=2)
+    hop = Hop(config, inputs=3)
+    rnd = random.Random(seed)
+    arrivals = _arrivals(seed)
+    rr = 0
+    for role, raw in arrivals:
+        rid = json.loads(raw)["request_id"].encode()
+        if partitioner == "crc32":
+            p = zlib.crc32(rid) % 3
+        elif partitioner == "murmur2":
+            p = partition_for(rid, 3)
+        else:
+            p, rr = rr % 3, rr + 1
+        hop.produce(role, p, raw)
+        if rnd.random() < 0.3:  # a task's worker reads its repartition partition now
+            hop.deliver(rnd.choice(("requests", "feedback")), rnd.randrange(2))
+    run = hop.drain()
+    assert "late" not in run.reasons() and "orphan_feedback" not in run.reasons()
+    expected = expected_examples(config, [r for role, r in arrivals if role == "requests"],
+                                 [r for role, r in arrivals if role == "feedback"], None)
+    assert_examples_match(expected, run.emitted)
+
+
+def test_a_slow_input_partition_holds_the_watermark_back():
+    """Input partition 1 lags far behind partition 0 (a backlog the hop reads later): its
+    events are not late, as without the hop, because each task tracks event time per
+    input partition from the hop's markers."""
+    config = _config(partitions=2)
+    hop = Hop(config, inputs=2)
+    for i in range(40):  # partition 0 runs 10 hours ahead
+        hop.produce("requests", 0, req(f"a{i}", i * 15 * MIN))
+        hop.produce("feedback", 0, fb(f"a{i}", i * 15 * MIN + 1000))
+    hop.deliver_all()
+    assert all(p.join.closed_time is None for p in hop.join)  # partition 1 unheard of
+    hop.produce("requests", 1, req("old", 5 * MIN))
+    hop.produce("feedback", 1, fb("old", 6 * MIN))
+    run = hop.drain()
+    assert "late" not in run.reasons()
+    assert run.labeled["old"]["label"] == 1
+    # without per-input-partition event time, partition 0 would have closed past it:
+    # the markers carry each input partition's own event time
+    assert min(p.watermark.max_ts("requests", (1, t)) or 0 for t, p in enumerate(hop.join)
+               if p.watermark.max_ts("requests", (1, t)) is not None) == 5 * MIN
+
+
+def test_copartitioned_inputs_dead_letter_a_misrouted_event():
+    config = config_from_dict(_config(partitions=4, copartitioned=True))
+    proc = JoinProcessor(config, None, clock=lambda: 0)
+    good = next(f"r{i}" for i in range(100) if partition_for(f"r{i}".encode(), 4) == 2)
+    bad = next(f"r{i}" for i in range(100) if partition_for(f"r{i}".encode(), 4) != 2)
+    out = proc.process("requests", 2, [InputRecord(0, req(good, 0)), InputRecord(1, req(bad, 0)),
+                                      InputRecord(2, fb(bad, 10))])
+    dead = [o for o in out if isinstance(o, DeadLetter)]
+    assert [(d.reason, d.partition, d.offset) for d in dead] == [("misrouted", 2, 1),
+                                                                 ("misrouted", 2, 2)]
+    assert "murmur2" in dead[0].detail and "inputs.copartitioned" in dead[0].detail
+    assert good in proc.join.pending and bad not in proc.join.pending
+    assert proc.dead_letters == {"misrouted": 2}
+
+
+def test_events_are_known_by_input_partition_and_offset():
+    """Two feedback events at the same offset of different input partitions are two
+    events (an identity of offset alone would take the second for a replay of the
+    first), and a dead letter names the input record, not the task."""
+    config = _config(partitions=1)
+    hop = Hop(config, inputs=2)
+    hop.produce("feedback", 0, fb("r", 2 * MIN, "view"))   # offset 0 of partition 0
+    hop.produce("feedback", 1, fb("r", 3 * MIN, "click"))  # offset 0 of partition 1
+    hop.produce("requests", 1, req("r", MIN))              # the request comes after both
+    hop.produce("requests", 0, req("r", MIN))              # a duplicate, read elsewhere
+    run = hop.drain()
+    assert run.labeled["r"]["label"] == 1
+    dup, = [d for d in run.dead if d["reason"] == "duplicate_request"]
+    assert (dup["topic"], dup["partition"], dup["offset"]) == ("t.requests", 0, 0)
+    assert "partition 1 offset 0" in dup["detail"]
