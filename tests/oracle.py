@@ -33,7 +33,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -105,36 +105,89 @@ class OracleConfig:
     value: Optional[str]             # elapsed_seconds | field:<name> (regression)
     features: tuple[Feature, ...]
     dataset_window_ms: int
-    request_fields: dict = field(default_factory=dict)    # canonical name -> path parts
+    # inputs: canonical field name (the join key's name for the key) -> path segments
+    request_fields: dict = field(default_factory=dict)
     feedback_fields: dict = field(default_factory=dict)
-    request_ts_unit_ms: Any = 1      # multiplier of numeric times (ts_unit)
-    feedback_ts_unit_ms: Any = 1
+    request_ts_unit: str = "ms"      # unit of numeric event times: s | ms | us
+    feedback_ts_unit: str = "ms"
 
     @property
     def kept(self) -> tuple[Feature, ...]:
         return tuple(f for f in self.features if f.pii != "drop")
 
 
-def _split_path(path: str) -> tuple[str, ...]:
-    """``a.b`` -> (a, b); ``\\.`` is a literal dot in a name."""
-    parts, cur, i = [], [], 0
+INPUT_ROLES = ("requests", "feedback")
+TS_UNITS = ("s", "ms", "us")
+
+
+def split_path(path: Any, where: str = "path") -> tuple[str, ...]:
+    """An ``inputs`` field path as its segments (spec of ``inputs:`` rule 2): ``.``
+    separates segments, ``\\.`` is a literal dot and ``\\\\`` a literal backslash inside
+    a segment. An empty path, an empty segment, any other escape or a trailing lone
+    backslash is a ValueError naming ``where`` and the value."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"{where}: {path!r} is not a non-empty path string")
+    parts: list[str] = []
+    cur: list[str] = []
+    i = 0
     while i < len(path):
         c = path[i]
-        if c == "\\" and i + 1 < len(path) and path[i + 1] == ".":
-            cur.append(".")
+        if c == "\\":
+            if i + 1 >= len(path):
+                raise ValueError(f"{where}: {path!r} ends in a lone backslash")
+            nxt = path[i + 1]
+            if nxt not in ".\\":
+                raise ValueError(f"{where}: {path!r} has the unknown escape \\{nxt}")
+            cur.append(nxt)
             i += 2
             continue
         if c == ".":
+            if not cur:
+                raise ValueError(f"{where}: {path!r} has an empty segment")
             parts.append("".join(cur))
             cur = []
         else:
             cur.append(c)
         i += 1
+    if not cur:
+        raise ValueError(f"{where}: {path!r} has an empty segment")
     parts.append("".join(cur))
     return tuple(parts)
 
 
-_TS_UNITS = {"s": 1000, "ms": 1, "us": Decimal("0.001")}
+_split_path = split_path  # the former private name
+
+
+def _inputs(data: Mapping, key: str, kind: str, value: Optional[str]
+            ) -> tuple[dict, str, dict, str]:
+    """The ``inputs:`` section (absent: every field unmapped, ts_unit ms)."""
+    inputs = data.get("inputs") or {}
+    if not isinstance(inputs, Mapping):
+        raise ValueError(f"inputs: {inputs!r} is not a mapping")
+    outcome = (value[len("field:"):] if kind == "regression" and value
+               and value.startswith("field:") else None)
+    allowed = {"requests": {key, "ts", "features", "prediction", "model_version"},
+               "feedback": {key, "ts", "type", "value"} | ({outcome} if outcome else set())}
+    out: list = []
+    for role in INPUT_ROLES:
+        spec = inputs.get(role) or {}
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"inputs.{role}: {spec!r} is not a mapping")
+        fields = spec.get("fields") or {}
+        if not isinstance(fields, Mapping):
+            raise ValueError(f"inputs.{role}.fields: {fields!r} is not a mapping")
+        paths = {}
+        for name, path in fields.items():
+            where = f"inputs.{role}.fields.{name}"
+            if name not in allowed[role]:
+                raise ValueError(f"{where}: unknown field {name!r} "
+                                 f"(one of {sorted(allowed[role])})")
+            paths[name] = split_path(path, where)
+        unit = spec.get("ts_unit", "ms")
+        if unit not in TS_UNITS:
+            raise ValueError(f"inputs.{role}.ts_unit: {unit!r} is not one of s, ms, us")
+        out += [paths, unit]
+    return out[0], out[1], out[2], out[3]
 
 
 def parse_config(config: Any) -> OracleConfig:
@@ -166,17 +219,10 @@ def parse_config(config: Any) -> OracleConfig:
     if kind == "regression" and not (value == "elapsed_seconds"
                                      or (isinstance(value, str) and value.startswith("field:"))):
         raise ValueError(f"label.value {value!r}")
-    inputs = data.get("inputs") or {}
-
-    def mapping(role: str) -> tuple[dict, Any]:
-        spec = inputs.get(role) or {}
-        fields = {k: _split_path(v) for k, v in (spec.get("fields") or {}).items()}
-        return fields, _TS_UNITS[spec.get("ts_unit", "ms")]
-
-    rf, ru = mapping("requests")
-    ff, fu = mapping("feedback")
+    key = join.get("key", "request_id")
+    rf, ru, ff, fu = _inputs(data, key, kind, value)
     return OracleConfig(
-        key=join.get("key", "request_id"),
+        key=key,
         label_window_ms=parse_duration_ms(join["label_window"]),
         kind=kind,
         positive=frozenset(label.get("positive") or ()) if kind == "binary" else frozenset(),
@@ -184,7 +230,7 @@ def parse_config(config: Any) -> OracleConfig:
         value=value,
         features=tuple(features),
         dataset_window_ms=parse_duration_ms(data["dataset"]["window"]),
-        request_fields=rf, feedback_fields=ff, request_ts_unit_ms=ru, feedback_ts_unit_ms=fu)
+        request_fields=rf, feedback_fields=ff, request_ts_unit=ru, feedback_ts_unit=fu)
 
 
 # ------------------------------------------------------------------------ event time
@@ -257,27 +303,64 @@ def _parse_iso(value: str) -> int:
     return ((day * 86_400 + hh * 3600 + mi * 60 + ss) * 1000 + frac_ms - offset_min * 60_000)
 
 
-def parse_event_time(value: Any, unit_ms: Any = 1) -> int:
+class JsonFloat(float):
+    """A JSON number with a fraction or exponent, remembering the text it was written as
+    (``inputs.ts_unit: s`` converts "the decimal as written", not the nearest double)."""
+    text: str
+
+    def __new__(cls, text: str) -> "JsonFloat":
+        obj = super().__new__(cls, text)
+        obj.text = text
+        return obj
+
+
+def _decimal(value: Any) -> Decimal:
+    """The exact decimal of a JSON number: as written for a parsed one, else its repr."""
+    if isinstance(value, JsonFloat):
+        return Decimal(value.text)
+    return Decimal(value) if isinstance(value, int) else Decimal(repr(float(value)))
+
+
+_LEGACY_UNITS = {1: "ms", 1000: "s", Decimal("0.001"): "us"}
+
+
+def parse_event_time(value: Any, unit: Any = "ms") -> int:
     """An event time as epoch ms: ISO-8601 with a zone (``Z``, ``+01:00``; fractional
-    seconds floored to ms) or integer epoch milliseconds. Raises InvalidEvent."""
+    seconds floored to ms) or a number of the ``inputs.<role>.ts_unit``:
+    ``ms`` (default) integer (or integral float) epoch ms; ``s`` any finite epoch
+    seconds, ``floor(seconds * 1000)`` on the decimal as written; ``us`` integer (or
+    integral) epoch microseconds, ``floor(us / 1000)``. Raises InvalidEvent."""
+    if not isinstance(unit, str):
+        unit = _LEGACY_UNITS[unit]
+    if unit not in TS_UNITS:
+        raise ValueError(f"ts_unit {unit!r}")
     if isinstance(value, bool):
         raise InvalidEvent(f"ts {value!r} is a bool")
-    if unit_ms != 1 and isinstance(value, (int, float)):
-        # inputs.ts_unit s | us: any finite number of that unit, floored to ms
+    if isinstance(value, (int, float)):
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidEvent(f"ts {value!r} is not finite")
-        if abs(value) > 10 ** 20:
-            raise InvalidEvent(f"ts {value!r} is out of range")
-        ms = math.floor(Decimal(value) * Decimal(unit_ms))
-    elif isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)
-                                    and value == int(value)):
-        # _Choice: a JSON number with a zero fraction (1.0, 1e3) is an integer, as in
-        # JSON Schema; 1.5 is not.
-        ms = int(value)
+        if unit == "ms":
+            # _Choice: a JSON number with a zero fraction (1.0, 1e3) is an integer, as in
+            # JSON Schema; 1.5 is not.
+            if isinstance(value, float) and value != int(value):
+                raise InvalidEvent(f"ts {value!r} is a fraction of a millisecond")
+            ms = int(value)
+        else:
+            d = _decimal(value)
+            if abs(d) > 10 ** 20:
+                raise InvalidEvent(f"ts {value!r} is out of range")
+            with localcontext() as ctx:
+                ctx.prec = 100 + len(str(d))   # exact: no rounding before the floor
+                if unit == "s":
+                    ms = math.floor(d * 1000)
+                else:
+                    if d != d.to_integral_value():
+                        raise InvalidEvent(f"ts {value!r} is a fraction of a microsecond")
+                    ms = math.floor(d / 1000)
     elif isinstance(value, str):
         ms = _parse_iso(value)
     else:
-        raise InvalidEvent(f"ts {value!r} is neither an ISO-8601 string nor integer ms")
+        raise InvalidEvent(f"ts {value!r} is neither an ISO-8601 string nor a number")
     if not MIN_TS_MS <= ms <= MAX_TS_MS:
         raise InvalidEvent(f"ts {value!r} is outside years 1-9999")
     return ms
@@ -293,7 +376,7 @@ def _load(raw: Any) -> dict:
         raise InvalidEvent("over 1 MiB")
     try:
         text = raw.decode("utf-8")  # strict: JSON on the wire is UTF-8, no BOM
-        obj = json.loads(text)
+        obj = json.loads(text, parse_float=JsonFloat)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise InvalidEvent(f"malformed JSON: {e}") from None
     if not isinstance(obj, dict):
@@ -325,20 +408,20 @@ def _check_text(obj: Any) -> None:
             stack.extend(v)
 
 
-_ABSENT = object()
-
-
-def _get(obj: dict, name: str, paths: dict) -> Any:
-    """A field by its canonical name (mapped by ``inputs`` if configured)."""
-    path = paths.get(name)
-    if path is None:
-        return obj.get(name)
+def _walk(obj: dict, path: tuple[str, ...]) -> Any:
+    """The value at ``path``; None when absent: at each segment the current value must be
+    a JSON object holding that key (a present null is absent too)."""
     cur: Any = obj
     for part in path:
         if not isinstance(cur, dict) or part not in cur:
-            raise InvalidEvent(f"mapped path {'.'.join(path)} of {name} is absent")
+            return None
         cur = cur[part]
     return cur
+
+
+def _get(obj: dict, name: str, paths: dict) -> Any:
+    """A field by its canonical name, at its ``inputs`` path if mapped; None if absent."""
+    return _walk(obj, paths.get(name, (name,)))
 
 
 def _short_str(name: str, v: Any) -> None:
@@ -347,7 +430,7 @@ def _short_str(name: str, v: Any) -> None:
 
 
 def _key(obj: dict, cfg: OracleConfig, paths: dict) -> str:
-    rid = _get(obj, "request_id", paths) if "request_id" in paths else obj.get(cfg.key)
+    rid = _get(obj, cfg.key, paths)
     if rid is None:
         raise InvalidEvent("request id missing")
     if not isinstance(rid, str):
@@ -475,7 +558,7 @@ def parse_request(raw: bytes, cfg: OracleConfig, pii_key: Optional[bytes]) -> _R
     obj = _load(raw)
     paths = cfg.request_fields
     rid = _key(obj, cfg, paths)
-    ts = _ts(obj, paths, cfg.request_ts_unit_ms)
+    ts = _ts(obj, paths, cfg.request_ts_unit)
     feats = _get(obj, "features", paths)
     if feats is None:
         feats = {}
@@ -501,7 +584,7 @@ def parse_feedback(raw: bytes, cfg: OracleConfig) -> _Feedback:
     obj = _load(raw)
     paths = cfg.feedback_fields
     rid = _key(obj, cfg, paths)
-    ts = _ts(obj, paths, cfg.feedback_ts_unit_ms)
+    ts = _ts(obj, paths, cfg.feedback_ts_unit)
     ftype = _get(obj, "type", paths)
     if ftype is None:
         raise InvalidEvent("type missing")
@@ -512,7 +595,12 @@ def parse_feedback(raw: bytes, cfg: OracleConfig) -> _Feedback:
     outcome = None
     if cfg.value is not None and cfg.value.startswith("field:"):
         name = cfg.value[len("field:"):]
-        outcome = value if name == "value" else obj.get(name)
+        outcome = value if name == "value" else _get(obj, name, paths)
+        # inputs rule 4: the outcome field of feedback of a label.feedback type is
+        # required (absent: missing_field). _Choice: present but not a finite number, the
+        # feedback carries no outcome (see _outcome), which labels the same as invalid.
+        if outcome is None and ftype in cfg.feedback_types:
+            raise InvalidEvent(f"{name} (the label value) is missing")
     return _Feedback(rid, ts, ftype, outcome)
 
 

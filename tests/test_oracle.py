@@ -425,7 +425,8 @@ def test_inputs_map_fields_by_path():
         "a": example("a", T0, 1, frozenset({T0 + 1}), prediction=0.25, model_version="v7",
                      price=2.0)}
     absent = json.dumps({"id": "b", "@timestamp": T0 / 1000, "model.version": "v7"}).encode()
-    assert not is_valid_event(cfg, "requests", absent)  # payload.features absent
+    # payload.features absent: optional, null (spec inputs.md rule 4), not invalid
+    assert is_valid_event(cfg, "requests", absent)
 
 
 # ------------------------------------------------------------------ the comparison
@@ -510,3 +511,148 @@ def test_read_dataset_examples_normalises_and_skips_hidden_files(tmp_path):
                     {"request_id": "c", "request_ts": T0 + 1}]
     assert all(type(r["request_ts"]) is int for r in rows)
     assert_examples_match(_expected(), rows[:2])
+
+
+# ------------------------------------------- inputs: the rules of /tmp/spec/inputs.md
+
+@pytest.mark.parametrize("path,parts", [
+    ("id", ("id",)), ("a.b.c", ("a", "b", "c")), ("@timestamp", ("@timestamp",)),
+    ("labels.app\\.kubernetes\\.io/name", ("labels", "app.kubernetes.io/name")),
+    ("a\\\\b", ("a\\b",)), ("a\\\\.b", ("a\\", "b")), ("\\.", (".",)),
+    ("a\\.\\\\\\..b", ("a.\\.", "b")), ("sp ace.ü", ("sp ace", "ü")),
+])
+def test_oracle_split_path(path, parts):
+    assert oracle.split_path(path) == parts
+
+
+@pytest.mark.parametrize("path", ["", ".", "a..b", ".a", "a.", "a\\x", "a\\", "\\", 5, None])
+def test_oracle_split_path_rejects(path):
+    with pytest.raises(ValueError):
+        oracle.split_path(path, "inputs.requests.fields.ts")
+
+
+@pytest.mark.parametrize("inputs", [
+    {"requests": {"fields": {"type": "t"}}},                 # a feedback key on requests
+    {"feedback": {"fields": {"features": "f"}}},
+    {"requests": {"fields": {"request_id": "a..b"}}},
+    {"requests": {"ts_unit": "ns"}}, {"feedback": {"ts_unit": "sec"}},
+])
+def test_oracle_rejects_bad_inputs(inputs):
+    with pytest.raises(ValueError, match="inputs"):
+        oracle.parse_config(config(inputs=inputs))
+
+
+def test_oracle_inputs_keys_follow_join_key_and_outcome_field():
+    cfg = config("regression", value="field:minutes",
+                 inputs={"feedback": {"fields": {"minutes": "m.v"}}})
+    assert oracle.parse_config(cfg).feedback_fields == {"minutes": ("m", "v")}
+    cfg = config(inputs={"requests": {"fields": {"trace_id": "t"}}})
+    cfg["join"]["key"] = "trace_id"
+    assert oracle.parse_config(cfg).request_fields == {"trace_id": ("t",)}
+    cfg["inputs"] = {"requests": {"fields": {"request_id": "t"}}}  # not the join key's name
+    with pytest.raises(ValueError):
+        oracle.parse_config(cfg)
+
+
+def _ts_of(text: str, unit: str) -> int:
+    """The event time of a JSON number written as ``text`` (as the oracle loads it)."""
+    return parse_event_time(json.loads(text, parse_float=oracle.JsonFloat), unit)
+
+
+@pytest.mark.parametrize("text,unit,ms", [
+    ("1732701600", "s", 1732701600000), ("1732701600.123", "s", 1732701600123),
+    ("1732701600.1239", "s", 1732701600123), ("1732701600.9999999999", "s", 1732701600999),
+    ("-1.5", "s", -1500), ("-0.0001", "s", -1), ("1.7327016e9", "s", 1732701600000),
+    ("1732701600123", "ms", 1732701600123), ("1732701600123.0", "ms", 1732701600123),
+    ("-5", "ms", -5), ("1732701600123456", "us", 1732701600123),
+    ("1732701600123999", "us", 1732701600123), ("-1", "us", -1), ("-1000", "us", -1),
+    ("-1001", "us", -2), ("1.732701600123456e15", "us", 1732701600123),
+    ('"2026-11-27T10:00:00.123456789Z"', "s", 1795773600123),
+    ('"2026-11-27T10:00:00Z"', "us", 1795773600000),
+])
+def test_oracle_ts_units(text, unit, ms):
+    assert _ts_of(text, unit) == ms
+
+
+@pytest.mark.parametrize("text,unit", [
+    ("1.5", "ms"), ("1.5", "us"), ("true", "s"), ("false", "ms"), ("NaN", "s"),
+    ("Infinity", "us"), ("1e400", "s"), ("253402300800", "s"), ("-62135596801", "s"),
+    ('"2026-11-27T10:00:00"', "s"), ('"1732701600"', "s"), ("[1]", "ms"),
+])
+def test_oracle_ts_units_reject(text, unit):
+    with pytest.raises(InvalidEvent):
+        _ts_of(text, unit)
+
+
+MAPPED = {
+    "requests": {"fields": {"request_id": "meta.id", "ts": "@timestamp",
+                            "features": "payload.feats", "prediction": "payload.score",
+                            "model_version": "model\\.info.version"},
+                 "ts_unit": "us"},
+    "feedback": {"fields": {"request_id": "trace.request_id", "ts": "event.time",
+                            "type": "event.action", "value": "event.duration"},
+                 "ts_unit": "s"},
+}
+
+
+def _mreq(rid, ts_us, feats=None, score=0.5, version="v1", **extra) -> bytes:
+    obj = {"meta": {"id": rid}, "@timestamp": ts_us, "model.info": {"version": version},
+           "payload": {"feats": feats or {}, "score": score}, **extra}
+    return json.dumps(obj).encode()
+
+
+def _mfb(rid, ts_s, action="click", **extra) -> bytes:
+    return json.dumps({"trace": {"request_id": rid},
+                       "event": {"time": ts_s, "action": action, **extra}}).encode()
+
+
+def test_oracle_mapping_nested_paths_and_units():
+    cfg = config(inputs=MAPPED)
+    reqs = [_mreq("a", T0 * 1000 + 999, {"price": "1.5", "category": "x"}),
+            _mreq("b", T0 * 1000)]
+    fbs = [_mfb("a", (T0 + 1500) / 1000), _mfb("b", (T0 + W) / 1000)]   # b: just outside
+    assert expected_examples(cfg, reqs, fbs) == {
+        "a": example("a", T0, 1, frozenset({T0 + 1500}), price=1.5, category="x"),
+        "b": example("b", T0, 0, T0 + W)}
+
+
+def test_oracle_mapping_missing_required_and_optional():
+    cfg = config(inputs=MAPPED)
+    no_id = json.dumps({"id": "a", "request_id": "a", "@timestamp": T0 * 1000}).encode()
+    id_not_object = json.dumps({"meta": "a", "@timestamp": T0 * 1000}).encode()
+    id_null = json.dumps({"meta": {"id": None}, "@timestamp": T0 * 1000}).encode()
+    no_ts = json.dumps({"meta": {"id": "a"}, "ts": T0}).encode()
+    for raw in (no_id, id_not_object, id_null, no_ts):
+        assert not is_valid_event(cfg, "requests", raw)
+    bare = json.dumps({"meta": {"id": "c"}, "@timestamp": T0 * 1000,
+                       "payload": None, "model": {"info": {"version": "v9"}}}).encode()
+    assert expected_examples(cfg, [bare], []) == {
+        "c": example("c", T0, 0, T0 + W, prediction=None, model_version=None)}
+    assert not is_valid_event(cfg, "requests", _mreq("d", T0 * 1000, feats=None) .replace(
+        b'"feats": {}', b'"feats": [1]'))                               # bad type at the path
+    assert not is_valid_event(cfg, "feedback", json.dumps(
+        {"trace": {"request_id": "a"}, "event": {"time": 1, "type": "click"}}).encode())
+    assert is_valid_event(cfg, "feedback", _mfb("a", 1))                # value absent: null
+    assert not is_valid_event(cfg, "feedback", _mfb("a", 1, duration="x"))
+
+
+def test_oracle_mapping_regression_outcome_path():
+    cfg = config("regression", value="field:secs",
+                 inputs={"feedback": {"fields": {"secs": "m.secs", "type": "kind"}}})
+    fbs = [json.dumps({"request_id": "a", "ts": T0 + 5, "kind": "exit", "m": {"secs": 4}}).encode(),
+           json.dumps({"request_id": "a", "ts": T0 + 1, "kind": "exit", "secs": 9}).encode(),
+           json.dumps({"request_id": "a", "ts": T0 + 2, "kind": "view"}).encode()]
+    assert not is_valid_event(cfg, "feedback", fbs[1])     # exit without m.secs
+    assert is_valid_event(cfg, "feedback", fbs[2])         # not a label.feedback type
+    assert expected_examples(cfg, [req("a", T0)], fbs) == {"a": example("a", T0, 4.0, T0 + 5)}
+
+
+def test_oracle_mapping_before_pii_hashing():
+    cfg = config(features={"email": {"type": "str", "pii": "hash"}, "n": "int"},
+                 inputs={"requests": {"fields": {"features": "ctx.user\\.data"}}})
+    raw = json.dumps({"request_id": "a", "ts": T0, "prediction": 0.5, "model_version": "v1",
+                      "features": {"email": "wrong", "n": 1},
+                      "ctx": {"user.data": {"email": "what do ya want for nothing?",
+                                            "n": "7"}}}).encode()
+    got = expected_examples(cfg, [raw], [], pii_key=b"Jefe")["a"]
+    assert got["email"] == RFC4231_2 and got["n"] == 7
