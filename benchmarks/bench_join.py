@@ -3,6 +3,8 @@ r"""Join worker throughput vs the raw-client ceiling, on Tansu and/or Apache Kaf
     python benchmarks/bench_join.py --requests 200000 --runs 3
     python benchmarks/bench_join.py --engine both --guarantee exactly_once \
         --guarantee at_least_once --requests 200000 --runs 5 --no-pending-memory
+    python benchmarks/bench_join.py --engine both --inputs hop --inputs copartitioned \
+        --requests 100000 --runs 3 --no-pending-memory
 
 For each run, on the same freshly produced topics: the raw aiokafka consume rate of
 the requests and feedback topics (getmany + json.loads: the ceiling), then the join
@@ -203,17 +205,19 @@ def _status_mib(pid, field: str) -> float:
 AUTO = {"tansu": "at_least_once", "kafka": "exactly_once"}
 
 
-def configurations(engines: list[str], guarantees: list[str]) -> list[tuple[str, str]]:
-    """(engine, effective guarantee) pairs to measure, in order, without repeats."""
-    out: list[tuple[str, str]] = []
+def configurations(engines: list[str], guarantees: list[str],
+                   inputs: list[str]) -> list[tuple[str, str, str]]:
+    """(engine, effective guarantee, inputs) to measure, in order, without repeats."""
+    out: list[tuple[str, str, str]] = []
     for engine in engines:
         for g in guarantees:
             g = AUTO[engine] if g == "auto" else g
             if engine == "tansu" and g == "exactly_once":
                 print("# skipped tansu/exactly_once: Tansu has no transactions", flush=True)
                 continue
-            if (engine, g) not in out:
-                out.append((engine, g))
+            for i in inputs:
+                if (engine, g, i) not in out:
+                    out.append((engine, g, i))
     return out
 
 
@@ -240,6 +244,10 @@ def main() -> None:
                     action="append",
                     help="the worker's --guarantee (repeatable; default auto: at least "
                          "once on Tansu, exactly once on Kafka)")
+    ap.add_argument("--inputs", choices=["hop", "copartitioned"], action="append",
+                    help="hop: the worker repartitions its inputs (the default); "
+                         "copartitioned: inputs.copartitioned: true, no hop (repeatable: "
+                         "both in one run give the hop's cost side by side)")
     ap.add_argument("--pending", type=int, default=1_000_000)
     ap.add_argument("--no-pending-memory", action="store_true",
                     help="skip the in-process memory of --pending pending requests")
@@ -255,9 +263,9 @@ def main() -> None:
                 print(json.dumps(pending_worker_rss(broker, Path(tmp), args.pending, store)),
                       flush=True)
         return
-    configs = configurations(engines, args.guarantee or ["auto"])
+    configs = configurations(engines, args.guarantee or ["auto"], args.inputs or ["hop"])
     print(f"# load average at start: {os.getloadavg()}", flush=True)
-    rows: dict[tuple[str, str], list[dict]] = {c: [] for c in configs}
+    rows: dict[tuple[str, str, str], list[dict]] = {c: [] for c in configs}
     oracle_s: list[float] = []
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         brokers = start_brokers(stack, engines)
@@ -265,14 +273,17 @@ def main() -> None:
         for run in range(args.runs):
             events = None
             order = configs[run % len(configs):] + configs[:run % len(configs)]
-            for engine, guarantee in order:
+            for engine, guarantee, inputs in order:
                 broker = brokers[engine]
-                tag = f"{engine[0]}{'e' if guarantee == 'exactly_once' else 'a'}"
+                tag = f"{engine[0]}{'e' if guarantee == 'exactly_once' else 'a'}{inputs[0]}"
                 work = Path(tmp) / f"run{run}-{tag}"
                 work.mkdir()
                 path = write_pipeline(work, "ctr", broker.url,
                                       f"bench{run}{tag}-{os.getpid()}",
                                       partitions=args.partitions)
+                if inputs == "copartitioned":  # the simulator keys by request id, murmur2
+                    with open(path, "a") as f:
+                        f.write("\ninputs: {copartitioned: true}\n")
                 cfg = load(path)
                 if events is None:  # the same events for every configuration of the run
                     events = generate(cfg, "ctr", args.requests, seed=run + 1)
@@ -289,8 +300,9 @@ def main() -> None:
                        "busy_s": summary["busy_seconds"], "load1": load_before,
                        "worker_cpu_s": summary["cpu_s"]}
                 row["ratio"] = row["join_eps"] / row["raw_eps"]
-                rows[(engine, guarantee)].append(row)
+                rows[(engine, guarantee, inputs)].append(row)
                 print(json.dumps({"run": run, "engine": engine, "guarantee": guarantee,
+                                  "inputs": inputs,
                                   **{k: round(v, 3) for k, v in row.items()},
                                   "batches": summary.get("batches"),
                                   "steps_s": {k: round(v, 2) for k, v in
@@ -301,8 +313,8 @@ def main() -> None:
                                          [e.value for e in events if e.role == "feedback"],
                                          PII_KEY.encode())
             oracle_s.append(time.perf_counter() - t0)
-            for engine, guarantee in configs:  # labels sent vs the oracle's count
-                rows[(engine, guarantee)][-1]["oracle_labels"] = len(expected)
+            for config in configs:  # labels sent vs the oracle's count
+                rows[config][-1]["oracle_labels"] = len(expected)
             print(json.dumps({"run": run, "oracle_s": round(oracle_s[-1], 2),
                               "oracle_labels": len(expected)}), flush=True)
             del events
@@ -311,16 +323,25 @@ def main() -> None:
     med = {c: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for c, rs in rows.items()}
     print(f"\n{args.requests} requests, {args.partitions} partitions, median of "
           f"{args.runs} runs (ratio: per run, then median); worker --batch-size 5000\n")
-    print("| broker | guarantee | events | raw aiokafka ev/s (ceiling) | join ev/s | "
+    print("| broker | guarantee | inputs | events | raw aiokafka ev/s (ceiling) | join ev/s | "
           "ratio join / raw | worker CPU s (whole run) | worker peak RSS MiB | labeled sent | "
           "oracle labels |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for (engine, guarantee), m in med.items():
-        print(f"| {engine} | {guarantee} | {m['events']:,.0f} | {m['raw_eps']:,.0f} | "
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (engine, guarantee, inputs), m in med.items():
+        print(f"| {engine} | {guarantee} | {inputs} | {m['events']:,.0f} | {m['raw_eps']:,.0f} | "
               f"{m['join_eps']:,.0f} | {m['ratio']:.3f} | {m['worker_cpu_s']:.1f} | "
               f"{m['worker_peak_rss_mib']:.0f} | "
               f"{m['labeled']:,.0f} | {m['oracle_labels']:,.0f} |")
-    eos, alo = rows.get(("kafka", "exactly_once")), rows.get(("kafka", "at_least_once"))
+    for engine, guarantee, inputs in configs:  # the hop's cost, side by side per run
+        hop, direct = rows.get((engine, guarantee, "hop")), rows.get(
+            (engine, guarantee, "copartitioned"))
+        if inputs == "hop" and hop and direct:
+            cost = [h["join_eps"] / d["join_eps"] for h, d in zip(hop, direct)]
+            print(f"\n{engine} {guarantee}: join ev/s with the repartition hop / without, "
+                  f"per run: {', '.join(f'{c:.3f}' for c in cost)}; median "
+                  f"{statistics.median(cost):.3f}")
+    eos = rows.get(("kafka", "exactly_once", "hop"))
+    alo = rows.get(("kafka", "at_least_once", "hop"))
     if eos and alo:
         cost = [e["join_eps"] / a["join_eps"] for e, a in zip(eos, alo)]
         print(f"\nKafka exactly once / at least once, join ev/s per run: "

@@ -194,7 +194,7 @@ def test_pipeline_end_to_end_through_a_secured_listener(secured: SecuredKafka, t
     status = json.loads(dlabel("dlabel status", "status", "-c", str(path), "--json"))
     lag = status["lag"]
     assert {r["topic"] for r in lag} == {cfg.topics.requests, cfg.topics.feedback,
-                                         cfg.topics.labeled}
+                                         cfg.topics.labeled, *cfg.join_inputs.values()}
     inputs = [r for r in lag if r["topic"] != cfg.topics.labeled]
     assert inputs and all(r["lag"] == 0 for r in inputs), inputs
     # the sink consumed every labeled record: its committed offset is past the last one

@@ -107,7 +107,7 @@ def test_metrics_scraped_and_no_pii_anywhere(broker, tmp_path, unique_name):
         assert status.returncode == 0, status.stderr
         st = __import__("json").loads(status.stdout)
         assert {r["topic"] for r in st["lag"]} == {cfg.topics.requests, cfg.topics.feedback,
-                                                   cfg.topics.labeled}
+                                                   cfg.topics.labeled, *cfg.join_inputs.values()}
         assert st["closed_time"]["closed"] is not None and not st["closed_time"]["unreported_inputs"]
         assert st["windows"]["closed"] >= 2 and st["models"]["champion"] is not None
         assert st["models"]["last_job"]["status"] == "trained"

@@ -52,7 +52,7 @@ class BatchLoop:
         self.hop_roles = ({topics.requests: REQUESTS, topics.feedback: FEEDBACK}
                           if config.repartitions else {})
         self.roles = {**self.join_roles, **self.hop_roles}  # everything the feed reads
-        self._marked_at: dict[TopicPartition, float] = {}  # hop input -> monotonic
+        self._marked: dict[TopicPartition, tuple] = {}  # hop input -> progress last sent
         self._repartition_topic = config.join_inputs  # role -> topic the hop writes
         self._hop_topic = {role: topic for topic, role in self.hop_roles.items()}
         self.proc = JoinProcessor(config, pii, clock)
@@ -141,7 +141,7 @@ class BatchLoop:
                       for topic, role in self.hop_roles.items()}
             assigned = {(role, (origin, task)) for role, task in assigned
                         for origin in range(inputs[role])}
-        self._marked_at.clear()
+        self._marked.clear()
         self.proc.watermark.assign(assigned)
         kinds = {v: k for k, v in KIND_PREFIX.items()}
         n = 0
@@ -256,21 +256,21 @@ class BatchLoop:
         return hw is not None and self.positions.get(tp, 0) >= hw
 
     def _markers(self, records: Optional[dict] = None) -> list:
-        """Watermark markers of the hop's inputs: those just read, and (from the timer)
-        each other one once a second, so that even an empty input reports its end."""
+        """Watermark markers of the hop's inputs whose progress (largest event time, at
+        its end or not) changed since their last marker: those just read, and from the
+        timer (``records`` None) those that reached their end, even an empty one."""
         if not self.hop_roles:
             return []
-        now = time.monotonic()
         out = []
+        repartitioner = self.proc.repartitioner
         for tp in self.positions:
             role = self.hop_roles.get(tp.topic)
-            if role is None:
+            if role is None or (records is not None and tp not in records):
                 continue
-            if (records is not None and tp in records) or (
-                    records is None and now - self._marked_at.get(tp, 0.0) >= 1.0):
-                self._marked_at[tp] = now
-                out.append((tp, self.proc.repartitioner.markers(role, tp.partition,
-                                                                self._at_end(tp))))
+            progress = (repartitioner.max_ts(role, tp.partition), self._at_end(tp))
+            if self._marked.get(tp) != progress:
+                self._marked[tp] = progress
+                out.append((tp, repartitioner.markers(role, tp.partition, progress[1])))
         return out
 
     def _closed_moved(self) -> bool:

@@ -107,6 +107,10 @@ class Repartitioner:
             self._max_ts[(role, partition)] = max_ts
         return forwards, dead
 
+    def max_ts(self, role: str, partition: int) -> Optional[int]:
+        """The largest event time forwarded from ``partition`` of ``role`` (None: none)."""
+        return self._max_ts.get((role, partition))
+
     def markers(self, role: str, partition: int, at_end: bool) -> list[Forward]:
         """A watermark marker for every task: how far ``partition`` of ``role`` has come."""
         max_ts = self._max_ts.get((role, partition))
