@@ -13,6 +13,7 @@ offsets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -26,6 +27,7 @@ from aiokafka.structs import TopicPartition
 from schemas.records import DeadLetter, encode_labeled
 from streams.join.batch_commit import Batch, BatchCommitter, encode_changes
 from streams.kafka.input_feed import InputFeed
+from streams.kafka.topics import partition_count
 from streams.join.join_state import EARLY, REQUEST, LabeledOut
 from streams.join.processor import FEEDBACK, REQUESTS, JoinProcessor
 from streams.join.repartition import hop_task
@@ -53,6 +55,8 @@ class BatchLoop:
                           if config.repartitions else {})
         self.roles = {**self.join_roles, **self.hop_roles}  # everything the feed reads
         self._marked: dict[TopicPartition, tuple] = {}  # hop input -> progress last sent
+        #: partition counts of the topics the hop reads (any count: the producers')
+        self.input_partitions: dict[str, int] = {}
         self._repartition_topic = config.join_inputs  # role -> topic the hop writes
         self._hop_topic = {role: topic for topic, role in self.hop_roles.items()}
         self.proc = JoinProcessor(config, pii, clock)
@@ -122,6 +126,10 @@ class BatchLoop:
                 positions = await group.fetch_committed(assigned)
             else:
                 positions = group.committed(assigned)
+            for topic in self.hop_roles:
+                if topic not in self.input_partitions:
+                    self.input_partitions[topic] = await asyncio.to_thread(
+                        partition_count, self.opts.bootstrap, topic)
             self._reload()
             self.positions = await self.feed.assign(positions)
             await group.pause(positions)
@@ -137,7 +145,7 @@ class BatchLoop:
         assigned = {(self.join_roles[tp.topic], tp.partition)
                     for tp in self.group.assigned(self.join_roles)}
         if self.hop_roles:  # event time per (input partition, task): see repartition
-            inputs = {role: self.group.partition_count(topic)
+            inputs = {role: self.input_partitions[topic]
                       for topic, role in self.hop_roles.items()}
             assigned = {(role, (origin, task)) for role, task in assigned
                         for origin in range(inputs[role])}
@@ -160,27 +168,33 @@ class BatchLoop:
         tune_gc()
         await self.feed.start()
         try:
-            while not self.group.should_stop:
-                if not self.ready and not await self._become_ready():
-                    await asyncio.sleep(0.05)
-                    continue
-                generation = self.generation
-                t0 = time.perf_counter()
-                records = await self.feed.getmany(timeout_ms=200,
-                                                  max_records=self.opts.batch_size)
-                if self.first_event_at is not None:
-                    self.seconds["fetch"] += time.perf_counter() - t0
-                if not records:
-                    async with self.lock:  # nothing fetched is waiting: skip markers
-                        if generation == self.generation and self.ready:
-                            await self._skip_markers()
-                    continue
-                async with self.lock:
-                    if generation != self.generation or not self.ready:
-                        continue  # fetched before a rebalance: nothing done, read again later
-                    await self._on_records(records)
+            await self._read_until_stopped()
         finally:
-            await self.feed.stop()
+            # an error stopping the feed (aiokafka may raise CancelledError while its
+            # coordinator closes) must not hide why the loop ended
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self.feed.stop()
+
+    async def _read_until_stopped(self) -> None:
+        while not self.group.should_stop:
+            if not self.ready and not await self._become_ready():
+                await asyncio.sleep(0.05)
+                continue
+            generation = self.generation
+            t0 = time.perf_counter()
+            records = await self.feed.getmany(timeout_ms=200,
+                                              max_records=self.opts.batch_size)
+            if self.first_event_at is not None:
+                self.seconds["fetch"] += time.perf_counter() - t0
+            if not records:
+                async with self.lock:  # nothing fetched is waiting: skip markers
+                    if generation == self.generation and self.ready:
+                        await self._skip_markers()
+                continue
+            async with self.lock:
+                if generation != self.generation or not self.ready:
+                    continue  # fetched before a rebalance: nothing done, read again later
+                await self._on_records(records)
 
     async def _on_records(self, records: dict) -> None:
         if self.first_event_at is None:
@@ -238,7 +252,7 @@ class BatchLoop:
         the group when its session expires; draining without them would end too early),
         and has read each to its end."""
         want = 2 * self.config.topics.partitions + sum(
-            self.group.partition_count(topic) for topic in self.hop_roles)
+            self.input_partitions[topic] for topic in self.hop_roles)
         return len(self.positions) >= want and all(
             self._at_end(tp) for tp in self.positions)
 
@@ -334,7 +348,7 @@ class BatchLoop:
             if role is None:
                 continue
             task_at_end = self._at_end(tp)
-            for origin in range(self.group.partition_count(self._hop_topic[role])):
+            for origin in range(self.input_partitions[self._hop_topic[role]]):
                 key = (origin, tp.partition)
                 set_caught_up(role, key, task_at_end and hop_at_end.get((role, key), False))
 

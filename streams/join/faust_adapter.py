@@ -108,7 +108,6 @@ class FaustGroup:
 
     def __init__(self, app: faust.App, table, bootstrap: str) -> None:
         self.app, self.table, self.bootstrap = app, table, bootstrap
-        self._counts: dict[str, int] = {}
 
     @property
     def group_id(self) -> str:
@@ -122,17 +121,6 @@ class FaustGroup:
     def ready(self) -> bool:
         """The assignment is settled and the table recovered."""
         return bool(self.app.tables.actives_ready) and not self.app.rebalancing
-
-    def partition_count(self, topic: str) -> int:
-        """How many partitions ``topic`` has (from the group's metadata; cached)."""
-        count = self._counts.get(topic)
-        if count is None:
-            count = self.app.consumer.topic_partitions(topic)
-            if not count:
-                raise DlabelError(f"no partition count known for topic {topic!r}: the "
-                                  "group has not subscribed it")
-            self._counts[topic] = count
-        return count
 
     def assigned(self, topics: Iterable[str]) -> list[TopicPartition]:
         """This member's partitions of ``topics``."""
