@@ -345,6 +345,9 @@ class JoinWatch:
                                             feedback=inputs["feedback"],
                                             labeled=config.topics.labeled)
         topics = self.topics
+        # with the hop the join is caught up only once the inputs are forwarded too
+        self.hop_inputs = ((config.topics.requests, config.topics.feedback)
+                           if config.repartitions else ())
         self.requests = TopicReader(bootstrap, topics.requests, partitions)
         self.feedback = TopicReader(bootstrap, topics.feedback, partitions)
         self.labeled = TopicReader(bootstrap, topics.labeled, partitions)
@@ -389,12 +392,12 @@ class JoinWatch:
         got = self.admin.list_group_offsets(self.group).get(self.group, {}) or {}
         t = self.topics
         committed = {topic: {p: 0 for p in range(self.partitions)}
-                     for topic in (t.requests, t.feedback)}
+                     for topic in (t.requests, t.feedback, *self.hop_inputs)}
         for tp, meta in got.items():
             if tp.topic in committed and meta is not None and meta.offset is not None:
                 committed[tp.topic][tp.partition] = max(0, meta.offset)
         ends = {topic: _ends(self.bootstrap, topic, self.partitions)
-                for topic in (t.requests, t.feedback)}
+                for topic in (t.requests, t.feedback, *self.hop_inputs)}
         past = []
         for r in mine:
             ex = json.loads(r.value)

@@ -217,3 +217,24 @@ def test_events_are_known_by_input_partition_and_offset():
     dup, = [d for d in run.dead if d["reason"] == "duplicate_request"]
     assert (dup["topic"], dup["partition"], dup["offset"]) == ("t.requests", 0, 0)
     assert "partition 1 offset 0" in dup["detail"]
+
+
+def test_an_at_least_once_hop_replay_is_skipped_not_late():
+    """A hop that crashed before committing its input offsets forwards those records
+    again, after the markers it had sent: the join skips them by their input offsets
+    (they were joined already) instead of calling them late."""
+    config = _config(partitions=1)
+    hop = Hop(config, inputs=1)
+    hop.produce("requests", 0, req("a", MIN))
+    hop.produce("feedback", 0, fb("a", 2 * MIN))
+    for i in range(10):  # event time moves on by hours
+        hop.produce("requests", 0, req(f"b{i}", (60 + 30 * i) * MIN))
+    hop.deliver_all()
+    replay = Hop(config, inputs=1)  # the restarted hop, from the committed offset 0
+    replay.log, replay.join, replay.run = hop.log, hop.join, hop.run
+    replay.produce("feedback", 0, fb("a", 2 * MIN))
+    replay.produce("requests", 0, req("a", MIN))
+    run = replay.drain()
+    assert "late" not in run.reasons() and "duplicate_request" not in run.reasons()
+    assert run.labeled["a"]["label"] == 1
+    assert sum(p.reforwarded for p in hop.join) == 2

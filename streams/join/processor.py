@@ -48,6 +48,9 @@ class JoinProcessor:
         self._tasks = config.topics.partitions
         #: (role, (input partition, task)) -> whether the hop was at that input's end
         self.hop_at_end: dict[tuple, bool] = {}
+        #: (role, task) -> {input partition: the last input offset forwarded to the task}
+        self._forwarded: dict[tuple[str, int], dict[int, int]] = {}
+        self.reforwarded = 0  # events an at-least-once hop forwarded again (skipped)
 
     def process(self, role: str, partition: int, records: Sequence[InputRecord]) -> list[Output]:
         """Handle consumed records of one input partition (``.offset``, ``.value``), in order.
@@ -129,6 +132,7 @@ class JoinProcessor:
         out: list[Output] = []
         max_ts: dict[int, int] = {}
         watermark = self.watermark
+        forwarded = self._forwarded.setdefault((role, task), {})
         for rec in records:
             name, header = rec.headers[0]
             if name == WATERMARK_HEADER:
@@ -140,6 +144,12 @@ class JoinProcessor:
                     watermark.observe(role, key, ts)
                 continue
             origin, offset = decode_source(header)
+            if offset <= forwarded.get(origin, -1):
+                # forwarded again: an at-least-once hop replayed input it had forwarded
+                # but not committed. Seen already, by the input offsets' order.
+                self.reforwarded += 1
+                continue
+            forwarded[origin] = offset
             value = rec.value
             try:
                 event = parse(value)
@@ -155,6 +165,7 @@ class JoinProcessor:
                 out.extend(res)
         for origin, ts in max_ts.items():
             watermark.observe(role, (origin, task), ts)
+
         return self._counted(out) if out else out
 
     def tick(self) -> list[Output]:
