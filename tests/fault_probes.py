@@ -441,11 +441,11 @@ def kill_join_in_flight(worker, watch: JoinWatch, rnd, busy: Callable[[], bool],
         return busy() or not last["ev"].caught_up()
 
     # A batch is in flight for a few tens of ms of the worker's own time (outputs sent,
-    # acks, state, commit): sample at most 10 ms of its running time apart. The frozen
+    # acks, state, commit): sample at most 3 ms of its running time apart. The frozen
     # time in between (reading the evidence) does not count: the worker does nothing.
     ev = sample_frozen(lambda: group_members(worker.pid), probe, go_on, rnd, timeout,
                        "a moment with the join's outputs past its committed input",
-                       max_pause=0.01)
+                       max_pause=0.003)
     if ev is None:
         return None
     before_kill()
