@@ -1,6 +1,6 @@
 """Reading closed dataset windows, through their manifests only.
 
-A window lives in ``<dataset.path>/window_start=<%Y-%m-%dT%H-%M-%SZ>/``; it is closed
+A window lives in ``<dataset.path>/window-<%Y-%m-%dT%H-%M-%SZ>/``; it is closed
 (and readable) once its ``_manifest.json`` exists. Only the files the manifest lists
 are read, never a glob, so a reader never sees uncommitted files.
 """
@@ -25,7 +25,7 @@ window_iso = iso_utc
 
 def parse_window(text: str | int) -> int:
     """A window start in epoch ms from ``2026-11-27T10:00:00Z``, the directory form
-    ``[window_start=]2026-11-27T10-00-00Z``, any ISO time with a zone, or integer ms."""
+    ``[window-]2026-11-27T10-00-00Z``, any ISO time with a zone, or integer ms."""
     if isinstance(text, int) and not isinstance(text, bool):
         return text
     try:

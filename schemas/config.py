@@ -18,7 +18,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from schemas.config_checks import (NAME_RE, Section, choice, duration, fail, name_list,
+from schemas.config_checks import (NAME_RE, Section, byte_size, choice, duration, fail,
+                                   name_list,
                                    non_empty_str, parse_duration_ms, pattern, positive_int,
                                    validate_broker)
 from schemas.config_features import (FEATURE_TYPES, PII_ACTIONS, RESERVED_COLUMNS, FeatureSpec,
@@ -102,6 +103,7 @@ class DatasetSpec:
     window_ms: int
     flush_rows: int = 50_000
     flush_interval_ms: int = 30_000
+    target_file_size: int = 256 << 20   # bytes per data file of a closed window
 
 
 @dataclass(frozen=True)
@@ -228,10 +230,12 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
             raise fail(f"slices[{i}]", f"{s!r} is not a declared feature (or is dropped PII); "
                                         f"slice by one of {', '.join(sorted(kept))}")
 
-    d = top.sub("dataset", ("path", "window", "flush_rows", "flush_interval"))
+    d = top.sub("dataset", ("path", "window", "flush_rows", "flush_interval",
+                            "target_file_size"))
     dataset = DatasetSpec(d.get("path", non_empty_str), d.get("window", duration(True)),
                           flush_rows=d.get("flush_rows", positive_int, 50_000),
-                          flush_interval_ms=d.get("flush_interval", duration(True), 30_000))
+                          flush_interval_ms=d.get("flush_interval", duration(True), 30_000),
+                          target_file_size=d.get("target_file_size", byte_size, 256 << 20))
 
     model = model_spec(top, label.kind, features)
     return PipelineConfig(pipeline=pipeline, broker=broker, topics=topics, join=join,

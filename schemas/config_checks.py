@@ -123,6 +123,22 @@ def positive_int(value: Any, field: str) -> int:
     return value
 
 
+_SIZE_RE = re.compile(r"^([0-9]+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?$")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30,
+               "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9}
+
+
+def byte_size(value: Any, field: str) -> int:
+    """Check a size in bytes: an int, or '256MiB', '128MB', '1GiB' (B, KiB, MiB, GiB, KB,
+    MB, GB); at least 1 byte."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    m = _SIZE_RE.match(value.strip()) if isinstance(value, str) else None
+    if m is None or int(m.group(1)) < 1:
+        raise fail(field, f"{value!r} is not a size; write e.g. 256MiB or 134217728 (bytes)")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
 def non_negative_int(value: Any, field: str) -> int:
     """Check an int >= 0 (booleans are not ints here)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

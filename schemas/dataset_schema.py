@@ -19,11 +19,16 @@ from schemas.config import PipelineConfig
 TS = pa.timestamp("ms", tz="UTC")
 FEATURE_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(),
                  "bool": pa.bool_()}
-WINDOW_DIR_PREFIX = "window_start="
+#: A window directory is ``window-2026-11-27T10-00-00Z``: not ``key=value``, so that no
+#: reader's hive partitioning turns its name into a string column shadowing the file's
+#: ``window_start`` timestamp (pandas raised on the merge, DuckDB read a VARCHAR).
+WINDOW_DIR_PREFIX = "window-"
+#: The first layout's prefix, still recognised when listing an older dataset.
+LEGACY_WINDOW_DIR_PREFIX = "window_start="
 #: A window's manifest file name (written last: the window is committed once it exists).
 MANIFEST = "_manifest.json"
 _DIR_FORMAT = "%Y-%m-%dT%H-%M-%SZ"
-_DIR_RE = re.compile(r"^window_start=(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ)$")
+_DIR_RE = re.compile(r"^(?:window-|window_start=)(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ)$")
 
 
 def arrow_schema(config: PipelineConfig) -> pa.Schema:
@@ -75,8 +80,9 @@ def parse_window_arg(text: str) -> int:
     text = text.strip()
     if text.lstrip("-").isdigit():
         return int(text)
-    from_dir = parse_window_dir(text if text.startswith(WINDOW_DIR_PREFIX)
-                                else WINDOW_DIR_PREFIX + text)
+    from_dir = parse_window_dir(
+        text if text.startswith((WINDOW_DIR_PREFIX, LEGACY_WINDOW_DIR_PREFIX))
+        else WINDOW_DIR_PREFIX + text)
     if from_dir is not None:
         return from_dir
     try:
@@ -93,15 +99,29 @@ def unify(schemas: Iterable[pa.Schema]) -> pa.Schema:
     return pa.unify_schemas(list(schemas), promote_options="default")
 
 
-_PART_RE = re.compile(r"^part-(\d{3,})-(\d{12,})-(\d{12,})\.parquet$")
+_PART_RE = re.compile(r"^\.part-(\d{3,})-(\d{12,})-(\d{12,})\.staged$")
+_DATA_RE = re.compile(r"^data-(\d{5,})\.parquet$")
 
 
 def part_name(partition: int, first: int, last: int) -> str:
-    """The deterministic name of the file made from offsets ``first..last`` of a partition."""
-    return f"part-{partition:03d}-{first:012d}-{last:012d}.parquet"
+    """The deterministic name of the staged file made from offsets ``first..last`` of a
+    labeled partition: hidden, and without the ``.parquet`` suffix, so that no reader's
+    listing or glob sees an open window's rows (see ``streams.dataset.compaction``)."""
+    return f".part-{partition:03d}-{first:012d}-{last:012d}.staged"
 
 
 def parse_part_name(name: str) -> tuple[int, int, int] | None:
-    """``(partition, first, last)`` of a data file name, or None."""
+    """``(partition, first, last)`` of a staged file name, or None."""
     m = _PART_RE.match(name)
     return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def data_file_name(index: int) -> str:
+    """The name of a closed window's ``index``-th data file."""
+    return f"data-{index:05d}.parquet"
+
+
+def parse_data_file_name(name: str) -> int | None:
+    """The index of a closed window's data file name, or None."""
+    m = _DATA_RE.match(name)
+    return int(m.group(1)) if m else None

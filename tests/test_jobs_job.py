@@ -35,7 +35,7 @@ def test_first_window_starts_a_model_and_promotes_it(cfg):
                    "windows": ["2026-11-18T11:00:00Z"], "parent": None,
                    "manifests": [lin["manifests"][0]], "estimator": "sgd_classifier",
                    "created_ms": 42, "version": "v0001", "sha256": lin["sha256"]}
-    assert lin["manifests"][0].endswith("window_start=2026-11-18T11-00-00Z/_manifest.json")
+    assert lin["manifests"][0].endswith("window-2026-11-18T11-00-00Z/_manifest.json")
 
 
 def test_lineage_prequential_drift_and_holdout_later_in_time(cfg):

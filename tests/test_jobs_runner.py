@@ -164,7 +164,7 @@ def test_runner_follows_the_topic(broker: EmbeddedBroker, make_config, tmp_path)
     reg = Registry(cfg.model.path)
 
     def publish(w):
-        ev = window_event(f"{cfg.dataset.path}/window_start={window_iso(w).replace(':', '-')}"
+        ev = window_event(f"{cfg.dataset.path}/window-{window_iso(w).replace(':', '-')}"
                           "/_manifest.json")
         producer.send(cfg.topics.windows, value=json.dumps(ev).encode())
         producer.flush()

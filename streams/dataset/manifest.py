@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
-from schemas.dataset_schema import MANIFEST, iso_utc, parse_part_name, parse_window_dir, unify
+from schemas.dataset_schema import MANIFEST, iso_utc, parse_window_dir, unify
+from streams.dataset.compaction import staged_files
 
 FORMAT = 1
 
@@ -24,23 +25,13 @@ def manifest_exists(storage, dirname: str) -> bool:
     return MANIFEST in storage.list_dir(dirname)
 
 
-def _data_files(storage, dirname: str) -> list[str]:
-    return [n for n in storage.list_dir(dirname) if parse_part_name(n) is not None]
-
-
 def build_manifest(config: PipelineConfig, storage, dirname: str, window: int,
-                   schema: pa.Schema, labeled_topic: str) -> dict[str, Any]:
-    """The manifest of a window from its committed files."""
-    files, tables, offsets = [], [], {}
-    for name in _data_files(storage, dirname):
-        table = pq.read_table(io.BytesIO(storage.read(f"{dirname}/{name}")),
-                              columns=["request_ts", "label"])
-        files.append({"path": name, "rows": table.num_rows})
-        tables.append(table)
-        p, first, last = parse_part_name(name)
-        key = f"{labeled_topic}:{p}"
-        lo, hi = offsets.get(key, (first, last))
-        offsets[key] = (min(lo, first), max(hi, last))
+                   schema: pa.Schema, files: list[dict[str, Any]],
+                   source_offsets: dict[str, list[int]]) -> dict[str, Any]:
+    """The manifest of a window from its data files (``[{"path", "rows"}]``, written by
+    compaction) and the labeled-topic offsets they were made from."""
+    tables = [pq.read_table(io.BytesIO(storage.read(f"{dirname}/{f['path']}")),
+                            columns=["request_ts", "label"]) for f in files]
     data = pa.concat_tables(tables) if tables else None
     rows = data.num_rows if data is not None else 0
     positives: Optional[int] = None
@@ -70,7 +61,7 @@ def build_manifest(config: PipelineConfig, storage, dirname: str, window: int,
         "min_request_ts": min_ts,
         "max_request_ts": max_ts,
         "schema": schema.to_string(show_schema_metadata=False),
-        "source_offsets": {k: list(v) for k, v in sorted(offsets.items())},
+        "source_offsets": source_offsets,
     }
 
 
@@ -95,7 +86,8 @@ def window_event(manifest: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
 
 
 def list_windows(storage) -> list[dict[str, Any]]:
-    """Every window of a dataset with its status, from manifests (open ones from files)."""
+    """Every window of a dataset with its status, from manifests (open ones: the number
+    of staged files)."""
     out = []
     for name in storage.list_dir():
         start = parse_window_dir(name)
@@ -109,7 +101,7 @@ def list_windows(storage) -> list[dict[str, Any]]:
                         "label_rate": (positives / rows) if rows and positives is not None else None,
                         "files": len(manifest["files"]), "dir": name})
         else:
-            files = _data_files(storage, name)
+            files = staged_files(storage, name)
             out.append({"window_start": iso_utc(start), "status": "open", "rows": None,
                         "positives": None, "label_rate": None, "files": len(files), "dir": name})
     return out

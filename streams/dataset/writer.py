@@ -7,10 +7,12 @@ and Spark by its leading underscore), like Kafka Connect's HDFS sink: the Kafka
 consumer-group offsets are committed too, but only for monitoring; a restart resumes
 from ``_sink/``.
 
-A file's name says exactly what was consumed to make it:
-``window_start=<start>/part-<partition>-<first offset>-<last offset>.parquet``. See
+While a window is open its rows are committed as *staged* files, whose names say
+exactly what was consumed to make them:
+``window-<start>/.part-<partition>-<first offset>-<last offset>.staged``. See
 ``DatasetWriter.commit_partition`` for the protocol that makes a crash at any point and
-a restart give the same files.
+a restart give the same files. At close the staged files are compacted into the
+window's data files (``streams.dataset.compaction``), then the manifest is written.
 """
 from __future__ import annotations
 
@@ -20,14 +22,16 @@ import logging
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
 from schemas.records import DeadLetter
 from schemas.dataset_schema import (arrow_schema, examples_to_table, parse_part_name,
                                     parse_window_dir, part_name, window_dir)
-from streams.dataset.manifest import build_manifest, manifest_exists, write_manifest
+from streams.dataset.compaction import (compact_window, data_files, parquet_bytes,
+                                        remove_staged, source_offsets, staged_files)
+from streams.dataset.manifest import (build_manifest, manifest_exists, read_manifest,
+                                      write_manifest)
 
 log = logging.getLogger("dlabel.sink")
 
@@ -78,6 +82,7 @@ class DatasetWriter:
             self._remove_temp_files(name)
             if manifest_exists(self.storage, name):
                 self.closed.add(start)
+                remove_staged(self.storage, name)  # a crash came before their removal
             else:
                 self.open_ids[start] = self._committed_ids(name)
         if self.redo:
@@ -150,7 +155,12 @@ class DatasetWriter:
     def _ids_of_closed(self, window: int) -> set[str]:
         ids = self._closed_ids.get(window)
         if ids is None:
-            ids = self._committed_ids(window_dir(window))
+            name = window_dir(window)
+            ids = set()
+            for data in data_files(self.storage, name):
+                table = pq.read_table(io.BytesIO(self.storage.read(f"{name}/{data}")),
+                                      columns=["request_id"])
+                ids.update(table.column("request_id").to_pylist())
             self._closed_ids[window] = ids
             while len(self._closed_ids) > self._closed_cache:
                 self._closed_ids.popitem(last=False)
@@ -180,7 +190,7 @@ class DatasetWriter:
 
         1. write ``_sink/p<partition>.intent.json`` = ``{first, last}`` (atomically);
         2. for each window with rows from that range, write
-           ``window_start=<w>/part-<partition>-<first>-<last>.parquet`` atomically
+           ``window-<w>/.part-<partition>-<first>-<last>.staged`` atomically
            (hidden temp name, fsync, rename; one PUT on S3);
         3. write ``_sink/p<partition>.json`` = ``{"next": last + 1}`` (atomically).
 
@@ -204,7 +214,7 @@ class DatasetWriter:
         for window, rows in sorted(windows.items()):
             table = examples_to_table(rows, self.schema)
             self.storage.write_atomic(f"{window_dir(window)}/{part_name(partition, first, last)}",
-                                      _parquet_bytes(table))
+                                      parquet_bytes(table))
         self.storage.write_atomic(f"{prefix}.json", _json({"next": last + 1}))
         self.buffers.pop(partition, None)
         for rows in windows.values():
@@ -225,12 +235,23 @@ class DatasetWriter:
         return sorted(w for w in self.open_ids if w + self.window_ms + lw <= closed_time)
 
     def close(self, window: int, topic: str) -> dict[str, Any]:
-        """Write a ready window's manifest (after ``commit_all``); return the manifest."""
+        """Close a ready window (after ``commit_all``): compact its staged files into its
+        data files, write its manifest, remove the staged files; return the manifest.
+
+        Idempotent at every step (see ``streams.dataset.compaction``).
+        """
         if any(window in b for b in self.buffers.values()):
             raise RuntimeError(f"window {window_dir(window)} still has uncommitted rows")
         name = window_dir(window)
-        manifest = build_manifest(self.config, self.storage, name, window, self.schema, topic)
-        write_manifest(self.storage, name, manifest)
+        manifest = read_manifest(self.storage, name)
+        if manifest is None:
+            offsets = source_offsets(staged_files(self.storage, name), topic)
+            files = compact_window(self.storage, name, self.schema,
+                                   self.config.dataset.target_file_size)
+            manifest = build_manifest(self.config, self.storage, name, window, self.schema,
+                                      files, offsets)
+            write_manifest(self.storage, name, manifest)
+        remove_staged(self.storage, name)
         self.closed.add(window)
         self._closed_ids[window] = self.open_ids.pop(window)
         while len(self._closed_ids) > self._closed_cache:
@@ -241,9 +262,3 @@ class DatasetWriter:
 
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buf = pa.BufferOutputStream()
-    pq.write_table(table, buf, compression="zstd")
-    return buf.getvalue().to_pybytes()
