@@ -225,7 +225,7 @@ def check_positions(dls: list[dict], placed: list[Placed], cfg) -> None:
 
 # ------------------------------------------------------------------ the tests
 
-@pytest.mark.slow
+@pytest.mark.ci  # the issue-12 scenario, on both brokers, in CI (about 1.5 min)
 @pytest.mark.timeout(900)
 def test_foreign_partitioners_two_workers_rebalance(any_broker, tmp_path, unique_name):
     broker = any_broker
