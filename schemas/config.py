@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import yaml
 
@@ -24,6 +24,7 @@ from schemas.config_checks import (NAME_RE, Section, byte_size, choice, duration
                                    validate_broker)
 from schemas.config_features import (FEATURE_TYPES, PII_ACTIONS, RESERVED_COLUMNS, FeatureSpec,
                                      feature_specs, kept_feature_names)
+from schemas.config_iceberg import IcebergSpec, iceberg_spec
 from schemas.config_inputs import TS_UNITS, FieldPath, InputsSpec, RoleInputs, inputs_spec
 from schemas.config_sections import (ESTIMATORS, KAFKA_PASSWORD_ENV, KAFKA_PROTOCOLS,
                                      PROMOTION_METRICS, SASL_MECHANISMS, DriftSpec,
@@ -35,7 +36,7 @@ __all__ = [
     "BROKER_ENV", "DEFAULT_BROKER", "ESTIMATORS", "FEATURE_TYPES", "KAFKA_PASSWORD_ENV",
     "KAFKA_PROTOCOLS", "PII_ACTIONS", "PROMOTION_METRICS", "RESERVED_COLUMNS",
     "SASL_MECHANISMS", "STORES", "TS_UNITS", "DatasetSpec", "DriftSpec", "FeatureSpec",
-    "FieldPath", "InputsSpec", "JoinSpec", "RoleInputs",
+    "FieldPath", "IcebergSpec", "InputsSpec", "JoinSpec", "RoleInputs",
     "KafkaSecurity", "LabelSpec", "ModelSpec", "PipelineConfig", "PromotionSpec",
     "TopicsSpec", "config_from_dict", "default_closed_time_topic", "load_config",
     "repartition_topic",
@@ -104,6 +105,7 @@ class DatasetSpec:
     flush_rows: int = 50_000
     flush_interval_ms: int = 30_000
     target_file_size: int = 256 << 20   # bytes per data file of a closed window
+    iceberg: Optional[IcebergSpec] = None  # commit closed windows to this table too
 
 
 @dataclass(frozen=True)
@@ -231,11 +233,12 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
                                         f"slice by one of {', '.join(sorted(kept))}")
 
     d = top.sub("dataset", ("path", "window", "flush_rows", "flush_interval",
-                            "target_file_size"))
+                            "target_file_size", "iceberg"))
     dataset = DatasetSpec(d.get("path", non_empty_str), d.get("window", duration(True)),
                           flush_rows=d.get("flush_rows", positive_int, 50_000),
                           flush_interval_ms=d.get("flush_interval", duration(True), 30_000),
-                          target_file_size=d.get("target_file_size", byte_size, 256 << 20))
+                          target_file_size=d.get("target_file_size", byte_size, 256 << 20),
+                          iceberg=iceberg_spec(d))
 
     model = model_spec(top, label.kind, features)
     return PipelineConfig(pipeline=pipeline, broker=broker, topics=topics, join=join,

@@ -473,18 +473,19 @@ def _read_json(path: Path) -> Optional[dict]:
         return None
 
 
-_PART = re.compile(r"^part-(\d+)-(\d+)-(\d+)\.parquet$")  # README: part-<p>-<first>-<last>
+# README: an open window's staged file .part-<p>-<first>-<last>.staged
+_PART = re.compile(r"^\.part-(\d+)-(\d+)-(\d+)\.staged$")
 
 
 def sink_commit_in_flight(dataset: Path, partitions: int) -> Optional[dict]:
     """A sink commit caught half done on disk, or None.
 
     The sink commits offsets ``first..last`` of a labeled partition as: the intent
-    ``_sink/p<N>.intent.json``, then one Parquet file per window named after the range,
+    ``_sink/p<N>.intent.json``, then one staged file per window named after the range,
     then the checkpoint ``_sink/p<N>.json`` (``next = last + 1``). Half done: an intent
-    past the checkpoint *with some of its data files already in place* - files readers
-    can see that the sink's own state does not account for yet (a restart must redo that
-    very range, or the rows are there twice). Hidden temp files are listed too.
+    past the checkpoint *with some of its staged files already in place* - files the
+    sink's own state does not account for yet (a restart must redo that very range, or
+    the rows are there twice). Hidden temp files are listed too.
     """
     state = dataset / "_sink"
     unfinished = {}

@@ -73,6 +73,7 @@ class DatasetSink:
         self.close_latency_ms: list[int] = []
         self.stopping = False
         self.stalled: Optional[str] = None  # why commits fail, while they do
+        self.iceberg = None  # the Iceberg table closed windows go to (dataset.iceberg)
 
     # ------------------------------------------------------------------ run
     def run(self) -> dict:
@@ -99,6 +100,7 @@ class DatasetSink:
                 self.consumer.seek(tp, resume[tp.partition])
             self.consumer.seek_to_beginning(reports)
             self.sent = json.loads(self.storage.read(SENT_STATE) or b"[]")
+            self._open_iceberg()
             self._send_unsent_events()
             log.info("sink started at %s", {f"{t.labeled}:{p}": o for p, o in resume.items()})
             while not self.stopping:
@@ -225,6 +227,7 @@ class DatasetSink:
         self._commit()
         for window in ready:
             manifest = self.writer.close(window, self.config.topics.labeled)
+            self._commit_to_iceberg(manifest)
             self._send_event(window_dir(window), manifest)
             self.close_latency_ms.append(self.clock() - now)
             metrics.WINDOWS_CLOSED.inc()
@@ -241,14 +244,37 @@ class DatasetSink:
             self.storage.write_atomic(SENT_STATE, json.dumps(self.sent).encode())
 
     def _send_unsent_events(self) -> None:
-        """After a crash between a manifest and its event: send the event now."""
+        """After a crash between a manifest and its event: commit the window to the
+        Iceberg table (once: the table knows its windows) and send the event now."""
         for start in sorted(self.writer.closed):
             dirname = window_dir(start)
             if dirname not in self.sent:
                 manifest = read_manifest(self.storage, dirname)
                 if manifest is not None:
                     log.info("sink: sending the windows event of %s again", dirname)
+                    self._commit_to_iceberg(manifest)
                     self._send_event(dirname, manifest)
+
+    def _open_iceberg(self) -> None:
+        """With ``dataset.iceberg``: load the catalog, create or evolve the table."""
+        spec = self.config.dataset.iceberg
+        if spec is None:
+            return
+        from streams.dataset.iceberg_table import IcebergWindows  # pyiceberg: optional
+        catalog = spec.catalog_properties()
+        uri = catalog.get("uri", "")
+        if uri.startswith("sqlite:///"):  # SQLite creates the file, not its directory
+            os.makedirs(os.path.dirname(uri[len("sqlite:///"):]) or ".", exist_ok=True)
+        self.iceberg = IcebergWindows(spec.table, catalog, self.writer.schema,
+                                      self.config.pipeline)
+        self.iceberg.ensure_table()
+
+    def _commit_to_iceberg(self, manifest: dict) -> None:
+        if self.iceberg is not None:
+            from streams.dataset.iceberg_table import window_file_uris
+            if self.iceberg.commit_window(manifest, window_file_uris(self.storage, manifest)):
+                log.info("window %s committed to Iceberg table %s", manifest["window_start"],
+                         self.config.dataset.iceberg.table)
 
     def _dead_letter(self, rejected: list[DeadLetter]) -> None:
         futures = [self.producer.send(self.config.topics.dead_letter, value=r.encode())
