@@ -1,11 +1,13 @@
 """Reading closed dataset windows, through their manifests only.
 
-A window lives in ``<dataset.path>/window-<%Y-%m-%dT%H-%M-%SZ>/``; it is closed
-(and readable) once its ``_manifest.json`` exists. Only the files the manifest lists
+A window lives in ``<dataset.path>/window-<%Y-%m-%dT%H-%M-%SZ>/`` (a local directory or
+an ``s3://`` prefix: read through ``streams.common.storage``); it is closed (and
+readable) once its ``_manifest.json`` exists. Only the files the manifest lists
 are read, never a glob, so a reader never sees uncommitted files.
 """
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import pyarrow.parquet as pq
 from schemas.dataset_schema import (MANIFEST, iso_utc, parse_window_arg, parse_window_dir,
                                     window_dir)
 from schemas.errors import DatasetError
+from streams.common.storage import open_storage
 
 # The window names and the manifest's name are the sink's (one definition each).
 window_dirname = window_dir
@@ -37,10 +40,12 @@ def parse_window(text: str | int) -> int:
 
 @dataclass(frozen=True)
 class Window:
-    """A closed window: its start/end (ms), directory and parsed manifest."""
+    """A closed window: its start/end (ms), its directory in the dataset's storage (a
+    local directory or an S3 prefix) and its parsed manifest."""
     start_ms: int
     end_ms: int
-    path: Path
+    storage: Any
+    dirname: str
     manifest: dict[str, Any]
 
     @property
@@ -48,28 +53,39 @@ class Window:
         return window_iso(self.start_ms)
 
     @property
-    def manifest_path(self) -> Path:
-        return self.path / MANIFEST
+    def manifest_path(self) -> str:
+        """The manifest's path or ``s3://`` URI."""
+        return self.storage.uri(f"{self.dirname}/{MANIFEST}")
+
+
+def _same_location(given: str, expected: str) -> bool:
+    if expected.startswith("s3://"):
+        return given.rstrip("/") == expected
+    path = given[7:] if given.startswith("file://") else given
+    return "://" not in path and Path(path).resolve() == Path(expected).resolve()
 
 
 def open_window(root: str | Path, start_ms: int, manifest: str | Path | None = None) -> Window:
     """The closed window starting at ``start_ms`` under ``root`` (DatasetError if not closed).
 
+    ``root`` is ``dataset.path``: a local directory or ``s3://bucket/prefix``.
     ``manifest`` (e.g. from a windows-topic event) must name the window's own manifest
     under ``root``: an event cannot make a job read anything else (DatasetError).
     """
-    mpath = Path(root) / window_dirname(start_ms) / MANIFEST
-    if manifest:
-        given = Path(str(manifest)[7:] if str(manifest).startswith("file://") else manifest)
-        if given.resolve() != mpath.resolve():
-            raise DatasetError(f"window {window_iso(start_ms)}: manifest {str(manifest)!r} is not "
-                               f"this window's manifest under dataset.path ({mpath}); refusing "
-                               "to read it")
+    storage = open_storage(str(root))
+    dirname = window_dirname(start_ms)
+    rel = f"{dirname}/{MANIFEST}"
+    mpath = storage.uri(rel)
+    if manifest and not _same_location(str(manifest), mpath):
+        raise DatasetError(f"window {window_iso(start_ms)}: manifest {str(manifest)!r} is not "
+                           f"this window's manifest under dataset.path ({mpath}); refusing "
+                           "to read it")
     try:
-        data = json.loads(mpath.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(f"window {window_iso(start_ms)}: no manifest at {mpath}; the window "
-                           "is not closed yet (or dataset.path is wrong)") from None
+        raw = storage.read(rel)
+        if raw is None:
+            raise DatasetError(f"window {window_iso(start_ms)}: no manifest at {mpath}; the "
+                               "window is not closed yet (or dataset.path is wrong)")
+        data = json.loads(raw)
     except (OSError, ValueError) as e:
         raise DatasetError(f"window {window_iso(start_ms)}: cannot read manifest {mpath} "
                            f"({e})") from None
@@ -82,7 +98,7 @@ def open_window(root: str | Path, start_ms: int, manifest: str | Path | None = N
     if data["window_start_ms"] != start_ms:
         raise DatasetError(f"manifest {mpath}: window_start_ms {data['window_start_ms']} is not "
                            f"the requested window {start_ms}")
-    return Window(start_ms, int(data["window_end_ms"]), mpath.parent, data)
+    return Window(start_ms, int(data["window_end_ms"]), storage, dirname, data)
 
 
 def read_window(window: Window) -> pd.DataFrame:
@@ -93,9 +109,12 @@ def read_window(window: Window) -> pd.DataFrame:
         if "/" in name or "\\" in name or name.startswith("."):
             raise DatasetError(f"window {window.name}: manifest file name {name!r} is not a "
                                "plain file name in the window directory")
-        path = window.path / name
+        path = window.storage.uri(f"{window.dirname}/{name}")
         try:
-            table = pq.read_table(path)
+            raw = window.storage.read(f"{window.dirname}/{name}")
+            if raw is None:
+                raise FileNotFoundError(path)
+            table = pq.read_table(io.BytesIO(raw))
         except (OSError, ValueError) as e:
             raise DatasetError(f"window {window.name}: cannot read {path} ({e})") from None
         if table.num_rows != entry.get("rows", table.num_rows):
@@ -110,13 +129,11 @@ def read_window(window: Window) -> pd.DataFrame:
 
 def closed_windows(root: str | Path) -> list[int]:
     """Starts (ms) of every closed window under ``root``, ascending."""
+    storage = open_storage(str(root))
     out = []
-    base = Path(root)
-    if not base.is_dir():
-        return out
-    for child in base.iterdir():
-        start = parse_window_dir(child.name)
-        if start is not None and (child / MANIFEST).is_file():
+    for name in storage.list_dir():
+        start = parse_window_dir(name)
+        if start is not None and MANIFEST in storage.list_dir(name):
             out.append(start)
     return sorted(out)
 

@@ -82,3 +82,47 @@ def test_s3_paths_cannot_escape_the_prefix(make_config, bucket):
     storage = open_storage(f"s3://{bucket}/x")
     with pytest.raises(CommitError):
         storage.write_atomic("../escape.json", b"{}")
+
+
+def test_the_whole_path_on_s3_sink_compaction_manifests_and_jobs(make_config, bucket, tmp_path):
+    """The sink's writer commits staged files to S3, compacts each closed window there,
+    writes its manifest; the retraining jobs read the windows from S3 and train."""
+    from jobs.job import run_job
+    from jobs.registry import Registry
+    from streams.dataset.writer import DatasetWriter
+    from streams.dev.synthetic_windows import ctr_window
+
+    uri = f"s3://{bucket}/datasets/ctr-jobs"
+    base = make_config("ctr", partitions=2)
+    cfg = dataclasses.replace(
+        base, dataset=dataclasses.replace(base.dataset, path=uri, window_ms=60 * MIN,
+                                          flush_rows=500),
+        model=dataclasses.replace(base.model, path=str(tmp_path / "models")))
+    storage = open_storage(uri)
+    writer = DatasetWriter(cfg, storage, clock=lambda: 0)
+    writer.recover([0, 1])
+    start = 1_795_000_000_000 - 1_795_000_000_000 % (60 * MIN)
+    offsets = {0: 0, 1: 0}
+    for w in range(2):
+        frame = ctr_window(start + w * 60 * MIN, 60 * MIN, 1200, seed=3)
+        for i, row in enumerate(frame.to_dict("records")):
+            row = {k: (int(v.timestamp() * 1000) if hasattr(v, "timestamp") else v)
+                   for k, v in row.items()}
+            p = i % 2
+            writer.add(p, offsets[p], json.dumps(row, default=float).encode())
+            offsets[p] += 1
+            if writer.due():
+                writer.commit_all()
+    writer.commit_all()
+    for w in writer.ready_windows(2 ** 62):
+        writer.close(w, cfg.topics.labeled)
+    windows = list_windows(storage)
+    assert [w["status"] for w in windows] == ["closed", "closed"]
+    assert [w["files"] for w in windows] == [1, 1]  # compacted on S3
+    assert not [n for w in windows for n in storage.list_dir(w["dir"]) if n.startswith(".")]
+
+    records = [run_job(cfg, w["window_start"]) for w in windows]
+    assert [r["status"] for r in records] == ["trained", "trained"]
+    assert [r["rows"] for r in records] == [1200, 1200]
+    lineage = Registry(cfg.model.path).lineage(2)
+    assert lineage["manifests"][-1].startswith(f"s3://{bucket}/datasets/ctr-jobs/window-")
