@@ -1,6 +1,7 @@
 """Helpers for tests that run real `dlabel worker` processes against the embedded broker."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -88,6 +89,19 @@ def run_drain(config_path: Path, log_path: Path, timeout: float = 180) -> dict:
     assert rc == 0, f"worker exited {rc}:\n{text[-3000:]}"
     last = text.strip().splitlines()[-1]
     return json.loads(last[last.index("{"):])  # mode may prefix a terminal escape
+
+
+#: logged by the join worker once per assignment it reads, with the partitions it reads
+ASSIGNED = "reading inputs from"
+
+
+def assignments(log: Path) -> list[set[str]]:
+    """The input partitions of each assignment a worker read, in order."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if ASSIGNED in line:
+            out.append(set(ast.literal_eval(line[line.index(ASSIGNED) + len(ASSIGNED):].strip())))
+    return out
 
 
 def labeled_records(bootstrap: str, topic: str) -> tuple[dict[str, dict], dict[str, list[bytes]]]:

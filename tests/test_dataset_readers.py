@@ -8,7 +8,6 @@ one-liners below are the ones the README shows.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 
 import pyarrow as pa
@@ -16,7 +15,7 @@ import pytest
 
 from schemas.dataset_schema import arrow_schema
 from streams.common.storage import LocalStorage
-from streams.dataset.writer import DatasetWriter
+from tests.test_dataset_writer import write_closed
 
 MIN = 60_000
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % (10 * MIN)
@@ -37,18 +36,7 @@ def dataset(make_config, tmp_path):
     cfg = make_config("ctr", partitions=2)
     cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(
         cfg.dataset, path=str(tmp_path / "data"), window_ms=10 * MIN, flush_rows=7))
-    writer = DatasetWriter(cfg, LocalStorage(cfg.dataset.path), clock=lambda: 0)
-    writer.recover([0, 1])
-    offsets = {0: 0, 1: 0}
-    for i in range(N):
-        p = i % 2
-        writer.add(p, offsets[p], json.dumps(example(i)).encode())
-        offsets[p] += 1
-        if writer.due():
-            writer.commit_all()
-    writer.commit_all()
-    for w in writer.ready_windows(2 ** 62):
-        writer.close(w, cfg.topics.labeled)
+    write_closed(cfg, LocalStorage(cfg.dataset.path), (example(i) for i in range(N)))
     return cfg.dataset.path, cfg
 
 

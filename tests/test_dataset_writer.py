@@ -78,6 +78,24 @@ def labeled_topic(seed: int = 5) -> dict[int, list[bytes]]:
     return parts
 
 
+def write_closed(config, storage, examples, partitions: int = 2) -> DatasetWriter:
+    """Feed labeled examples (dicts) round-robin over ``partitions`` labeled partitions,
+    committing when due, then close every window (compacted, with its manifest)."""
+    writer = DatasetWriter(config, storage, clock=lambda: 0)
+    writer.recover(list(range(partitions)))
+    offsets = dict.fromkeys(range(partitions), 0)
+    for i, example in enumerate(examples):
+        p = i % partitions
+        writer.add(p, offsets[p], json.dumps(example, default=float).encode())
+        offsets[p] += 1
+        if writer.due():
+            writer.commit_all()
+    writer.commit_all()
+    for w in writer.ready_windows(2 ** 62):
+        writer.close(w, config.topics.labeled)
+    return writer
+
+
 def run(config, storage, parts, seed: int, clock=lambda: 0) -> DatasetWriter:
     """Recover, read every partition from its resume offset in a seeded interleaving,
     commit when due, then close every window."""

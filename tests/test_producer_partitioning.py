@@ -21,7 +21,6 @@ Where each record landed is taken from the producers' delivery reports, not assu
 """
 from __future__ import annotations
 
-import ast
 import asyncio
 import signal
 import zlib
@@ -36,13 +35,11 @@ from streams.kafka.topics import INPUT_TOPIC_CONFIGS, ensure_topics
 from tests.fault_probes import committed_offsets, wait_until
 from tests.oracle import (InvalidEvent, assert_examples_match, expected_examples,
                           parse_config, parse_feedback, parse_request, read_dataset_examples)
-from tests.pipeline_runs import (PII_KEY, dead_letters, kill_group, labeled_records, load,
+from tests.pipeline_runs import (PII_KEY, assignments, dead_letters, kill_group, labeled_records, load,
                                  run_drain, start_worker, write_pipeline)
 from tests.waiting import end_offsets
 
 pytestmark = pytest.mark.broker
-
-ASSIGNED = "reading inputs from"  # logged by the join once per assignment it reads
 
 
 # ------------------------------------------------------------------ producing
@@ -138,14 +135,6 @@ def murmur2_partition(key: bytes, partitions: int) -> int:
 
 
 # ------------------------------------------------------------------ observing
-
-def assignments(log: Path) -> list[set[str]]:
-    """The input partitions of each assignment a worker read, in order."""
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        if ASSIGNED in line:
-            out.append(set(ast.literal_eval(line[line.index(ASSIGNED) + len(ASSIGNED):].strip())))
-    return out
 
 
 def last_assignment(log: Path) -> set[str]:

@@ -15,10 +15,8 @@ request exactly once) equal the oracle.
 """
 from __future__ import annotations
 
-import ast
 import random
 import signal
-from pathlib import Path
 
 import pytest
 
@@ -27,21 +25,10 @@ from streams.kafka.topics import ensure_topics
 from tests.fault_probes import (BackgroundProducer, JoinWatch, kill_join_in_flight,
                                 wait_join_caught_up, wait_until)
 from tests.oracle import assert_examples_match, expected_examples, read_dataset_examples
-from tests.pipeline_runs import (PII_KEY, dead_letters, kill_group, labeled_records, load,
+from tests.pipeline_runs import (PII_KEY, assignments, dead_letters, kill_group, labeled_records, load,
                                  run_drain, start_worker, write_pipeline)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.ci]
-
-ASSIGNED = "reading inputs from"  # logged by the runner once per assignment it reads
-
-
-def assignments(log: Path) -> list[set[str]]:
-    """The input partitions of each assignment a worker read, in order."""
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        if ASSIGNED in line:
-            out.append(set(ast.literal_eval(line[line.index(ASSIGNED) + len(ASSIGNED):].strip())))
-    return out
 
 
 @pytest.mark.timeout(900)

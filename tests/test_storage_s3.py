@@ -10,7 +10,7 @@ import pytest
 from streams.kafka.broker import free_port
 from streams.common.storage import ObjectStorage, open_storage
 from streams.dataset.manifest import list_windows, read_window
-from tests.test_dataset_writer import MIN, Crash, labeled_topic, run
+from tests.test_dataset_writer import MIN, Crash, labeled_topic, run, write_closed
 
 moto_server = pytest.importorskip("moto.server")
 
@@ -89,7 +89,6 @@ def test_the_whole_path_on_s3_sink_compaction_manifests_and_jobs(make_config, bu
     writes its manifest; the retraining jobs read the windows from S3 and train."""
     from jobs.job import run_job
     from jobs.registry import Registry
-    from streams.dataset.writer import DatasetWriter
     from streams.dev.synthetic_windows import ctr_window
 
     uri = f"s3://{bucket}/datasets/ctr-jobs"
@@ -99,23 +98,12 @@ def test_the_whole_path_on_s3_sink_compaction_manifests_and_jobs(make_config, bu
                                           flush_rows=500),
         model=dataclasses.replace(base.model, path=str(tmp_path / "models")))
     storage = open_storage(uri)
-    writer = DatasetWriter(cfg, storage, clock=lambda: 0)
-    writer.recover([0, 1])
     start = 1_795_000_000_000 - 1_795_000_000_000 % (60 * MIN)
-    offsets = {0: 0, 1: 0}
-    for w in range(2):
-        frame = ctr_window(start + w * 60 * MIN, 60 * MIN, 1200, seed=3)
-        for i, row in enumerate(frame.to_dict("records")):
-            row = {k: (int(v.timestamp() * 1000) if hasattr(v, "timestamp") else v)
-                   for k, v in row.items()}
-            p = i % 2
-            writer.add(p, offsets[p], json.dumps(row, default=float).encode())
-            offsets[p] += 1
-            if writer.due():
-                writer.commit_all()
-    writer.commit_all()
-    for w in writer.ready_windows(2 ** 62):
-        writer.close(w, cfg.topics.labeled)
+    rows = [{k: (int(v.timestamp() * 1000) if hasattr(v, "timestamp") else v)
+             for k, v in row.items()}
+            for w in range(2)
+            for row in ctr_window(start + w * 60 * MIN, 60 * MIN, 1200, seed=3).to_dict("records")]
+    write_closed(cfg, storage, rows)
     windows = list_windows(storage)
     assert [w["status"] for w in windows] == ["closed", "closed"]
     assert [w["files"] for w in windows] == [1, 1]  # compacted on S3
