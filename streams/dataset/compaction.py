@@ -48,8 +48,8 @@ def source_offsets(names: list[str], labeled_topic: str) -> dict[str, list[int]]
 
 
 def compact_window(storage, dirname: str, schema: pa.Schema,
-                   target_file_size: int) -> list[dict[str, Any]]:
-    """Write the window's data files from its staged files; ``[{"path", "rows"}]``.
+                   target_file_size: int) -> tuple[list[dict[str, Any]], pa.Table]:
+    """Write the window's data files from its staged files; ``([{"path", "rows"}], rows)``.
 
     Data files of an earlier attempt that the result does not name are removed.
     """
@@ -70,7 +70,7 @@ def compact_window(storage, dirname: str, schema: pa.Schema,
     for name in data_files(storage, dirname):
         if name not in keep:
             storage.remove(f"{dirname}/{name}")
-    return files
+    return files, table
 
 
 def remove_staged(storage, dirname: str) -> None:

@@ -11,6 +11,7 @@ import json
 from typing import Any, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
@@ -25,24 +26,21 @@ def manifest_exists(storage, dirname: str) -> bool:
     return MANIFEST in storage.list_dir(dirname)
 
 
-def build_manifest(config: PipelineConfig, storage, dirname: str, window: int,
-                   schema: pa.Schema, files: list[dict[str, Any]],
-                   source_offsets: dict[str, list[int]]) -> dict[str, Any]:
-    """The manifest of a window from its data files (``[{"path", "rows"}]``, written by
-    compaction) and the labeled-topic offsets they were made from."""
-    tables = [pq.read_table(io.BytesIO(storage.read(f"{dirname}/{f['path']}")),
-                            columns=["request_ts", "label"]) for f in files]
-    data = pa.concat_tables(tables) if tables else None
-    rows = data.num_rows if data is not None else 0
+def build_manifest(config: PipelineConfig, window: int, schema: pa.Schema,
+                   files: list[dict[str, Any]], source_offsets: dict[str, list[int]],
+                   data: pa.Table) -> dict[str, Any]:
+    """The manifest of a window: its data files (``[{"path", "rows"}]``), the
+    labeled-topic offsets they were made from, and counts from ``data``, their rows
+    (compaction has them in memory: the files are not read back)."""
+    rows = data.num_rows
     positives: Optional[int] = None
     label_counts: dict[str, int] = {}
     min_ts = max_ts = None
     if rows:
-        ts = data.column("request_ts").cast(pa.int64()).to_pylist()
-        min_ts, max_ts = min(ts), max(ts)
+        bounds = pc.min_max(data.column("request_ts").cast(pa.int64()))
+        min_ts, max_ts = bounds["min"].as_py(), bounds["max"].as_py()
         if config.label.kind == "binary":
-            labels = data.column("label").to_pylist()
-            positives = sum(1 for v in labels if v == 1)
+            positives = pc.sum(pc.equal(data.column("label"), 1)).as_py() or 0
             label_counts = {"0": rows - positives, "1": positives}
     elif config.label.kind == "binary":
         positives, label_counts = 0, {"0": 0, "1": 0}

@@ -246,10 +246,9 @@ class DatasetWriter:
         manifest = read_manifest(self.storage, name)
         if manifest is None:
             offsets = source_offsets(staged_files(self.storage, name), topic)
-            files = compact_window(self.storage, name, self.schema,
-                                   self.config.dataset.target_file_size)
-            manifest = build_manifest(self.config, self.storage, name, window, self.schema,
-                                      files, offsets)
+            files, rows = compact_window(self.storage, name, self.schema,
+                                         self.config.dataset.target_file_size)
+            manifest = build_manifest(self.config, window, self.schema, files, offsets, rows)
             write_manifest(self.storage, name, manifest)
         remove_staged(self.storage, name)
         self.closed.add(window)
