@@ -138,26 +138,23 @@ def _all_stopped(pids: Iterable[int]) -> bool:
 
 def freeze(pids: list[int], timeout: float = 30) -> None:
     """SIGSTOP each pid and wait until every thread of every one is stopped."""
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            pass
+    _signal_all(pids, signal.SIGSTOP)
     wait_until(lambda: _all_stopped(pids), timeout, f"processes {pids} stopped", interval=0.002)
 
 
 def thaw(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
+    _signal_all(pids, signal.SIGCONT)
 
 
 def sigkill(pids: list[int]) -> None:
+    _signal_all(pids, signal.SIGKILL)
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    """Send ``sig`` to each pid (one already gone is skipped)."""
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         except ProcessLookupError:
             pass
 
