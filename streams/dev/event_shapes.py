@@ -12,6 +12,9 @@ keyed by request id. ``reshape`` turns that into what a real producer would ship
 
 Unkeyed records land on any partition, as Logstash and Fluentd send them unless told
 otherwise; the worker's repartition hop (``inputs.copartitioned: false``) handles that.
+A duplicate request is a shipper's retry: the same bytes as its original. (Two *different*
+copies of one request sent unkeyed land on different partitions, where no order between
+them exists, so which one is "first" would not be reproducible.)
 ``inputs_section`` gives the ``inputs:`` config section that reads a shape back, so a
 reshaped event parses to the same request or feedback as the flat one. A malformed
 event stays malformed: one that is not a JSON object keeps its bytes; otherwise its
@@ -221,4 +224,13 @@ def reshape(events: list[SimEvent], config: "PipelineConfig", fmt: str) -> list[
     _check(fmt)
     if fmt == "dlabel":
         return events
-    return [reshape_event(ev, config, fmt) for ev in events]
+    out: list[SimEvent] = []
+    originals: dict[bytes | None, bytes] = {}  # request id -> its reshaped original
+    for ev in events:
+        shaped = reshape_event(ev, config, fmt)
+        if ev.kind == "request":
+            originals[ev.key] = shaped.value
+        elif ev.kind == "duplicate" and ev.key in originals:
+            shaped = dataclasses.replace(shaped, value=originals[ev.key])  # a retry
+        out.append(shaped)
+    return out
