@@ -26,6 +26,7 @@ from schemas.config_features import (FEATURE_TYPES, PII_ACTIONS, RESERVED_COLUMN
                                      feature_specs, kept_feature_names)
 from schemas.config_iceberg import IcebergSpec, iceberg_spec
 from schemas.config_inputs import TS_UNITS, FieldPath, InputsSpec, RoleInputs, inputs_spec
+from schemas.config_jobs import JobsSpec, jobs_spec
 from schemas.config_sections import (ESTIMATORS, KAFKA_PASSWORD_ENV, KAFKA_PROTOCOLS,
                                      PROMOTION_METRICS, SASL_MECHANISMS, DriftSpec,
                                      KafkaSecurity, ModelSpec, PromotionSpec, kafka_security,
@@ -36,7 +37,7 @@ __all__ = [
     "BROKER_ENV", "DEFAULT_BROKER", "ESTIMATORS", "FEATURE_TYPES", "KAFKA_PASSWORD_ENV",
     "KAFKA_PROTOCOLS", "PII_ACTIONS", "PROMOTION_METRICS", "RESERVED_COLUMNS",
     "SASL_MECHANISMS", "STORES", "TS_UNITS", "DatasetSpec", "DriftSpec", "FeatureSpec",
-    "FieldPath", "IcebergSpec", "InputsSpec", "JoinSpec", "RoleInputs",
+    "FieldPath", "IcebergSpec", "InputsSpec", "JobsSpec", "JoinSpec", "RoleInputs",
     "KafkaSecurity", "LabelSpec", "ModelSpec", "PipelineConfig", "PromotionSpec",
     "TopicsSpec", "config_from_dict", "default_closed_time_topic", "load_config",
     "repartition_topic",
@@ -81,6 +82,9 @@ class JoinSpec:
     label_window_ms: int
     allowed_lateness_ms: int = 0
     idle_timeout_ms: int = 30_000
+    #: how long after a request is finalized a late, in-window feedback still corrects
+    #: its label (0: off; such feedback is a ``late`` dead letter)
+    correction_window_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class LabelSpec:
     positive: tuple[str, ...] = ()
     feedback: tuple[str, ...] = ()
     value: str = "elapsed_seconds"
+    #: share of negatives kept (binary), chosen by a hash of the request id
+    negative_sample_rate: float = 1.0
 
     @property
     def value_field(self) -> str | None:
@@ -124,6 +130,7 @@ class PipelineConfig:
     state_dir: str = ".dlabel-state"
     kafka: KafkaSecurity = KafkaSecurity()
     inputs: InputsSpec = InputsSpec()
+    jobs: JobsSpec = JobsSpec()
 
     @property
     def bootstrap_servers(self) -> str:
@@ -151,6 +158,13 @@ class PipelineConfig:
         return tuple(f for f in self.features if f.pii != "drop")
 
 
+def _sample_rate(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise fail(field, f"{value!r} is not a rate in (0, 1]; write e.g. 0.1 to keep one "
+                          "negative in ten, or 1 to keep all")
+    return float(value)
+
+
 def _label(sec: Section, join_key: str) -> LabelSpec:
     kind = sec.get("kind", choice(("binary", "regression")))
     if kind == "binary":
@@ -158,7 +172,11 @@ def _label(sec: Section, join_key: str) -> LabelSpec:
             if key in sec.data:
                 raise fail(sec.name(key), "is only for kind: regression; remove it or "
                                            "use positive: [...]")
-        return LabelSpec(kind, positive=sec.get("positive", name_list))
+        return LabelSpec(kind, positive=sec.get("positive", name_list),
+                         negative_sample_rate=sec.get("negative_sample_rate", _sample_rate, 1.0))
+    if "negative_sample_rate" in sec.data:
+        raise fail(sec.name("negative_sample_rate"), "is only for kind: binary (a regression "
+                                                      "label has no negatives); remove it")
     if "positive" in sec.data:
         raise fail(sec.name("positive"), "is only for kind: binary; use feedback: [...]")
     value = sec.get("value", non_empty_str, "elapsed_seconds")
@@ -173,7 +191,7 @@ def _label(sec: Section, join_key: str) -> LabelSpec:
 
 
 _TOP_KEYS = ("pipeline", "broker", "topics", "join", "label", "features", "slices",
-             "dataset", "model", "store", "state_dir", "kafka", "inputs")
+             "dataset", "model", "store", "state_dir", "kafka", "inputs", "jobs")
 
 
 def config_from_dict(data: dict, source: str = "<dict>", broker: str | None = None,
@@ -215,13 +233,16 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
     topics = TopicsSpec(**names, partitions=t.get("partitions", positive_int, 4),
                         replication_factor=t.get("replication_factor", positive_int, 1))
 
-    j = top.sub("join", ("key", "label_window", "allowed_lateness", "idle_timeout"))
+    j = top.sub("join", ("key", "label_window", "allowed_lateness", "idle_timeout",
+                         "correction_window"))
     join = JoinSpec(key=j.get("key", pattern(NAME_RE, "write e.g. request_id"), "request_id"),
                     label_window_ms=j.get("label_window", duration(True)),
                     allowed_lateness_ms=j.get("allowed_lateness", duration(False), 0),
-                    idle_timeout_ms=j.get("idle_timeout", duration(True), 30_000))
+                    idle_timeout_ms=j.get("idle_timeout", duration(True), 30_000),
+                    correction_window_ms=j.get("correction_window", duration(False), 0))
 
-    label = _label(top.sub("label", ("kind", "positive", "feedback", "value")), join.key)
+    label = _label(top.sub("label", ("kind", "positive", "feedback", "value",
+                                     "negative_sample_rate")), join.key)
 
     features = feature_specs(top)
 
@@ -247,7 +268,8 @@ def _build(data: Any, broker: str | None, environ: Mapping[str, str]) -> Pipelin
                           store=top.get("store", choice(STORES), "memory"),
                           state_dir=top.get("state_dir", non_empty_str, ".dlabel-state"),
                           kafka=kafka_security(top, environ),
-                          inputs=inputs_spec(top, join.key, label.value_field))
+                          inputs=inputs_spec(top, join.key, label.value_field),
+                          jobs=jobs_spec(top))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
