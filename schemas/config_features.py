@@ -11,7 +11,8 @@ FEATURE_TYPES = ("int", "float", "str", "bool")
 PII_ACTIONS = ("hash", "drop")
 # columns of a labeled example before the features (mirrored in schemas.records)
 RESERVED_COLUMNS = ("request_id", "request_ts", "window_start", "label", "label_ts",
-                    "prediction", "model_version")
+                    "prediction", "model_version", "label_delay_ms", "label_version",
+                    "sample_weight")
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ def arrow_schema(config: PipelineConfig) -> pa.Schema:
         pa.field("label_ts", TS, nullable=False),
         pa.field("prediction", pa.float64()),
         pa.field("model_version", pa.string()),
+        pa.field("label_delay_ms", pa.int64()),
+        pa.field("label_version", pa.int64()),
+        pa.field("sample_weight", pa.float64()),
     ]
     for f in config.kept_features:
         # hashed PII is a hex digest, whatever the declared type

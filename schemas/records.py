@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -13,15 +14,22 @@ from schemas.events import Request
 
 LABELED_BASE_COLUMNS = ("request_id", "request_ts", "window_start", "label", "label_ts",
                         "prediction", "model_version")
+#: Columns added after the base ones (DESIGN.md: "Columns may be added"), before features.
+LABEL_QUALITY_COLUMNS = ("label_delay_ms", "label_version", "sample_weight")
 DEAD_LETTER_KEYS = ("reason", "detail", "topic", "partition", "offset", "original")
 
 
-def labeled_example(req: Request, label: float | int, label_ts: int,
-                    window_ms: int) -> dict[str, Any]:
-    """Build a labeled example: the base columns in order, then ``req.features``.
+def labeled_example(req: Request, label: float | int, label_ts: int, window_ms: int,
+                    label_delay_ms: Optional[int] = None, label_version: int = 1,
+                    sample_weight: float = 1.0) -> dict[str, Any]:
+    """Build a labeled example: the base columns in order, the label-quality columns
+    (``LABEL_QUALITY_COLUMNS``), then ``req.features``.
 
     ``window_start`` is ``req.ts`` floored to a multiple of ``window_ms`` (also for
     negative times). A bool label becomes int 0/1; ints and floats are kept as given.
+    ``label_delay_ms`` is the deciding feedback's time minus the request's (None for a
+    negative), ``label_version`` 1 for the first label and one more per correction,
+    ``sample_weight`` 1 / ``label.negative_sample_rate`` for a sampled negative, else 1.
     """
     if window_ms <= 0:
         raise ValueError(f"window_ms must be positive, got {window_ms!r}")
@@ -37,9 +45,24 @@ def labeled_example(req: Request, label: float | int, label_ts: int,
         "label_ts": label_ts,
         "prediction": req.prediction,
         "model_version": req.model_version,
+        "label_delay_ms": label_delay_ms,
+        "label_version": label_version,
+        "sample_weight": sample_weight,
     }
     example.update(req.features)
     return example
+
+
+def negative_kept(request_id: str, rate: float) -> bool:
+    """Whether negative sampling at ``rate`` keeps the negative of ``request_id``.
+
+    Deterministic, so replays and restarts sample identically: the first 8 bytes of
+    BLAKE2b-64 of the UTF-8 request id, as a big-endian integer, are below ``rate * 2**64``.
+    """
+    if rate >= 1.0:
+        return True
+    digest = hashlib.blake2b(request_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") < rate * 2.0**64
 
 
 def encode_labeled(example: dict[str, Any]) -> bytes:

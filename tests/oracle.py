@@ -18,14 +18,29 @@ hashing) and applies the label rules to all events at once, in arrival order:
 
 The expected example holds every column of the labeled topic's JSON: ``request_id``,
 ``request_ts``, ``window_start`` (request time floored to ``dataset.window``),
-``label``, ``label_ts``, ``prediction``, ``model_version``, then each kept feature in
-config order (``pii: hash`` as the hex HMAC-SHA256, ``pii: drop`` absent).
+``label``, ``label_ts``, ``prediction``, ``model_version``, ``label_delay_ms``
+(``label_ts - request_ts`` when feedback decided the label, null for a negative),
+``label_version``, ``sample_weight``, then each kept feature in config order
+(``pii: hash`` as the hex HMAC-SHA256, ``pii: drop`` absent).
+
+Issue 14's rules, from its text and the README:
+- ``label.negative_sample_rate`` r (binary): a negative is in the output only if the
+  first 8 bytes of BLAKE2b (digest size 8) of its UTF-8 request id, read big-endian,
+  are below ``r * 2**64``; it then carries ``sample_weight`` ``1 / r``; everything else
+  ``1.0``.
+- corrections: ``late_feedback`` are events that arrive after their request's label was
+  final (the caller knows when). Each one, in arrival order, that would change the label
+  (binary: a positive in the window of a negative; regression: an in-window outcome
+  earlier than the label's, or the first one) changes it, and the version goes up by
+  one (an unlabeled request's first label is version 1). Sampled-out negatives count as
+  version 1.
 
 Where DESIGN.md is silent the choices are written down next to the code (``_Choice``
 comments) so a disagreement with production can be judged against them.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import math
@@ -39,12 +54,13 @@ from typing import Any, Mapping, Optional
 
 import yaml
 
-__all__ = ["expected_examples", "assert_examples_match", "read_dataset_examples",
+__all__ = ["expected_examples", "assert_examples_match", "latest_versions", "read_dataset_examples",
            "is_valid_event", "OracleConfig", "parse_config", "parse_duration_ms", "parse_event_time",
            "InvalidEvent"]
 
 BASE_COLUMNS = ("request_id", "request_ts", "window_start", "label", "label_ts",
-                "prediction", "model_version")
+                "prediction", "model_version", "label_delay_ms", "label_version",
+                "sample_weight")
 
 # README "Dead letters": an event over 1 MiB or a string over 16,384 characters is
 # too_large (invalid).
@@ -110,6 +126,7 @@ class OracleConfig:
     feedback_fields: dict = field(default_factory=dict)
     request_ts_unit: str = "ms"      # unit of numeric event times: s | ms | us
     feedback_ts_unit: str = "ms"
+    negative_sample_rate: float = 1.0
 
     @property
     def kept(self) -> tuple[Feature, ...]:
@@ -230,7 +247,8 @@ def parse_config(config: Any) -> OracleConfig:
         value=value,
         features=tuple(features),
         dataset_window_ms=parse_duration_ms(data["dataset"]["window"]),
-        request_fields=rf, feedback_fields=ff, request_ts_unit=ru, feedback_ts_unit=fu)
+        request_fields=rf, feedback_fields=ff, request_ts_unit=ru, feedback_ts_unit=fu,
+        negative_sample_rate=float(label.get("negative_sample_rate", 1)))
 
 
 # ------------------------------------------------------------------------ event time
@@ -638,9 +656,25 @@ def _outcome(cfg: OracleConfig, r: _Request, f: _Feedback) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def expected_examples(config, requests, feedback, pii_key: bytes | None = None) -> dict[str, dict]:
+def _sampled_in(rid: str, rate: float) -> bool:
+    if rate >= 1:
+        return True
+    h = hashlib.blake2b(rid.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(h, "big") < rate * 2.0 ** 64
+
+
+def _minus(ts, r_ts: int):
+    """``ts - r_ts`` for a time or a frozenset of acceptable times."""
+    if isinstance(ts, frozenset):
+        return frozenset(t - r_ts for t in ts)
+    return ts - r_ts
+
+
+def expected_examples(config, requests, feedback, pii_key: bytes | None = None,
+                      late_feedback=()) -> dict[str, dict]:
     """config: path to a pipeline YAML or the same as a dict. requests/feedback: raw bytes
-    of each topic's events in arrival order.
+    of each topic's events in arrival order; late_feedback: raw feedback that arrived
+    after its request's label was final (corrections), in arrival order.
 
     Returns request_id -> the expected labeled example, every column as the labeled
     topic's JSON decodes it (request_id, request_ts, window_start, label, label_ts,
@@ -667,21 +701,48 @@ def expected_examples(config, requests, feedback, pii_key: bytes | None = None) 
             continue
         by_id.setdefault(f.request_id, []).append(f)
 
+    late: dict[str, list[_Feedback]] = {}
+    for raw in late_feedback:
+        try:
+            f = parse_feedback(raw, cfg)
+        except InvalidEvent:
+            continue
+        late.setdefault(f.request_id, []).append(f)
+
     window = cfg.label_window_ms
+    rate = cfg.negative_sample_rate if cfg.kind == "binary" else 1.0
     out: dict[str, dict] = {}
     for rid, r in reqs.items():
         in_window = [f for f in by_id.get(rid, ()) if r.ts <= f.ts < r.ts + window]
+        version = 1
         if cfg.kind == "binary":
             pos = frozenset(f.ts for f in in_window if f.type in cfg.positive)
             label, label_ts = (1, pos) if pos else (0, r.ts + window)
+            for f in late.get(rid, ()):
+                if label == 0 and f.type in cfg.positive and r.ts <= f.ts < r.ts + window:
+                    label, label_ts, version = 1, f.ts, version + 1
+            if label == 0 and not _sampled_in(rid, rate):
+                continue  # sampled out
+            delay = _minus(label_ts, r.ts) if label == 1 else None
+            weight = 1.0 / rate if label == 0 else 1.0
         else:
             cands = [(f.ts, o) for f in in_window if f.type in cfg.feedback_types
                      for o in (_outcome(cfg, r, f),) if o is not None]
-            if not cands:
+            label = label_ts = None
+            if cands:
+                label_ts = min(ts for ts, _ in cands)
+                values = frozenset(o for ts, o in cands if ts == label_ts)
+                label = next(iter(values)) if len(values) == 1 else values
+            for f in late.get(rid, ()):
+                o = _outcome(cfg, r, f) if f.type in cfg.feedback_types else None
+                if o is None or not r.ts <= f.ts < r.ts + window:
+                    continue
+                if label is None or f.ts < label_ts:
+                    version = version + 1 if label is not None else 1
+                    label, label_ts = o, f.ts
+            if label is None:
                 continue  # unlabeled: not in the dataset
-            label_ts = min(ts for ts, _ in cands)
-            values = frozenset(o for ts, o in cands if ts == label_ts)
-            label = next(iter(values)) if len(values) == 1 else values
+            delay, weight = label_ts - r.ts, 1.0
         example = {
             "request_id": rid,
             "request_ts": r.ts,
@@ -690,10 +751,24 @@ def expected_examples(config, requests, feedback, pii_key: bytes | None = None) 
             "label_ts": label_ts,
             "prediction": r.prediction,
             "model_version": r.model_version,
+            "label_delay_ms": delay,
+            "label_version": version,
+            "sample_weight": weight,
         }
         example.update(r.features)
         out[rid] = example
     return out
+
+
+def latest_versions(rows) -> list[dict]:
+    """Of labeled examples (from the topic, where a correction follows its first label),
+    each request's highest ``label_version`` (what a reader of the current data sees)."""
+    best: dict[Any, dict] = {}
+    for row in rows:
+        rid = row.get("request_id")
+        if rid not in best or row.get("label_version", 1) > best[rid].get("label_version", 1):
+            best[rid] = row
+    return list(best.values())
 
 
 # ------------------------------------------------------------------- the comparison

@@ -14,7 +14,7 @@ from schemas.config import (
     RESERVED_COLUMNS, FeatureSpec, JoinSpec, PipelineConfig, config_from_dict, load_config,
     parse_duration_ms)
 from schemas.errors import ConfigError
-from schemas.records import LABELED_BASE_COLUMNS
+from schemas.records import LABEL_QUALITY_COLUMNS, LABELED_BASE_COLUMNS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NO_ENV: dict[str, str] = {}
@@ -85,7 +85,7 @@ def test_config_is_frozen():
 
 
 def test_reserved_columns_match_labeled_base_columns():
-    assert RESERVED_COLUMNS == LABELED_BASE_COLUMNS
+    assert RESERVED_COLUMNS == LABELED_BASE_COLUMNS + LABEL_QUALITY_COLUMNS
 
 
 # --- durations ------------------------------------------------------------------------

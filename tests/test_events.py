@@ -16,7 +16,8 @@ from schemas.events import (
     MAX_TS_MS, MIN_TS_MS, EventParser, Feedback, Request, parse_event_time)
 from schemas.pii import PiiHasher
 from schemas.records import (
-    LABELED_BASE_COLUMNS, DeadLetter, decode_dead_letter, encode_labeled, labeled_example)
+    LABEL_QUALITY_COLUMNS, LABELED_BASE_COLUMNS, DeadLetter, decode_dead_letter, encode_labeled,
+    labeled_example)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 KEY = b"test-key-0123456789abcdef"
@@ -388,12 +389,13 @@ def test_window_start(ts, window_ms, start):
 def test_labeled_example_columns_and_encoding():
     req = Request("r1", 1_000, {"hour": 3, "category": "é", "price": None}, 0.5, "v1")
     ex = labeled_example(req, True, 2_000, 3_600_000)
-    assert list(ex) == [*LABELED_BASE_COLUMNS, "hour", "category", "price"]
+    assert list(ex) == [*LABELED_BASE_COLUMNS, *LABEL_QUALITY_COLUMNS, "hour", "category", "price"]
     assert ex["label"] == 1 and type(ex["label"]) is int
     assert ex["label_ts"] == 2_000 and ex["request_ts"] == 1_000
     raw = encode_labeled(ex)
     assert raw == ('{"request_id":"r1","request_ts":1000,"window_start":0,"label":1,'
-                   '"label_ts":2000,"prediction":0.5,"model_version":"v1","hour":3,'
+                   '"label_ts":2000,"prediction":0.5,"model_version":"v1","label_delay_ms":null,'
+                   '"label_version":1,"sample_weight":1.0,"hour":3,'
                    '"category":"é","price":null}').encode()
     assert json.loads(raw) == ex
 

@@ -10,6 +10,14 @@ Times are integer epoch milliseconds. With watermark ``W`` and allowed lateness 
 the *closed time* is ``W - A``: an event with ``ts < W - A`` is late, and a request is
 finalized once ``W - A >= request.ts + label_window``, so every event the contract says
 must count still finds its request pending.
+
+With ``join.correction_window`` ``C`` on, feedback that arrives after its request was
+finalized, but would have changed its label, corrects it while the closed time is
+before ``request.ts + label_window + C``: the example is published again with the new
+label and ``label_version`` + 1 (the done marker keeps the request for that). Late
+feedback whose request is still pending then simply counts. With
+``label.negative_sample_rate`` ``r < 1`` (binary), a negative is published only if
+``negative_kept`` keeps its request id, with ``sample_weight`` ``1 / r``.
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ from typing import Any, Optional
 
 from schemas.config import PipelineConfig
 from schemas.events import Feedback, Request
-from schemas.records import DeadLetter, labeled_example
+from schemas.records import DeadLetter, labeled_example, negative_kept
 from streams.join.repartition import origin_of
 from streams.join.join_state import (EARLY, REQUEST, DoneMarker, EarlyFeedback, LabeledOut,
                                      Output, PendingRequest, Source)
@@ -39,7 +47,9 @@ class EventTimeJoin:
         self.outcome_types = frozenset(config.label.feedback)
         self.value_field = (config.label.value[len("field:"):]
                             if config.label.value.startswith("field:") else None)
-        self.dedupe_retention = dedupe_retention_ms
+        self.correction_window = config.join.correction_window_ms
+        self.dedupe_retention = max(dedupe_retention_ms, self.correction_window)
+        self.sample_rate = config.label.negative_sample_rate if self.binary else 1.0
         #: input role (``Source.role``) -> topic, for dead letters
         self.input_topics = {"requests": config.topics.requests,
                              "feedback": config.topics.feedback}
@@ -85,7 +95,8 @@ class EventTimeJoin:
 
     def on_feedback(self, fb: Feedback, src: Source, raw: bytes) -> list[Output]:
         """Take one valid feedback event; return what it makes known."""
-        if self._is_late(fb.ts):
+        late = self._is_late(fb.ts)
+        if late and not self.correction_window:
             return [self._late(src, raw, fb.ts)]
         rid = fb.request_id
         pending = self.pending.get(rid)
@@ -94,6 +105,9 @@ class EventTimeJoin:
         marker = self.done.get(rid)
         if marker is not None:
             if self._would_change(marker, fb):
+                correction = self._correct(rid, marker, fb)
+                if correction is not None:
+                    return correction
                 # It counts by the label rules, but the label is final and written:
                 # late (after a restart the watermark may not show it, the state does).
                 self._count("late")
@@ -101,6 +115,8 @@ class EventTimeJoin:
                                           f"request {rid!r} was finalized", src, raw)]
             self._count("feedback_after_final")
             return []
+        if late:
+            return [self._late(src, raw, fb.ts)]
         entries = self.early.setdefault(rid, [])
         if any(e.offset == src.offset and e.partition == src.partition for e in entries):
             return []  # replay of feedback already buffered
@@ -212,8 +228,7 @@ class EventTimeJoin:
                     append((kind, key, partition, v.to_json()))
                 else:
                     m = done(key)
-                    append((kind, key, partition, None if m is None else
-                            [m.ts, m.partition, m.offset, m.label, m.label_ts]))
+                    append((kind, key, partition, None if m is None else m.to_json()))
             else:
                 v = early(key)
                 append((kind, key, partition, [e.to_json() for e in v] if v else None))
@@ -276,6 +291,45 @@ class EventTimeJoin:
         return fb.type in self.outcome_types and (marker.label is None
                                                   or fb.ts < marker.label_ts)
 
+    def _correct(self, rid: str, marker: DoneMarker, fb: Feedback) -> Optional[list[Output]]:
+        """A finalized label that ``fb`` changes, within the correction window: the
+        corrected example (empty when it has no value). None: too late to correct."""
+        if not self.correction_window or (
+                self.closed_time is not None and
+                self.closed_time >= marker.ts + self.label_window + self.correction_window):
+            return None
+        req = marker.to_request(rid)
+        if req is None:  # finalized before corrections were kept
+            return None
+        if self.binary:
+            label: Optional[float] = 1
+        else:
+            label = self._outcome(req, fb.ts, fb.value, fb.fields)
+            if label is None:
+                self._count("feedback_without_value")
+                return []
+        # An unlabeled (regression) request gets its first label; any other a new version.
+        marker.version = marker.version + 1 if marker.label is not None else 1
+        marker.label, marker.label_ts = label, fb.ts
+        self._mark(REQUEST, rid, marker.partition)
+        self._count("corrections")
+        return [LabeledOut(self._example(req, marker), marker.partition)]
+
+    def _example(self, req: Request, marker: DoneMarker) -> dict:
+        """The labeled example of a finalized request, as its marker says."""
+        negative = self.binary and marker.label == 0
+        return labeled_example(req, marker.label, marker.label_ts, self.window_ms,
+                               label_delay_ms=None if negative else marker.label_ts - req.ts,
+                               label_version=marker.version,
+                               sample_weight=1.0 / self.sample_rate if negative else 1.0)
+
+    def _published(self, rid: str, marker: DoneMarker) -> bool:
+        """Whether a finalized label is published (not unlabeled, not sampled out)."""
+        if marker.label is None:
+            return False
+        return not (self.binary and marker.label == 0 and marker.version == 1
+                    and not negative_kept(rid, self.sample_rate))
+
     def _outcome(self, r: Request, ts: int, value, fields) -> Optional[float]:
         if self.value_field is None:
             return (ts - r.ts) / 1000.0
@@ -287,26 +341,31 @@ class EventTimeJoin:
     def _finalize(self, pending: PendingRequest, label, label_ts: int) -> Optional[LabeledOut]:
         r = pending.request
         del self.pending[r.request_id]
-        marker = DoneMarker(r.ts, pending.partition, pending.offset, label, label_ts)
+        kept = None
+        if self.correction_window:
+            kept = {"ts": r.ts, "f": r.features, "pr": r.prediction, "mv": r.model_version}
+        marker = DoneMarker(r.ts, pending.partition, pending.offset, label, label_ts,
+                            request=kept)
         self.done[r.request_id] = marker
         self._mark(REQUEST, r.request_id, pending.partition)
         heapq.heappush(self._done_expiry, (self._done_expires(marker), r.request_id))
         if label is None:
             return None
+        if not self._published(r.request_id, marker):
+            self._count("negatives_sampled_out")
+            return None
         self._count("labeled")
-        return LabeledOut(labeled_example(r, label, label_ts, self.window_ms),
-                          pending.partition)
+        return LabeledOut(self._example(r, marker), pending.partition)
 
     def _replayed(self, rid: str, req: Request) -> list[Output]:
         """The same request record read again (at-least-once replay after a restart)."""
         self._count("replayed")
         marker = self.done.get(rid)
-        if marker is None or marker.label is None:
+        if marker is None or not self._published(rid, marker):
             return []
         # Its label may not have reached the broker before the crash: send it again.
         # The record is rebuilt from the same bytes, so the copy is identical.
-        return [LabeledOut(labeled_example(req, marker.label, marker.label_ts,
-                                           self.window_ms), marker.partition)]
+        return [LabeledOut(self._example(req, marker), marker.partition)]
 
     def _is_late(self, ts: int) -> bool:
         return self.closed_time is not None and ts < self.closed_time

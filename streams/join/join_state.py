@@ -85,17 +85,32 @@ class EarlyFeedback:
 
 @dataclass(slots=True)
 class DoneMarker:
-    """A finalized request: enough to dedupe and to re-emit its label on replay."""
+    """A finalized request: enough to dedupe and to re-emit its label on replay.
+
+    ``version`` is the label's ``label_version``; with ``join.correction_window`` on,
+    ``request`` keeps the request's content (``{"ts", "f", "pr", "mv"}``) so that a
+    correction can publish the whole example again.
+    """
 
     ts: int
     partition: int
     offset: int
     label: Optional[float]  # None: regression request with no outcome (unlabeled)
     label_ts: int
+    version: int = 1
+    request: Optional[dict] = None
 
     def to_json(self) -> list:
-        return [self.ts, self.partition, self.offset, self.label, self.label_ts]
+        head = [self.ts, self.partition, self.offset, self.label, self.label_ts]
+        if self.version == 1 and self.request is None:
+            return head  # the common case stays as small as before corrections existed
+        return head + [self.version, self.request]
 
     @classmethod
     def from_json(cls, d: list) -> "DoneMarker":
         return cls(*d)
+
+    def to_request(self, rid: str) -> Optional[Request]:
+        """The request, when the marker keeps it (corrections on), else None."""
+        d = self.request
+        return None if d is None else Request(rid, d["ts"], d["f"], d["pr"], d["mv"])
