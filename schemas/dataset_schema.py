@@ -8,6 +8,7 @@ unification (see ``read_dataset``).
 """
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -49,7 +50,15 @@ def arrow_schema(config: PipelineConfig) -> pa.Schema:
     for f in config.kept_features:
         # hashed PII is a hex digest, whatever the declared type
         fields.append(pa.field(f.name, pa.string() if f.pii == "hash" else FEATURE_TYPES[f.type]))
-    return pa.schema(fields)
+    return pa.schema(fields, metadata=_PANDAS_METADATA)
+
+
+# pandas reads an int64 column with nulls as float64 unless the file says it is a
+# nullable Int64 (pyarrow honours this part of the pandas metadata on its own).
+_PANDAS_METADATA = {b"pandas": json.dumps({
+    "index_columns": [], "column_indexes": [], "columns": [
+        {"name": "label_delay_ms", "field_name": "label_delay_ms", "pandas_type": "int64",
+         "numpy_type": "Int64", "metadata": None}]}).encode()}
 
 
 def examples_to_table(examples: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:

@@ -26,7 +26,9 @@ def example(i: int) -> dict:
     ts = T0 + i * MIN // 3
     return {"request_id": f"r{i:03d}", "request_ts": ts, "window_start": ts - ts % (10 * MIN),
             "label": int(i % 3 == 0), "label_ts": ts + 1000, "prediction": 0.25 if i % 2 else None,
-            "model_version": "m1", "hour": 10 + i % 5, "category": ["shoes", "toys"][i % 2],
+            "model_version": "m1", "label_delay_ms": 1000 if i % 3 == 0 else None,
+            "label_version": 1 + (i % 7 == 0), "sample_weight": 1.0 if i % 3 == 0 else 2.0,
+            "hour": 10 + i % 5, "category": ["shoes", "toys"][i % 2],
             "price": 9.5 + i, "user_email": None}
 
 

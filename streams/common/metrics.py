@@ -28,12 +28,21 @@ JOIN_CLOSED_TIME = Gauge("dlabel_join_closed_time_ms",
                          "The join's closed time (watermark - allowed lateness), epoch ms")
 WATERMARK_LAG = Gauge("dlabel_watermark_lag_seconds",
                       "Newest event time seen minus the watermark")
+JOIN_OUTCOMES = Counter("dlabel_join_outcomes_total",
+                        "What the join made of events: labeled, corrections, "
+                        "negatives_sampled_out, feedback_outside_window (outside its "
+                        "request's label window by event time), feedback_after_final...",
+                        ["outcome"])
 BATCH_SECONDS = Histogram("dlabel_join_batch_seconds", "Time to process an input batch and hand it to the committer")
 
 # dataset sink
 SINK_ROWS = Counter("dlabel_sink_rows_total", "Rows committed to Parquet")
 SINK_DUPLICATES = Counter("dlabel_sink_duplicates_total", "Repeated labeled examples dropped")
 SINK_LATE = Counter("dlabel_sink_late_total", "Labeled examples for an already closed window")
+WINDOW_CORRECTIONS = Counter("dlabel_window_versions_total",
+                             "New versions of closed windows made by corrections")
+WINDOW_STATS = Gauge("dlabel_window_stat", "Label-quality statistics of the window last "
+                     "closed or corrected (see the manifest's stats)", ["stat"])
 SINK_COMMIT_SECONDS = Histogram("dlabel_sink_commit_seconds", "Time to commit buffered rows")
 SINK_CLOSED_TIME = Gauge("dlabel_sink_closed_time_ms",
                          "The join's closed time as the sink trusts it, epoch ms")
@@ -69,6 +78,7 @@ class JoinMetrics:
         self.topics = topics  # role -> topic name
         self._records: dict[str, int] = {}
         self._dead: dict[str, int] = {}
+        self._outcomes: dict[str, int] = {}
 
     def observe(self, proc, labels: dict) -> None:
         """After a batch: ``proc``'s cumulative counts, ``labels`` = {label: examples sent}."""
@@ -85,6 +95,11 @@ class JoinMetrics:
         for label, n in labels.items():
             LABELED.labels(label=str(label)).inc(n)
         join = proc.join
+        for outcome, n in join.counts.items():
+            delta = n - self._outcomes.get(outcome, 0)
+            if delta > 0:
+                JOIN_OUTCOMES.labels(outcome=outcome).inc(delta)
+            self._outcomes[outcome] = n
         PENDING.set(len(join.pending))
         EARLY.set(len(join.early))
         if join.closed_time is not None:
@@ -93,3 +108,13 @@ class JoinMetrics:
         newest = proc.watermark.newest_ts()
         if wm is not None and newest is not None:
             WATERMARK_LAG.set(max(0, newest - wm) / 1000)
+
+
+def observe_window_stats(stats: dict) -> None:
+    """Export a window's manifest ``stats`` (numbers only; delay quantiles by name)."""
+    for name, value in stats.items():
+        if isinstance(value, dict):
+            for q, v in value.items():
+                WINDOW_STATS.labels(stat=f"{name}_{q}").set(v)
+        elif isinstance(value, (int, float)):
+            WINDOW_STATS.labels(stat=name).set(value)

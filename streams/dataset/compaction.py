@@ -21,6 +21,7 @@ import io
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.dataset_schema import data_file_name, parse_data_file_name, parse_part_name
@@ -51,12 +52,53 @@ def compact_window(storage, dirname: str, schema: pa.Schema,
                    target_file_size: int) -> tuple[list[dict[str, Any]], pa.Table]:
     """Write the window's data files from its staged files; ``([{"path", "rows"}], rows)``.
 
-    Data files of an earlier attempt that the result does not name are removed.
+    Each request once, at its highest ``label_version`` (a label corrected while its
+    window was open is in the staged files twice). Data files of an earlier attempt
+    that the result does not name are removed.
     """
+    return write_data_files(storage, dirname,
+                            latest_per_request(read_staged(storage, dirname, schema)),
+                            target_file_size)
+
+
+def latest_per_request(table: pa.Table) -> pa.Table:
+    """Each request once, its row with the highest ``label_version`` (the first of
+    equals, so list the current rows before their corrections)."""
+    ids = table.column("request_id").to_pylist()
+    versions = pc.fill_null(table.column("label_version"), 1).to_pylist()
+    best: dict[str, int] = {}
+    for i, (rid, v) in enumerate(zip(ids, versions)):
+        j = best.get(rid)
+        if j is None or v > versions[j]:
+            best[rid] = i
+    if len(best) == table.num_rows:
+        return table
+    return table.take(sorted(best.values()))
+
+
+def read_staged(storage, dirname: str, schema: pa.Schema,
+                names: list[str] | None = None) -> pa.Table:
+    """The rows of a window's staged files (``names``, default all), cast to ``schema``."""
     tables = [pq.read_table(io.BytesIO(storage.read(f"{dirname}/{name}")))
-              for name in staged_files(storage, dirname)]
-    table = (pa.concat_tables([t.cast(schema) for t in tables]) if tables
-             else schema.empty_table())
+              for name in (staged_files(storage, dirname) if names is None else names)]
+    return pa.concat_tables([conform(t, schema) for t in tables]) if tables \
+        else schema.empty_table()
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: absent ones (written before a column
+    was added) are null."""
+    if table.schema.names != schema.names:
+        table = pa.table({f.name: table.column(f.name) if f.name in table.schema.names
+                          else pa.nulls(table.num_rows, f.type) for f in schema}, schema=schema)
+    return table.cast(schema)
+
+
+def write_data_files(storage, dirname: str, table: pa.Table,
+                     target_file_size: int) -> tuple[list[dict[str, Any]], pa.Table]:
+    """Write ``table``, sorted by request time and id, as the window's data files of
+    about ``target_file_size`` each (atomically, each replacing the file of its name);
+    remove data files the result does not name. ``([{"path", "rows"}], sorted rows)``."""
     if table.num_rows:
         table = table.sort_by([("request_ts", "ascending"), ("request_id", "ascending")])
     per_file = max(1, target_file_size * max(1, table.num_rows) // max(1, table.nbytes))
@@ -73,9 +115,10 @@ def compact_window(storage, dirname: str, schema: pa.Schema,
     return files, table
 
 
-def remove_staged(storage, dirname: str) -> None:
-    """Remove a closed window's staged files (its data files and manifest are written)."""
-    for name in staged_files(storage, dirname):
+def remove_staged(storage, dirname: str, names: list[str] | None = None) -> None:
+    """Remove a closed window's staged files (``names``, default all): its data files
+    and manifest are written."""
+    for name in staged_files(storage, dirname) if names is None else names:
         storage.remove(f"{dirname}/{name}")
 
 

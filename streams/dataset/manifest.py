@@ -1,8 +1,11 @@
 """A closed window's ``_manifest.json``, the windows-topic event, and reading them back.
 
-The manifest is written last, atomically, and never rewritten: its presence is what
-makes a window closed. It lists the window's files (relative names) with their rows,
-the label counts, the request-time range, the Arrow schema and the source offsets.
+The manifest is written last, atomically: its presence is what makes a window closed.
+It lists the window's files (relative names) with their rows, the label counts and
+statistics (``window_stats``), the request-time range, the Arrow schema, the source
+offsets and ``committed``, the sink's positions when it was written (staged files from
+later positions are corrections). Version 1 is written once; a correction writes
+version 2, 3... over it, after keeping the previous one (``streams.dataset.corrections``).
 """
 from __future__ import annotations
 
@@ -26,12 +29,53 @@ def manifest_exists(storage, dirname: str) -> bool:
     return MANIFEST in storage.list_dir(dirname)
 
 
+def window_stats(config: PipelineConfig, data: pa.Table) -> dict[str, Any]:
+    """Label-quality statistics of a window's rows (issue 14).
+
+    ``requests``: requests the rows stand for (the sum of ``sample_weight``: a sampled
+    negative stands for ``1 / rate`` of them); ``join_ratio``: the share of those whose
+    label came from feedback (binary: positives; regression: every labeled row, of the
+    labeled ones); ``label_delay_ms``: p50/p90/p99 of the delay of feedback-decided
+    labels; ``late_in_window_share``: the share of those that came in the last 10% of
+    the label window (a window that is too short shows it); ``corrections``: rows whose
+    label was corrected after it was final (``label_version`` > 1).
+    """
+    rows = data.num_rows
+    names = data.schema.names
+
+    def col(name: str, default: Any) -> pa.Array:
+        if name in names:
+            return data.column(name)
+        return pa.array([default] * rows)
+
+    weights = pc.fill_null(col("sample_weight", 1.0).cast(pa.float64()), 1.0)
+    requests = pc.sum(weights).as_py() or 0.0
+    delay = col("label_delay_ms", None).cast(pa.int64())
+    decided = pc.drop_null(delay)
+    n_decided = len(decided)
+    quantiles = None
+    if n_decided:
+        q = pc.quantile(decided, q=[0.5, 0.9, 0.99], interpolation="lower").to_pylist()
+        quantiles = {"p50": q[0], "p90": q[1], "p99": q[2]}
+    late = 0.9 * config.join.label_window_ms
+    late_share = (pc.sum(pc.greater_equal(decided, late)).as_py() / n_decided
+                  if n_decided else None)
+    version = pc.fill_null(col("label_version", 1).cast(pa.int64()), 1)
+    return {"requests": round(requests, 6),
+            "join_ratio": round(n_decided / requests, 6) if requests else None,
+            "label_delay_ms": quantiles,
+            "late_in_window_share": round(late_share, 6) if late_share is not None else None,
+            "corrections": pc.sum(pc.greater(version, 1)).as_py() or 0}
+
+
 def build_manifest(config: PipelineConfig, window: int, schema: pa.Schema,
                    files: list[dict[str, Any]], source_offsets: dict[str, list[int]],
-                   data: pa.Table) -> dict[str, Any]:
+                   data: pa.Table, committed: dict[int, int] | None = None,
+                   version: int = 1) -> dict[str, Any]:
     """The manifest of a window: its data files (``[{"path", "rows"}]``), the
-    labeled-topic offsets they were made from, and counts from ``data``, their rows
-    (compaction has them in memory: the files are not read back)."""
+    labeled-topic offsets they were made from, the sink's ``committed`` positions, and
+    counts and statistics from ``data``, their rows (compaction has them in memory: the
+    files are not read back)."""
     rows = data.num_rows
     positives: Optional[int] = None
     label_counts: dict[str, int] = {}
@@ -60,15 +104,24 @@ def build_manifest(config: PipelineConfig, window: int, schema: pa.Schema,
         "max_request_ts": max_ts,
         "schema": schema.to_string(show_schema_metadata=False),
         "source_offsets": source_offsets,
+        "committed": {str(p): o for p, o in sorted((committed or {}).items())},
+        "version": version,
+        "stats": window_stats(config, data),
     }
 
 
-def write_manifest(storage, dirname: str, manifest: dict[str, Any]) -> None:
-    """Write the manifest atomically, unless the window already has one."""
-    if manifest_exists(storage, dirname):
+def write_manifest(storage, dirname: str, manifest: dict[str, Any],
+                   replace: bool = False) -> None:
+    """Write the manifest atomically, unless the window already has one (``replace``:
+    a new version replaces it)."""
+    if not replace and manifest_exists(storage, dirname):
         return
-    storage.write_atomic(f"{dirname}/{MANIFEST}",
-                         json.dumps(manifest, indent=2, sort_keys=True).encode())
+    storage.write_atomic(f"{dirname}/{MANIFEST}", manifest_bytes(manifest))
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """A manifest as written to storage (indented, sorted keys)."""
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
 
 
 def read_manifest(storage, dirname: str) -> Optional[dict[str, Any]]:
@@ -80,7 +133,8 @@ def window_event(manifest: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
     """The windows-topic event of DESIGN.md for a closed window."""
     return {"pipeline": manifest["pipeline"], "window_start": manifest["window_start"],
             "window_end": manifest["window_end"], "rows": manifest["rows"],
-            "positives": manifest["positives"], "manifest": manifest_uri}
+            "positives": manifest["positives"], "manifest": manifest_uri,
+            "version": manifest.get("version", 1)}
 
 
 def list_windows(storage) -> list[dict[str, Any]]:
@@ -97,11 +151,14 @@ def list_windows(storage) -> list[dict[str, Any]]:
             out.append({"window_start": manifest["window_start"], "status": "closed",
                         "rows": rows, "positives": positives,
                         "label_rate": (positives / rows) if rows and positives is not None else None,
-                        "files": len(manifest["files"]), "dir": name})
+                        "files": len(manifest["files"]), "dir": name,
+                        "version": manifest.get("version", 1),
+                        "stats": manifest.get("stats")})
         else:
             files = staged_files(storage, name)
             out.append({"window_start": iso_utc(start), "status": "open", "rows": None,
-                        "positives": None, "label_rate": None, "files": len(files), "dir": name})
+                        "positives": None, "label_rate": None, "files": len(files), "dir": name,
+                        "version": None, "stats": None})
     return out
 
 

@@ -220,6 +220,7 @@ class DatasetSink:
                 log.warning("sink: consumer-group offset commit failed (%s); continuing", e)
 
     def _close_ready(self) -> None:
+        self._apply_corrections()
         ready = self.writer.ready_windows(self.closed_time.current())
         if not ready:
             return
@@ -231,16 +232,32 @@ class DatasetSink:
             self._send_event(window_dir(window), manifest)
             self.close_latency_ms.append(self.clock() - now)
             metrics.WINDOWS_CLOSED.inc()
+            metrics.observe_window_stats(manifest["stats"])
             metrics.WINDOW_CLOSE_SECONDS.observe((self.clock() - now) / 1000)
             log.info("window %s closed: %d rows, %s positives", manifest["window_start"],
                      manifest["rows"], manifest["positives"])
+
+    def _apply_corrections(self) -> None:
+        """Closed windows with committed corrections: their next version, then its event."""
+        for window in self.writer.corrected_windows():
+            manifest = self.writer.apply_corrections(window)
+            if manifest is None:
+                continue
+            self._commit_to_iceberg(manifest)
+            self._send_event(window_dir(window), manifest)
+            metrics.WINDOW_CORRECTIONS.inc()
+            metrics.observe_window_stats(manifest["stats"])
+            log.info("window %s corrected: version %d, %d corrections in all",
+                     manifest["window_start"], manifest["version"],
+                     manifest["stats"]["corrections"])
 
     def _send_event(self, dirname: str, manifest: dict) -> None:
         event = window_event(manifest, self.storage.uri(f"{dirname}/{MANIFEST}"))
         self.producer.send(self.config.topics.windows, key=manifest["window_start"].encode(),
                            value=json.dumps(event, sort_keys=True).encode()).get(timeout=30)
-        if dirname not in self.sent:
-            self.sent.append(dirname)
+        sent = _sent_key(dirname, manifest)
+        if sent not in self.sent:
+            self.sent.append(sent)
             self.storage.write_atomic(SENT_STATE, json.dumps(self.sent).encode())
 
     def _send_unsent_events(self) -> None:
@@ -248,12 +265,11 @@ class DatasetSink:
         Iceberg table (once: the table knows its windows) and send the event now."""
         for start in sorted(self.writer.closed):
             dirname = window_dir(start)
-            if dirname not in self.sent:
-                manifest = read_manifest(self.storage, dirname)
-                if manifest is not None:
-                    log.info("sink: sending the windows event of %s again", dirname)
-                    self._commit_to_iceberg(manifest)
-                    self._send_event(dirname, manifest)
+            manifest = read_manifest(self.storage, dirname)
+            if manifest is not None and _sent_key(dirname, manifest) not in self.sent:
+                log.info("sink: sending the windows event of %s again", dirname)
+                self._commit_to_iceberg(manifest)
+                self._send_event(dirname, manifest)
 
     def _open_iceberg(self) -> None:
         """With ``dataset.iceberg``: load the catalog, create or evolve the table."""
@@ -285,6 +301,13 @@ class DatasetSink:
     def _drained(self) -> bool:
         return (self.closed_time.current() == DRAINED and not self.writer.open_ids
                 and not self.writer.redo)
+
+
+def _sent_key(dirname: str, manifest: dict) -> str:
+    """How ``windows-sent.json`` names a sent windows event: the directory for version 1
+    (as before versions existed), ``<dir>@v<n>`` for a later version."""
+    version = manifest.get("version", 1)
+    return dirname if version == 1 else f"{dirname}@v{version}"
 
 
 def run_sink(config: PipelineConfig, drain: bool = False, parent_pid: Optional[int] = None,

@@ -13,6 +13,9 @@ exactly what was consumed to make them:
 ``DatasetWriter.commit_partition`` for the protocol that makes a crash at any point and
 a restart give the same files. At close the staged files are compacted into the
 window's data files (``streams.dataset.compaction``), then the manifest is written.
+With ``join.correction_window`` on, a newer ``label_version`` of a request in a closed
+window is committed the same way, into the closed window's directory, and applied as a
+new version of the window (``streams.dataset.corrections``).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from schemas.dataset_schema import (arrow_schema, examples_to_table, parse_part_
                                     parse_window_dir, part_name, window_dir)
 from streams.dataset.compaction import (compact_window, data_files, parquet_bytes,
                                         remove_staged, source_offsets, staged_files)
+from streams.dataset.corrections import apply_corrections, split_staged
 from streams.dataset.manifest import (build_manifest, manifest_exists, read_manifest,
                                       write_manifest)
 
@@ -52,12 +56,16 @@ class DatasetWriter:
         self.buffers: dict[int, dict[int, list[dict]]] = {}  # partition -> window -> rows
         self.buffered_rows = 0
         self.first_buffered_at: Optional[int] = None
-        self.open_ids: dict[int, set[str]] = {}    # window -> request ids (committed + buffered)
+        #: window -> {request id: label_version} (committed + buffered)
+        self.open_ids: dict[int, dict[str, int]] = {}
         self.closed: set[int] = set()
-        self._closed_ids: OrderedDict[int, set[str]] = OrderedDict()
+        #: closed window -> {request id: label_version} (a few, most recent last)
+        self._closed_ids: OrderedDict[int, dict[str, int]] = OrderedDict()
         self._closed_cache = closed_cache
+        self.corrections_on = config.join.correction_window_ms > 0
+        self.corrected: set[int] = set()  # closed windows with committed corrections
         self.counts = {"rows": 0, "duplicates": 0, "late": 0, "invalid": 0, "files": 0,
-                       "windows_closed": 0}
+                       "windows_closed": 0, "corrections": 0, "window_versions": 0}
 
     # ------------------------------------------------------------------ recovery
     def recover(self, partitions: list[int]) -> dict[int, int]:
@@ -80,9 +88,15 @@ class DatasetWriter:
             if start is None:
                 continue
             self._remove_temp_files(name)
-            if manifest_exists(self.storage, name):
+            manifest = (read_manifest(self.storage, name)
+                        if manifest_exists(self.storage, name) else None)
+            if manifest is not None:
                 self.closed.add(start)
-                remove_staged(self.storage, name)  # a crash came before their removal
+                leftovers, pending, _ = split_staged(self.storage, name, manifest,
+                                                     self.committed)
+                remove_staged(self.storage, name, leftovers)  # a crash came before
+                if pending:
+                    self.corrected.add(start)
             else:
                 self.open_ids[start] = self._committed_ids(name)
         if self.redo:
@@ -95,17 +109,25 @@ class DatasetWriter:
             if name.startswith(".") and ".tmp-" in name:
                 self.storage.remove(f"{dirname}/{name}")
 
-    def _committed_ids(self, dirname: str) -> set[str]:
-        """Request ids in the committed files of a window (files of an unfinished commit
-        are left out: the commit is redone and rewrites them)."""
-        ids: set[str] = set()
-        for name in self.storage.list_dir(dirname):
-            part = parse_part_name(name)
-            if part is None or part[1] >= self.committed.get(part[0], 0):
-                continue
-            data = self.storage.read(f"{dirname}/{name}")
-            table = pq.read_table(io.BytesIO(data), columns=["request_id"])
-            ids.update(table.column("request_id").to_pylist())
+    def _committed_ids(self, dirname: str) -> dict[str, int]:
+        """``{request id: label_version}`` of the committed files of a window (files of
+        an unfinished commit are left out: the commit is redone and rewrites them)."""
+        return self._versions_in(dirname, self._committed_staged(dirname))
+
+    def _committed_staged(self, dirname: str) -> list[str]:
+        """A window's staged files from committed offsets (not an interrupted commit's)."""
+        return [name for name in staged_files(self.storage, dirname)
+                if parse_part_name(name)[1] < self.committed.get(parse_part_name(name)[0], 0)]
+
+    def _versions_in(self, dirname: str, names: list[str]) -> dict[str, int]:
+        """``{request id: highest label_version}`` in some files of a window."""
+        ids: dict[str, int] = {}
+        for name in names:
+            table = pq.read_table(io.BytesIO(self.storage.read(f"{dirname}/{name}")))
+            versions = (table.column("label_version").to_pylist()
+                        if "label_version" in table.schema.names else [1] * table.num_rows)
+            for rid, v in zip(table.column("request_id").to_pylist(), versions):
+                ids[rid] = max(ids.get(rid, 1), v or 1)
         return ids
 
     def _read_json(self, rel: str) -> Optional[dict]:
@@ -135,32 +157,47 @@ class DatasetWriter:
                               self.config.topics.labeled, partition, offset, value)
         window = ts - ts % self.window_ms
         if window in self.closed:
-            if rid in self._ids_of_closed(window):
+            versions = self._ids_of_closed(window)
+            have, version = versions.get(rid), example.get("label_version") or 1
+            if have is not None and have >= version:
                 self.counts["duplicates"] += 1
                 return None
-            self.counts["late"] += 1
-            return DeadLetter("late", f"window {window_dir(window)} is already closed",
-                              self.config.topics.labeled, partition, offset, value)
-        ids = self.open_ids.setdefault(window, set())
-        if rid in ids:  # at-least-once upstream: an identical copy
+            if not self.corrections_on:
+                self.counts["late"] += 1
+                return DeadLetter("late", f"window {window_dir(window)} is already closed",
+                                  self.config.topics.labeled, partition, offset, value)
+            versions[rid] = version  # a correction: committed into the closed window
+            self.counts["corrections"] += 1
+            self._buffer(partition, window, example)
+            return None
+        ids = self.open_ids.setdefault(window, {})
+        version = example.get("label_version") or 1
+        have = ids.get(rid)
+        if have is not None and have >= version:  # at-least-once upstream: a copy
             self.counts["duplicates"] += 1
             return None
-        ids.add(rid)
+        if have is not None:  # corrected before its window closed: compaction keeps it
+            self.counts["corrections"] += 1
+        ids[rid] = version
+        self._buffer(partition, window, example)
+        return None
+
+    def _buffer(self, partition: int, window: int, example: dict) -> None:
         self.buffers.setdefault(partition, {}).setdefault(window, []).append(example)
         self.buffered_rows += 1
         if self.first_buffered_at is None:
             self.first_buffered_at = self.clock()
-        return None
 
-    def _ids_of_closed(self, window: int) -> set[str]:
+    def _ids_of_closed(self, window: int) -> dict[str, int]:
+        """``{request id: label_version}`` of a closed window: its data files and its
+        committed, not yet applied corrections."""
         ids = self._closed_ids.get(window)
         if ids is None:
             name = window_dir(window)
-            ids = set()
-            for data in data_files(self.storage, name):
-                table = pq.read_table(io.BytesIO(self.storage.read(f"{name}/{data}")),
-                                      columns=["request_id"])
-                ids.update(table.column("request_id").to_pylist())
+            # the data files and the committed corrections not applied yet (staged
+            # files of an interrupted commit are rewritten by its redo: not counted)
+            ids = self._versions_in(name, data_files(self.storage, name)
+                                    + self._committed_staged(name))
             self._closed_ids[window] = ids
             while len(self._closed_ids) > self._closed_cache:
                 self._closed_ids.popitem(last=False)
@@ -217,6 +254,7 @@ class DatasetWriter:
                                       parquet_bytes(table))
         self.storage.write_atomic(f"{prefix}.json", _json({"next": last + 1}))
         self.buffers.pop(partition, None)
+        self.corrected.update(w for w in windows if w in self.closed)
         for rows in windows.values():
             self.counts["rows"] += len(rows)
             self.counts["files"] += 1
@@ -248,7 +286,8 @@ class DatasetWriter:
             offsets = source_offsets(staged_files(self.storage, name), topic)
             files, rows = compact_window(self.storage, name, self.schema,
                                          self.config.dataset.target_file_size)
-            manifest = build_manifest(self.config, window, self.schema, files, offsets, rows)
+            manifest = build_manifest(self.config, window, self.schema, files, offsets, rows,
+                                      committed=self.committed)
             write_manifest(self.storage, name, manifest)
         remove_staged(self.storage, name)
         self.closed.add(window)
@@ -256,6 +295,28 @@ class DatasetWriter:
         while len(self._closed_ids) > self._closed_cache:
             self._closed_ids.popitem(last=False)
         self.counts["windows_closed"] += 1
+        return manifest
+
+
+    def corrected_windows(self) -> list[int]:
+        """Closed windows with committed corrections to apply (none while a commit a
+        crash interrupted is being redone)."""
+        return [] if self.redo else sorted(self.corrected)
+
+    def apply_corrections(self, window: int) -> Optional[dict[str, Any]]:
+        """Apply a closed window's committed corrections as its next version; return the
+        new manifest (None: nothing was pending)."""
+        name = window_dir(window)
+        manifest = read_manifest(self.storage, name)
+        _, pending, _ = split_staged(self.storage, name, manifest, self.committed)
+        if pending:
+            manifest = apply_corrections(self.storage, name, manifest, pending, self.config,
+                                         self.schema, dict(self.committed))
+        self.corrected.discard(window)  # after success: a storage error retries it
+        if not pending:
+            return None
+        self._closed_ids.pop(window, None)
+        self.counts["window_versions"] += 1
         return manifest
 
 
