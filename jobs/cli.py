@@ -122,7 +122,7 @@ def models(config_path: str, action: str, version: Optional[str]) -> None:
     """The model registry: list | show N | promote N | rollback."""
     from jobs.registry import Registry
     cfg = _config(config_path)
-    reg = Registry(cfg.model.path)
+    reg = Registry(cfg.model.path, cfg.model.trusted_types)
     try:
         if action in ("show", "promote") and not version:
             raise click.UsageError(f"`models {action}` needs a version, e.g. {action} 3")

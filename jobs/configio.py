@@ -14,15 +14,25 @@ def config_to_json(config: C.PipelineConfig) -> str:
     return json.dumps(dataclasses.asdict(config), sort_keys=True)
 
 
+def _dataclass_of(hint: Any) -> Any:
+    """The dataclass ``hint`` names, itself or inside ``Optional[...]``; else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) is not typing.Union:
+        return None
+    found = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+    return found[0] if len(found) == 1 else None
+
+
 def _build(cls: type, data: Any) -> Any:
-    hints = typing.get_type_hints(cls, vars(C))
+    hints = typing.get_type_hints(cls)  # each class's own module resolves its names
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
             continue
         value, hint = data[f.name], hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            value = _build(hint, value)
+        if value is not None and _dataclass_of(hint) is not None:
+            value = _build(_dataclass_of(hint), value)
         elif f.name == "features":
             value = tuple(C.FeatureSpec(**v) for v in value)
         elif isinstance(value, list):

@@ -100,6 +100,14 @@ class Model:
         self.rows_seen += len(df)
         return self
 
+    def fit(self, df: pd.DataFrame) -> "Model":
+        """Forget everything, then learn from all of ``df`` in one pass (refit training)."""
+        self.pipeline = self.pipeline.fresh()
+        self.estimator = make_estimator(self.estimator_name, self.seed)
+        self.target = StandardScaler()
+        self.rows_seen = 0
+        return self.partial_fit(df)
+
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         """Scores of ``df``'s rows: P(label = 1) for binary, the value for regression.
 

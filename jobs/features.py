@@ -119,6 +119,12 @@ class FeaturePipeline:
             return sp.csr_matrix((n, 0))
         return sp.hstack(blocks, format="csr", dtype="float64")
 
+    def fresh(self) -> "FeaturePipeline":
+        """An untrained pipeline that reads the same columns the same way."""
+        return FeaturePipeline.from_state({
+            **self.to_state(), "scaler": StandardScaler(), "fitted": False,
+            "low": np.full(len(self.numeric), np.nan), "high": np.full(len(self.numeric), np.nan)})
+
     def to_state(self) -> dict[str, Any]:
         """Plain data + sklearn objects only (what the registry saves with skops)."""
         return {"numeric": list(self.numeric), "boolean": list(self.boolean),

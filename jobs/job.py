@@ -11,7 +11,8 @@ Steps, in order (each one a line in the log):
    and the score of the logged ``prediction`` column, when present.
 5. Drift of every feature and of the label against the previous closed window.
 6. Split by time: the first (1 - holdout_fraction) of the rows train, the rest hold out.
-7. Challenger = copy of the champion + ``partial_fit`` on the training part.
+7. Challenger = copy of the champion + ``partial_fit`` on the training part
+   (``model.training: refit``: a new model fit on the earlier windows + the training part).
 8. Champion and challenger on the holdout, overall and per slice; the promotion rule.
 9. Save the challenger as a new version (metrics.json, lineage), then move the
    champion pointer if promoted, then write the window's record - last.
@@ -35,10 +36,11 @@ from schemas.config import PipelineConfig
 from schemas.errors import DlabelError, JobError
 from jobs import dataset as ds
 from jobs.drift import window_drift
-from jobs.estimators import Model
 from jobs.metrics import evaluate, slice_values
+from jobs.models import AnyModel
 from jobs.promotion import decide
 from jobs.registry import Registry
+from jobs.training import Trained, train_challenger
 
 log = logging.getLogger("dlabel.jobs.job")
 MIN_ROWS = 10
@@ -85,7 +87,7 @@ def run_job(config: PipelineConfig, window: str | int, *, manifest: str | None =
     """
     start_ms = ds.parse_window(window)
     name = ds.window_iso(start_ms)
-    reg = Registry(config.model.path)
+    reg = Registry(config.model.path, config.model.trusted_types)
     with registry_lock(reg.root):
         done = reg.window_record(name)
         if done and done.get("status") == "trained":
@@ -124,17 +126,19 @@ def _train(config: PipelineConfig, reg: Registry, start_ms: int, manifest: str |
     prequential, logged = _prequential(config, df, champion)
     drift = _drift(config, start_ms, window.name, df)
     train, holdout = split_by_time(df, config.model.holdout_fraction)
-    challenger = _challenger(config, champion, train)
+    trained = train_challenger(config, champion, train, start_ms)
+    challenger = trained.model
     held = _holdout_decision(config, window.name, holdout, champion, challenger)
     metrics = {
         **_window_facts(config, window, df, train, holdout), "kind": config.label.kind,
         "estimator": config.model.estimator, "champion_version": champion_v,
+        "training": trained.facts(config.model.training, window.name),
         "prequential": prequential, "logged": logged,
         "holdout": {"champion": held.champion, "challenger": held.challenger},
         "drift": drift, "decision": held.decision,
         "duration_s": round(time.perf_counter() - t0, 3),
     }
-    lineage = _lineage(config, window, champion_v, parent, now_ms)
+    lineage = _lineage(config, window, champion_v, parent, trained, now_ms)
     return _store(reg, window.name, challenger, metrics, lineage, len(df), t0)
 
 
@@ -155,7 +159,7 @@ def _record_too_small(reg: Registry, name: str, rows: int) -> dict[str, Any]:
     return record
 
 
-def _champion(reg: Registry, name: str) -> tuple[str | None, Model | None, dict[str, Any]]:
+def _champion(reg: Registry, name: str) -> tuple[str | None, AnyModel | None, dict[str, Any]]:
     """Step 3: (champion version, its model, its lineage); (None, None, empty lineage) when
     there is no champion yet."""
     champion_v = reg.champion()
@@ -166,7 +170,7 @@ def _champion(reg: Registry, name: str) -> tuple[str | None, Model | None, dict[
 
 
 def _prequential(config: PipelineConfig, df: pd.DataFrame,
-                 champion: Model | None) -> tuple[dict | None, dict | None]:
+                 champion: AnyModel | None) -> tuple[dict | None, dict | None]:
     """Step 4: (the champion on the whole window before it learns from it, the logged
     ``prediction`` column); each None when there is nothing to score."""
     kind, slices = config.label.kind, config.slices
@@ -195,13 +199,6 @@ def _drift(config: PipelineConfig, start_ms: int, name: str,
     return drift
 
 
-def _challenger(config: PipelineConfig, champion: Model | None, train: pd.DataFrame) -> Model:
-    """Step 7: a copy of the champion (or a new model) that has learned from ``train``."""
-    challenger = champion.copy() if champion else Model.for_config(config)
-    challenger.partial_fit(train)
-    return challenger
-
-
 @dataclass(frozen=True)
 class _Holdout:
     """Step 8's outcome: both models' holdout scores and the promotion decision."""
@@ -211,7 +208,7 @@ class _Holdout:
 
 
 def _holdout_decision(config: PipelineConfig, name: str, holdout: pd.DataFrame,
-                      champion: Model | None, challenger: Model) -> _Holdout:
+                      champion: AnyModel | None, challenger: AnyModel) -> _Holdout:
     """Step 8: champion (if any) and challenger on the holdout, then the promotion rule."""
     kind, slices = config.label.kind, config.slices
     hold_champion = evaluate(holdout, champion.predict(holdout), kind, slices) \
@@ -237,15 +234,19 @@ def _window_facts(config: PipelineConfig, window: ds.Window, df: pd.DataFrame,
 
 
 def _lineage(config: PipelineConfig, window: ds.Window, champion_v: str | None,
-             parent: dict[str, Any], now_ms: Callable[[], int]) -> dict[str, Any]:
-    """The new version's lineage: its parent's windows and manifests plus this window's."""
+             parent: dict[str, Any], trained: Trained,
+             now_ms: Callable[[], int]) -> dict[str, Any]:
+    """The new version's lineage: the windows it learned (its parent's and this one, or a
+    refit's) and their manifests."""
+    windows = parent["windows"] if trained.windows is None else trained.windows
+    manifests = parent["manifests"] if trained.manifests is None else trained.manifests
     return {"pipeline": config.pipeline, "window": window.name,
-            "windows": parent["windows"] + [window.name], "parent": champion_v,
-            "manifests": parent["manifests"] + [str(window.manifest_path)],
+            "windows": windows + [window.name], "parent": champion_v,
+            "manifests": manifests + [str(window.manifest_path)],
             "estimator": config.model.estimator, "created_ms": now_ms()}
 
 
-def _store(reg: Registry, name: str, challenger: Model, metrics: dict[str, Any],
+def _store(reg: Registry, name: str, challenger: AnyModel, metrics: dict[str, Any],
            lineage: dict[str, Any], rows: int, t0: float) -> dict[str, Any]:
     """Step 9: save the challenger as a new version, move the champion pointer if it was
     promoted, then write the window's record - last."""

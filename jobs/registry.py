@@ -9,13 +9,17 @@
   champion.json            {"version": "v0003", "history": ["v0001", ...]}: the champion
   windows/<window>.json    one record per window: trained (with its version) or failed
   logs/<window>.<n>.log    the log of attempt n of the job of a window
+  logs/<window>.launch.<n>.log   the same for jobs.launch's command
 ```
 
 Every write is atomic: a version directory is assembled under a hidden temp name and
 renamed into place (its ``lineage.json`` written last); ``champion.json`` and window
 records are written to a temp file, fsynced and renamed. Loading checks the sha256 and
 asks skops which types the file holds; any type outside skops' trusted defaults
-(sklearn, numpy, scipy) is refused, so nothing is ever unpickled.
+(sklearn, numpy, scipy) and the ``trusted_types`` the config lists
+(``model.trusted_types``) is refused, so nothing is ever unpickled blind. Saving checks
+the same before it stores anything, and that skops can load the file back, so a model
+the next job could not load never becomes a version.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import skops.io as sio
 from schemas.errors import RegistryError
 from streams.common.storage import fsync_dir
 from streams.common.storage import write_file_atomic as write_atomic  # also used by jobs.runner
-from jobs.estimators import Model
+from jobs.models import AnyModel, model_from_state
 
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 MODEL_FILE = "model.skops"
@@ -61,10 +65,31 @@ def version_name(n: int) -> str:
 
 
 class Registry:
-    """Versions, the champion pointer and per-window records under one directory."""
+    """Versions, the champion pointer and per-window records under one directory.
 
-    def __init__(self, root: str | Path) -> None:
+    ``trusted_types``: fully qualified type names beyond skops' trusted defaults that
+    models may hold (``model.trusted_types``).
+    """
+
+    def __init__(self, root: str | Path, trusted_types: tuple[str, ...] | list[str] = ()) -> None:
         self.root = Path(root)
+        self.trusted_types = tuple(trusted_types)
+
+    def _check_types(self, data: bytes, where: str) -> list[str]:
+        """The untrusted types ``data`` holds, all of them in ``trusted_types`` (else
+        RegistryError naming the others and the fix)."""
+        try:
+            untrusted = sio.get_untrusted_types(data=data)
+        except Exception as e:  # skops raises assorted errors on malformed files
+            raise RegistryError(f"{where}: not a readable skops file ({e})") from None
+        refused = [t for t in untrusted if t not in self.trusted_types]
+        if refused:
+            listed = "\n".join(f"    - {t}" for t in refused)
+            raise RegistryError(
+                f"{where}: holds types skops does not trust: {', '.join(refused)}; if you "
+                "trust the code that defines them, add them to model.trusted_types:\n"
+                f"  trusted_types:\n{listed}")
+        return untrusted
 
     # ---- versions -------------------------------------------------------------------
     def versions(self) -> list[str]:
@@ -87,10 +112,22 @@ class Registry:
                                 f"(versions: {known})")
         return name
 
-    def save(self, model: Model, metrics: dict[str, Any], lineage: dict[str, Any]) -> str:
-        """Store a new version; returns its name (the next free ``vNNNN``)."""
+    def save(self, model: AnyModel, metrics: dict[str, Any], lineage: dict[str, Any]) -> str:
+        """Store a new version; returns its name (the next free ``vNNNN``).
+
+        RegistryError, storing nothing, when the model holds types outside the trusted
+        ones, or when skops cannot load it back.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         data = sio.dumps(model.to_state())
+        where = f"the new model ({model.estimator_name})"
+        untrusted = self._check_types(data, where)
+        try:
+            sio.loads(data, trusted=untrusted)
+        except Exception as e:  # skops cannot rebuild some objects (e.g. odd dict keys)
+            raise RegistryError(f"{where}: skops cannot load it back ({type(e).__name__}: "
+                                f"{e}); the registry would hold a model no job can use; "
+                                "build the estimator from parts skops can persist") from None
         digest = hashlib.sha256(data).hexdigest()
         tmp = Path(tempfile.mkdtemp(prefix=".version.", dir=self.root))
         try:
@@ -121,7 +158,7 @@ class Registry:
         fsync_dir(self.root)
         return name
 
-    def load(self, version: str | int) -> Model:
+    def load(self, version: str | int) -> AnyModel:
         """Load a version after checking its sha256 and the types the file holds."""
         name = self.normalize(version)
         vdir = self.root / name
@@ -136,14 +173,12 @@ class Registry:
             raise RegistryError(f"{vdir / MODEL_FILE}: checksum mismatch (sha256 {actual}, "
                                 f"expected {expected}); the file was changed or corrupted, "
                                 "refusing to load it")
+        untrusted = self._check_types(data, str(vdir / MODEL_FILE))
         try:
-            untrusted = sio.get_untrusted_types(data=data)
-        except Exception as e:  # skops raises assorted errors on malformed files
-            raise RegistryError(f"{vdir / MODEL_FILE}: not a readable skops file ({e})") from None
-        if untrusted:
-            raise RegistryError(f"{vdir / MODEL_FILE}: holds types skops does not trust "
-                                f"({', '.join(untrusted)}); refusing to load it")
-        return Model.from_state(sio.loads(data, trusted=[]))
+            return model_from_state(sio.loads(data, trusted=untrusted))
+        except Exception as e:
+            raise RegistryError(f"{vdir / MODEL_FILE}: cannot be loaded ({type(e).__name__}: "
+                                f"{e})") from None
 
     def metrics(self, version: str | int) -> dict[str, Any]:
         """The ``metrics.json`` of a version."""
@@ -222,3 +257,7 @@ class Registry:
     def log_path(self, window: str, attempt: int) -> Path:
         """Where attempt ``attempt`` of the job of ``window`` logs."""
         return self.root / "logs" / f"{window.replace(':', '-')}.{attempt}.log"
+
+    def launch_log_path(self, window: str, attempt: int) -> Path:
+        """Where attempt ``attempt`` of ``jobs.launch``'s command for ``window`` logs."""
+        return self.root / "logs" / f"{window.replace(':', '-')}.launch.{attempt}.log"

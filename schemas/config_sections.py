@@ -11,12 +11,13 @@ from typing import Any, Mapping
 
 from schemas.config_checks import (Section, boolean, choice, duration, fail, name_list,
                                    non_empty_str, non_negative_int, number, positive_int)
+from schemas.config_estimator import ESTIMATORS, estimator_settings
 from schemas.config_features import FeatureSpec, kept_feature_names
 
-# estimator -> the label kind it fits; the first one of a kind is that kind's default
-ESTIMATORS = {"sgd_classifier": "binary", "sgd_regressor": "regression",
-              "passive_aggressive_classifier": "binary",
-              "passive_aggressive_regressor": "regression", "multinomial_nb": "binary"}
+__all__ = ["ESTIMATORS", "KAFKA_PASSWORD_ENV", "KAFKA_PROTOCOLS", "PROMOTION_METRICS",
+           "SASL_MECHANISMS", "DriftSpec", "KafkaSecurity", "ModelSpec", "PromotionSpec",
+           "kafka_security", "model_spec"]
+
 # promotion metric -> (label kind, True when higher is better)
 PROMOTION_METRICS = {"roc_auc": ("binary", True), "log_loss": ("binary", False),
                      "accuracy": ("binary", True), "mae": ("regression", False),
@@ -56,9 +57,16 @@ class ModelSpec:
 
     Durations in milliseconds. ``exclude`` lists kept features the model does not use;
     ``categorical`` int/bool features it treats as categories instead of quantities.
+    ``estimator`` is a built-in name or a factory path ``package.module:factory``;
+    ``training`` is ``incremental`` (``partial_fit`` on the champion's copy) or ``refit``
+    (a fresh fit on the last ``refit_windows`` windows); ``trusted_types`` are the type
+    names beyond skops' defaults the registry may load (see schemas.config_estimator).
     """
     path: str
     estimator: str = "sgd_classifier"
+    training: str = "incremental"
+    refit_windows: int = 6
+    trusted_types: tuple[str, ...] = ()
     holdout_fraction: float = 0.2
     job_timeout_ms: int = 600_000
     retries: int = 2
@@ -154,8 +162,9 @@ def _sasl_password(k: Section, environ: Mapping[str, str]) -> str:
     return password
 
 
-_MODEL_KEYS = ("path", "estimator", "holdout_fraction", "job_timeout", "retries",
-               "retry_backoff", "seed", "exclude", "categorical", "promotion", "drift")
+_MODEL_KEYS = ("path", "estimator", "training", "refit_windows", "trusted_types",
+               "holdout_fraction", "job_timeout", "retries", "retry_backoff", "seed",
+               "exclude", "categorical", "promotion", "drift")
 
 
 def model_spec(top: Section, kind: str, features: tuple[FeatureSpec, ...]) -> ModelSpec:
@@ -166,26 +175,14 @@ def model_spec(top: Section, kind: str, features: tuple[FeatureSpec, ...]) -> Mo
     """
     m = top.sub("model", _MODEL_KEYS)
     kept = kept_feature_names(features)
-    estimator = _estimator(m, kind)
+    estimator = estimator_settings(m, kind, m.get("seed", non_negative_int, 0))
     exclude, categorical = _model_features(m, features, kept)
     promotion = _promotion(m, kind)
     drift = _drift(m, kept)
     holdout = _holdout_fraction(m)
-    return ModelSpec(path=m.get("path", non_empty_str), estimator=estimator,
+    return ModelSpec(path=m.get("path", non_empty_str), **estimator,
                      holdout_fraction=holdout, **_job_settings(m), exclude=exclude,
                      categorical=categorical, promotion=promotion, drift=drift)
-
-
-def _estimator(m: Section, kind: str) -> str:
-    """``model.estimator``: one that fits the label kind; that kind's first by default."""
-    default_est = next(e for e, k in ESTIMATORS.items() if k == kind)
-    estimator = m.get("estimator", choice(tuple(ESTIMATORS)), default_est)
-    if ESTIMATORS[estimator] != kind:
-        fits = ", ".join(e for e, k in ESTIMATORS.items() if k == kind)
-        raise fail("model.estimator", f"{estimator!r} does not fit label kind {kind!r}; "
-                                      f"write {default_est}" + (f" (or one of {fits})"
-                                                                if "," in fits else ""))
-    return estimator
 
 
 def _model_features(m: Section, features: tuple[FeatureSpec, ...],
