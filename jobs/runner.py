@@ -7,7 +7,8 @@ twice. Each poll's new windows run in window order, each as a subprocess
 (``python -m jobs.job``) with a timeout and its own log file
 ``<model.path>/logs/<window>.<attempt>.log``. A failed or timed-out attempt is retried
 after a backoff that doubles each time; after ``model.retries`` retries the window is
-recorded as failed and the runner goes on with the next one.
+recorded as failed and the runner goes on with the next one. With ``jobs.launch`` the
+window runs your command instead (or after dlabel's job): see jobs.launch.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from schemas.config import PipelineConfig
 from schemas.errors import BrokerError
 from jobs.configio import config_to_json
 from jobs.dataset import parse_window, window_iso
+from jobs.launch import launcher_for
 from jobs.registry import Registry, write_atomic
 from streams.kafka import clients as kafka_clients
 from streams.common import metrics
@@ -41,6 +43,7 @@ JobArgv = Callable[[Path, str, "str | None"], list]
 class RunSummary:
     """What one runner pass did: window names by outcome, event counts."""
     trained: list[str] = field(default_factory=list)
+    launched: list[str] = field(default_factory=list)  # jobs.launch's command exited 0
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     events: int = 0
@@ -131,7 +134,8 @@ class Runner:
                  sleep: Callable[[float], None] = time.sleep, retry_failed: bool = False,
                  echo: Callable[[str], None] | None = None) -> None:
         self.config = config
-        self.registry = Registry(config.model.path)
+        self.registry = Registry(config.model.path, config.model.trusted_types)
+        self.launcher = launcher_for(config, self.registry, sleep)
         self.job_argv = job_argv
         self.sleep = sleep
         self.retry_failed = retry_failed
@@ -145,18 +149,47 @@ class Runner:
         for start in sorted(windows):
             name = window_iso(start)
             rec = self.registry.window_record(name)
-            if rec and (rec["status"] == "trained" or not self.retry_failed):
+            if rec and not self._todo(rec):
                 summary.skipped.append(name)
                 continue
             if self.latest is not None and start < self.latest:
                 log.warning("window %s arrived after the later window %s was trained; training "
                             "it now, out of order", name, window_iso(self.latest))
             ok = self.run_window(name, windows[start])
-            (summary.trained if ok else summary.failed).append(name)
+            launch = self.config.jobs.launch
+            if ok and launch:
+                summary.launched.append(name)
+            if not ok:
+                summary.failed.append(name)
+            elif not launch or launch.with_dlabel_job:
+                summary.trained.append(name)
             self.latest = max(start, self.latest or start)
 
+    def _todo(self, rec: dict[str, Any]) -> bool:
+        """Whether a window that has a record still needs a run (``--retry-failed`` runs
+        the failed ones too)."""
+        if self.launcher is None:
+            return rec["status"] == "failed" and self.retry_failed
+        if self.launcher.pending(rec):
+            return True
+        return not self.launcher.done(rec) and self.retry_failed
+
     def run_window(self, name: str, manifest: str | None) -> bool:
-        """One window's job with retries; True when it ended trained."""
+        """One window: dlabel's job, ``jobs.launch``'s command, or the job then the
+        command; True when it ended well."""
+        launch = self.config.jobs.launch
+        if launch is None:
+            return self.run_job(name, manifest)
+        rec = self.registry.window_record(name)
+        if launch.with_dlabel_job and not (rec and rec.get("status") == "trained"):
+            if not self.run_job(name, manifest):
+                return False
+        ok = self.launcher.run(name)
+        self.echo(f"{name}: {'launched' if ok else 'launch FAILED'}")
+        return ok
+
+    def run_job(self, name: str, manifest: str | None) -> bool:
+        """One window's dlabel job with retries; True when it ended trained."""
         m = self.config.model
         attempts = 1 + m.retries
         error = ""
