@@ -5,11 +5,17 @@
    incremental model has learned windows 1..k-1 once each (``partial_fit``); the full
    refit trains a new model on all k-1 windows for ``--epochs`` passes. Both are scored
    on window k (prequential ROC AUC); training time is measured per window.
+3. ``--modes``: job time per 100k-row window for each ``model.training`` mode and
+   estimator (built-in SGD incremental and refit, a HistGradientBoosting factory in
+   refit mode, a River model through river.compat incremental): ``--mode-windows``
+   closed windows of ``--job-rows`` rows are trained in order; the last job (a champion
+   to score and beat, ``refit_windows`` = all of them) is timed, best of ``--repeat``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,11 +27,31 @@ from sklearn.metrics import roc_auc_score
 from schemas.config import DatasetSpec, load_config
 from jobs.estimators import Model
 from jobs.job import run_job
+from jobs.registry import Registry
 from streams.dev.synthetic_windows import ctr_window, write_window
 
 H = 3_600_000
 START = 1_794_999_600_000
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "ctr.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "ctr.yaml"
+sys.path.insert(0, str(ROOT))  # the bring-your-own factories live in tests.jobs_byo_factories
+F = "tests.jobs_byo_factories"
+#: (label, model fields) of each mode ``--modes`` times
+MODES = (
+    ("sgd_classifier, incremental", {}),
+    ("sgd_classifier, refit", {"training": "refit"}),
+    ("HistGradientBoosting factory, refit", {
+        "estimator": f"{F}:hgb_classifier", "training": "refit", "trusted_types": (
+            "functools.partial", "sklearn.utils.validation.check_array",
+            "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor")}),
+    ("River LogisticRegression (river.compat), incremental", {
+        "estimator": f"{F}:river_logistic", "trusted_types": (
+            "river._river_rust.vectordict.VectorDict",
+            "river.compat.river_to_sklearn.River2SKLClassifier",
+            "river.linear_model.log_reg.LogisticRegression", "river.optim.initializers.Zeros",
+            "river.optim.losses.Log", "river.optim.schedulers.Constant", "river.optim.sgd.SGD",
+            f"{F}.numbers")}),
+)
 
 
 def job_time(rows: int = 100_000) -> float:
@@ -41,6 +67,30 @@ def job_time(rows: int = 100_000) -> float:
         t = time.perf_counter()
         run_job(cfg, START + H)
         return time.perf_counter() - t
+
+
+def mode_job_time(model_fields: dict, rows: int, windows: int, repeat: int) -> dict:
+    """The last of ``windows`` jobs on ``rows``-row windows, in seconds (best of
+    ``repeat``), with the rows it trained on."""
+    best, trained = float("inf"), 0
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load_config(EXAMPLE)
+            cfg = dataclasses.replace(cfg, dataset=DatasetSpec(f"{tmp}/data", H),
+                                      model=dataclasses.replace(
+                                          cfg.model, path=f"{tmp}/models",
+                                          refit_windows=windows, **model_fields))
+            for i in range(windows):
+                write_window(cfg.dataset.path, "ctr", START + i * H, H,
+                             ctr_window(START + i * H, H, rows, seed=1), files=4)
+            for i in range(windows - 1):
+                run_job(cfg, START + i * H)
+            t = time.perf_counter()
+            run_job(cfg, START + (windows - 1) * H)
+            best = min(best, time.perf_counter() - t)
+            version = Registry(cfg.model.path).versions()[-1]
+            trained = Registry(cfg.model.path).metrics(version)["training"]["rows"]
+    return {"seconds": best, "trained_rows": trained}
 
 
 def incremental_vs_refit(windows: int, rows: int, epochs: int) -> list[dict]:
@@ -71,7 +121,21 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=5000)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--job-rows", type=int, default=100_000)
+    ap.add_argument("--modes", action="store_true",
+                    help="only the job time per training mode (part 3)")
+    ap.add_argument("--mode-windows", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
+    if args.modes:
+        print(f"job time for a {args.job_rows}-row window, the last of {args.mode_windows} "
+              f"(refit_windows={args.mode_windows}), best of {args.repeat}")
+        print("| estimator, model.training | job s | rows trained | job s per 100k rows trained |")
+        print("|---|---|---|---|")
+        for label, fields in MODES:
+            r = mode_job_time(fields, args.job_rows, args.mode_windows, args.repeat)
+            print(f"| {label} | {r['seconds']:.2f} | {r['trained_rows']:,} | "
+                  f"{r['seconds'] / r['trained_rows'] * 100_000:.2f} |", flush=True)
+        return
     print(f"job time for a {args.job_rows}-row window: {job_time(args.job_rows):.2f}s")
     res = incremental_vs_refit(args.windows, args.rows, args.epochs)
     print("windows  incremental_s  full_refit_s  ratio  auc_inc  auc_full  diff")
