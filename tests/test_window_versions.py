@@ -199,3 +199,50 @@ def test_crash_at_every_write_then_restart_gives_the_same_versions(config, tmp_p
             for key in ("rows", "positives", "files", "stats", "schema"):
                 assert manifest[key] == ref[key], (k, key)
             assert manifest["version"] >= ref["version"], k
+
+
+def test_iceberg_gets_a_snapshot_per_version_and_old_snapshots_stay_readable(config, tmp_path):
+    pytest.importorskip("pyiceberg")
+    from schemas.config import IcebergSpec
+    from schemas.dataset_schema import arrow_schema
+    from streams.dataset.iceberg_table import IcebergWindows, window_version_uris
+
+    catalog = {"type": "sql", "uri": f"sqlite:///{tmp_path}/catalog.db",
+               "warehouse": f"file://{tmp_path}/warehouse"}
+    cfg = dataclasses.replace(config, dataset=dataclasses.replace(
+        config.dataset, iceberg=IcebergSpec("labels.t", tuple(sorted(catalog.items())))))
+    ice = IcebergWindows("labels.t", catalog, arrow_schema(cfg), cfg.pipeline)
+    ice.ensure_table()
+    storage = LocalStorage(cfg.dataset.path)
+    parts, split, corrected = topic()
+    # phase 1 closes the windows (version 1), phase 2 corrects them (version 2); each
+    # manifest is committed as the sink does, twice (a replayed windows event)
+    writer = DatasetWriter(cfg, storage, lambda: 0)
+    writer.recover([0, 1])
+    first_ids: set[str] = set()
+    for phase, ends in enumerate((split, {p: len(v) for p, v in parts.items()})):
+        for p in parts:
+            for off in range(split[p] if phase else 0, ends[p]):
+                writer.add(p, off, parts[p][off])
+        writer.commit_all()
+        manifests = [writer.close(w, "t.labeled") for w in writer.ready_windows(2 ** 62)]
+        manifests += [m for w in writer.corrected_windows()
+                      if (m := writer.apply_corrections(w)) is not None]
+        for m in manifests:
+            assert ice.commit_window(m, window_version_uris(storage, m)) is True
+            assert ice.commit_window(m, window_version_uris(storage, m)) is False
+        table = ice.ensure_table()
+        if phase == 0:
+            v1_snapshot = table.current_snapshot().snapshot_id
+            first_ids = set(table.scan().to_arrow().column("request_id").to_pylist())
+    table = ice.ensure_table()
+    current = table.scan().to_arrow().to_pandas().set_index("request_id").sort_index()
+    files = pd.read_parquet(cfg.dataset.path).set_index("request_id").sort_index()
+    assert list(current.index) == list(files.index)  # each request once, as the files
+    assert (current.label_version == files.label_version).all()
+    assert set(current.index[current.label_version == 2]) == corrected
+    # time travel: the table before the corrections reads the first versions
+    before = table.scan(snapshot_id=v1_snapshot).to_arrow()
+    assert set(before.column("request_id").to_pylist()) == first_ids
+    assert set(before.column("label_version").to_pylist()) == {1}
+    assert "sampled-out" not in first_ids

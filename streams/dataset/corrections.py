@@ -22,6 +22,10 @@ Applying them makes version ``n + 1`` of a window at version ``n``:
 4. write manifest ``n + 1`` over the old one, with the sink's current positions;
 5. remove the applied staged files.
 
+With an Iceberg table (``dataset.iceberg``), every version is kept under ``_versions/``
+as soon as it is written, not only once superseded (``keep_version``): the table
+registers those immutable copies, so its older snapshots stay readable.
+
 A crash anywhere and a restart give the same files: steps 2-4 are computed from the
 kept copies and the same staged files, and staged files older than the manifest's
 positions are removed by the next recovery.
@@ -54,6 +58,20 @@ def kept_name(data_file: str) -> str:
     return data_file[: -len(".parquet")] + ".pq"
 
 
+def keep_version(storage, dirname: str, files: list[dict[str, Any]], version: int,
+                 manifest: dict[str, Any] | None = None) -> None:
+    """Copy a window version's data files (and ``manifest``, if given) into its version
+    directory, each only if it is not there yet (so a copy always holds that version)."""
+    vdir = version_dir(dirname, version)
+    kept = set(storage.list_dir(vdir))
+    for f in files:
+        if kept_name(f["path"]) not in kept:
+            storage.write_atomic(f"{vdir}/{kept_name(f['path'])}",
+                                 storage.read(f"{dirname}/{f['path']}"))
+    if manifest is not None and MANIFEST not in kept:
+        storage.write_atomic(f"{vdir}/{MANIFEST}", manifest_bytes(manifest))
+
+
 def split_staged(storage, dirname: str, manifest: dict[str, Any],
                  committed: dict[int, int]) -> tuple[list[str], list[str], list[str]]:
     """A closed window's staged files as ``(leftovers, pending, uncommitted)``.
@@ -83,19 +101,15 @@ def apply_corrections(storage, dirname: str, manifest: dict[str, Any], names: li
     (see the module docstring); return the new manifest."""
     version = manifest.get("version", 1)
     vdir = version_dir(dirname, version)
-    kept = set(storage.list_dir(vdir))
-    for f in manifest["files"]:
-        if kept_name(f["path"]) not in kept:
-            storage.write_atomic(f"{vdir}/{kept_name(f['path'])}",
-                                 storage.read(f"{dirname}/{f['path']}"))
-    if MANIFEST not in kept:
-        storage.write_atomic(f"{vdir}/{MANIFEST}", manifest_bytes(manifest))
+    keep_version(storage, dirname, manifest["files"], version, manifest)
     current = [conform(pq.read_table(io.BytesIO(storage.read(f"{vdir}/{kept_name(f['path'])}"))),
                        schema) for f in manifest["files"]]
     fixes = read_staged(storage, dirname, schema, names)
     merged = latest_per_request(pa.concat_tables(current + [fixes]))
     files, table = write_data_files(storage, dirname, merged,
                                     config.dataset.target_file_size)
+    if config.dataset.iceberg is not None:
+        keep_version(storage, dirname, files, version + 1)
     offsets = {k: list(v) for k, v in manifest["source_offsets"].items()}
     for key, (lo, hi) in source_offsets(names, config.topics.labeled).items():
         old = offsets.get(key, [lo, hi])

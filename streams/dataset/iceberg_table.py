@@ -21,6 +21,11 @@ DESIGN.md "Dataset layout", ``dataset.iceberg``. Choices:
   the current table (for when history has been expired); ``commit_window`` then returns
   False. After a conflicting concurrent commit, dlabel refreshes and checks again.
   pyiceberg's own blind retry is turned off.
+* **Window versions** (``join.correction_window``): a window corrected to version n is
+  one more snapshot, which drops the window's files and adds version n's, and records
+  ``dlabel.window_version``. So that every snapshot stays readable, the table then
+  registers the immutable copies under ``_versions/v000n/`` (``window_version_uris``),
+  not the data files, which a correction replaces in place for the default readers.
 * **Schema**: made from the dataset's Arrow schema. New nullable columns (a feature
   added to the config) are added with ``union_by_name``. A removed or retyped column is a
   ``ConfigError``: start a new table, as for the dataset path.
@@ -39,12 +44,13 @@ from pyiceberg.table import Table
 
 from schemas.dataset_schema import window_dir
 from schemas.errors import CommitError, ConfigError, DatasetError
+from streams.dataset.corrections import kept_name, version_dir
 
 PARTITION_COLUMN = "window_start"
 #: Snapshot-summary keys (and the table property naming the owning pipeline).
-PIPELINE, WINDOW_START, WINDOW_END, ROWS, SOURCE_OFFSETS = (
+PIPELINE, WINDOW_START, WINDOW_END, ROWS, SOURCE_OFFSETS, WINDOW_VERSION = (
     "dlabel.pipeline", "dlabel.window_start", "dlabel.window_end", "dlabel.rows",
-    "dlabel.source_offsets")
+    "dlabel.source_offsets", "dlabel.window_version")
 COMMIT_ATTEMPTS = 5
 #: pyiceberg 0.12 retries a conflicting append by re-applying it to the new table state,
 #: without the window check, so a window could be committed twice. dlabel retries instead.
@@ -55,6 +61,13 @@ def window_file_uris(storage, manifest: dict[str, Any]) -> list[str]:
     """The full paths/URIs of a closed window's data files, in manifest order."""
     name = window_dir(manifest["window_start_ms"])
     return [storage.uri(f"{name}/{f['path']}") for f in manifest["files"]]
+
+
+def window_version_uris(storage, manifest: dict[str, Any]) -> list[str]:
+    """The immutable copies of a window version's data files (``_versions/v000n/``), in
+    manifest order: what the table registers when corrections are on."""
+    vdir = version_dir(window_dir(manifest["window_start_ms"]), manifest.get("version", 1))
+    return [storage.uri(f"{vdir}/{kept_name(f['path'])}") for f in manifest["files"]]
 
 
 def _uri(path: str) -> str:
@@ -142,7 +155,8 @@ class IcebergWindows:
     def commit_window(self, manifest: dict[str, Any], data_file_uris: list[str]) -> bool:
         """Commit one closed window (its ``build_manifest`` manifest, and the full URIs of
         ``manifest["files"]`` in the same order) as ONE snapshot whose summary records the
-        window. Return False, committing nothing, if the window is already in the table."""
+        window. Return False, committing nothing, if the window is already in the table
+        (at this version). A version after the first replaces the window's files."""
         files = manifest["files"]
         if len(files) != len(data_file_uris):
             raise DatasetError(f"window {manifest['window_start']}: {len(data_file_uris)} "
@@ -153,11 +167,18 @@ class IcebergWindows:
                    WINDOW_END: manifest["window_end"], ROWS: str(manifest["rows"]),
                    SOURCE_OFFSETS: json.dumps(manifest["source_offsets"], sort_keys=True,
                                               separators=(",", ":"))}
+        version = manifest.get("version", 1)
+        if version > 1:
+            summary[WINDOW_VERSION] = str(version)
         table = self._table or self.ensure_table()
         for _ in range(COMMIT_ATTEMPTS):
             table.refresh()
-            if manifest["window_start"] in _windows(table):
+            if (manifest["window_start"], version) in _versions(table):
                 return False
+            if version > 1:
+                if self._replace(table, manifest, uris, summary):
+                    return True
+                continue
             referenced = _referenced(table, manifest["window_start_ms"], uris)
             if referenced and referenced == set(uris):
                 return False  # committed under a snapshot since expired
@@ -178,6 +199,25 @@ class IcebergWindows:
         raise CommitError(f"window {manifest['window_start']}: {self.identifier} kept changing "
                           f"under {COMMIT_ATTEMPTS} commit attempts")
 
+    def _replace(self, table: Table, manifest: dict[str, Any], uris: list[str],
+                 summary: dict[str, str]) -> bool:
+        """A new version of a committed window: drop its files, add the new ones, in one
+        transaction. False when another writer committed first."""
+        try:
+            with table.transaction() as tx:
+                tx.delete(EqualTo(PARTITION_COLUMN, manifest["window_start_ms"] * 1000),
+                          snapshot_properties=summary)
+                if uris:
+                    tx.add_files(uris, snapshot_properties=summary,
+                                 check_duplicate_files=False)
+            return True
+        except CommitFailedException:
+            return False
+        except (FileNotFoundError, ValueError) as e:
+            raise CommitError(f"window {manifest['window_start']} version "
+                              f"{manifest.get('version')} cannot replace its files in "
+                              f"{self.identifier}: {e}") from e
+
     def windows_committed(self) -> set[str]:
         """The ``window_start`` (ISO) of every window in the table's snapshot history
         (empty if the table does not exist yet)."""
@@ -191,8 +231,16 @@ class IcebergWindows:
 
 
 def _windows(table: Table) -> set[str]:
-    return {s.summary[WINDOW_START] for s in table.metadata.snapshots
-            if s.summary is not None and s.summary[WINDOW_START]}
+    return {w for w, _ in _versions(table)}
+
+
+def _versions(table: Table) -> set[tuple[str, int]]:
+    """``(window_start, version)`` of every window version in the snapshot history."""
+    out = set()
+    for s in table.metadata.snapshots:
+        if s.summary is not None and s.summary[WINDOW_START]:
+            out.add((s.summary[WINDOW_START], int(s.summary[WINDOW_VERSION] or 1)))
+    return out
 
 
 def _referenced(table: Table, window_start_ms: int, uris: list[str]) -> set[str]:

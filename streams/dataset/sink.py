@@ -287,8 +287,10 @@ class DatasetSink:
 
     def _commit_to_iceberg(self, manifest: dict) -> None:
         if self.iceberg is not None:
-            from streams.dataset.iceberg_table import window_file_uris
-            if self.iceberg.commit_window(manifest, window_file_uris(self.storage, manifest)):
+            from streams.dataset.iceberg_table import window_file_uris, window_version_uris
+            uris = (window_version_uris if self.writer.corrections_on
+                    else window_file_uris)(self.storage, manifest)
+            if self.iceberg.commit_window(manifest, uris):
                 log.info("window %s committed to Iceberg table %s", manifest["window_start"],
                          self.config.dataset.iceberg.table)
 

@@ -33,7 +33,7 @@ from schemas.dataset_schema import (arrow_schema, examples_to_table, parse_part_
                                     parse_window_dir, part_name, window_dir)
 from streams.dataset.compaction import (compact_window, data_files, parquet_bytes,
                                         remove_staged, source_offsets, staged_files)
-from streams.dataset.corrections import apply_corrections, split_staged
+from streams.dataset.corrections import apply_corrections, keep_version, split_staged
 from streams.dataset.manifest import (build_manifest, manifest_exists, read_manifest,
                                       write_manifest)
 
@@ -286,6 +286,8 @@ class DatasetWriter:
             offsets = source_offsets(staged_files(self.storage, name), topic)
             files, rows = compact_window(self.storage, name, self.schema,
                                          self.config.dataset.target_file_size)
+            if self.corrections_on and self.config.dataset.iceberg is not None:
+                keep_version(self.storage, name, files, 1)  # what the table registers
             manifest = build_manifest(self.config, window, self.schema, files, offsets, rows,
                                       committed=self.committed)
             write_manifest(self.storage, name, manifest)
