@@ -151,11 +151,21 @@ def datasets(config_path: str, as_json: bool) -> None:
     if not windows:
         click.echo(f"no windows under {cfg.dataset.path}")
         return
-    click.echo(f"{'window_start':<22} {'status':<7} {'rows':>8} {'label rate':>10} {'files':>5}")
+    click.echo(f"{'window_start':<22} {'status':<7} {'rows':>8} {'label rate':>10} {'files':>5}"
+               f" {'ver':>3} {'join':>6} {'delay p50/p90/p99 s':>20} {'late10%':>7} "
+               f"{'fixes':>5}")
     for w in windows:
         rows = "" if w["rows"] is None else str(w["rows"])
         rate = "" if w["label_rate"] is None else f"{w['label_rate']:.3f}"
-        click.echo(f"{w['window_start']:<22} {w['status']:<7} {rows:>8} {rate:>10} {w['files']:>5}")
+        st = w.get("stats") or {}
+        ratio = "" if st.get("join_ratio") is None else f"{st['join_ratio']:.3f}"
+        q = st.get("label_delay_ms")
+        delay = "" if not q else "/".join(f"{q[k] / 1000:.1f}" for k in ("p50", "p90", "p99"))
+        late = ("" if st.get("late_in_window_share") is None
+                else f"{st['late_in_window_share']:.3f}")
+        click.echo(f"{w['window_start']:<22} {w['status']:<7} {rows:>8} {rate:>10} "
+                   f"{w['files']:>5} {w.get('version') or '':>3} {ratio:>6} {delay:>20} "
+                   f"{late:>7} {st.get('corrections', ''):>5}")
 
 
 @main.command()

@@ -246,3 +246,33 @@ def test_iceberg_gets_a_snapshot_per_version_and_old_snapshots_stay_readable(con
     assert set(before.column("request_id").to_pylist()) == first_ids
     assert set(before.column("label_version").to_pylist()) == {1}
     assert "sampled-out" not in first_ids
+
+
+def test_window_stats_in_the_manifest_and_the_datasets_command(config, tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from streams.cli import main
+    storage = LocalStorage(config.dataset.path)
+    writer = DatasetWriter(config, storage, lambda: 0)
+    writer.recover([0, 1])
+    quick = json.loads(record("a", T0 + 5, 1))                      # delay 1 s
+    slow = {**json.loads(record("b", T0 + 6, 1, version=2)), "label_delay_ms": 28 * MIN}
+    rows = [quick, slow] + [json.loads(record(f"n{i}", T0 + 7 + i, 0, weight=10.0))
+                            for i in range(2)]
+    for i, row in enumerate(rows):
+        writer.add(i % 2, i // 2, json.dumps(row).encode())
+    writer.commit_all()
+    stats = writer.close(T0, "t.labeled")["stats"]
+    # 2 positives + 2 negatives kept at rate 0.1: 22 requests; the label window is 30m,
+    # so a 28-minute delay came in its last 10%
+    assert stats == {"requests": 22.0, "join_ratio": round(2 / 22, 6),
+                     "label_delay_ms": {"p50": 1000, "p90": 1000, "p99": 1000},
+                     "late_in_window_share": 0.5, "corrections": 1}
+    data = yaml.safe_load((Path(__file__).parent.parent / "examples" / "ctr.yaml").read_text())
+    data["dataset"] = {"path": config.dataset.path, "window": "10m"}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(data))
+    out = CliRunner().invoke(main, ["datasets", "-c", str(tmp_path / "p.yaml"), "--json"])
+    assert json.loads(out.output)[0]["stats"] == stats
+    text = CliRunner().invoke(main, ["datasets", "-c", str(tmp_path / "p.yaml")]).output
+    assert "0.091" in text and "1.0/1.0/1.0" in text and "0.500" in text
