@@ -166,3 +166,22 @@ def test_sample_rate_is_refused_for_regression():
     cfg["label"]["negative_sample_rate"] = 0.5
     with pytest.raises(ConfigError, match="only for kind: binary"):
         config_from_dict(cfg)
+
+
+def test_clicks_after_the_window_are_counted_with_their_delays():
+    from streams.join.processor import InputRecord, JoinProcessor
+    proc = JoinProcessor(config_from_dict(_config("binary", 1)), None, clock=lambda: 0)
+    arrivals = [("requests", req("a", T0)), ("requests", req("b", T0)),
+                ("feedback", fb("b", T0 + 40 * MIN)),            # pending, after its window
+                ("feedback", fb("a", T0 + 5 * MIN)),             # inside: decides the label
+                *_advance(T0 + 3 * HOUR, 1, "x"),
+                ("feedback", fb("a", T0 + 2 * HOUR)),            # final, after its window
+                ("feedback", fb("a", T0 + 2 * HOUR, "view"))]    # not a labeling type
+    offsets = {"requests": 0, "feedback": 0}
+    for role, raw in arrivals:
+        proc.process(role, 0, [InputRecord(offsets[role], raw)])
+        offsets[role] += 1
+        proc.tick()
+    counts = proc.join.counts
+    assert counts["feedback_after_window"] == 2 and counts["feedback_after_final"] == 1
+    assert list(proc.join.feedback_delays) == [40 * MIN, 5 * MIN, 2 * HOUR]

@@ -33,6 +33,12 @@ JOIN_OUTCOMES = Counter("dlabel_join_outcomes_total",
                         "negatives_sampled_out, feedback_outside_window (outside its "
                         "request's label window by event time), feedback_after_final...",
                         ["outcome"])
+FEEDBACK_DELAY = Histogram("dlabel_feedback_delay_seconds",
+                           "Labeling feedback time minus its request's time, inside the label "
+                           "window or after it (compare the buckets with join.label_window: "
+                           "the share of clicks a window catches)",
+                           buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700,
+                                    3600, 7200, 14400, 21600, 43200, 86400))
 BATCH_SECONDS = Histogram("dlabel_join_batch_seconds", "Time to process an input batch and hand it to the committer")
 
 # dataset sink
@@ -100,6 +106,9 @@ class JoinMetrics:
             if delta > 0:
                 JOIN_OUTCOMES.labels(outcome=outcome).inc(delta)
             self._outcomes[outcome] = n
+        delays = join.feedback_delays
+        while delays:
+            FEEDBACK_DELAY.observe(delays.popleft() / 1000)
         PENDING.set(len(join.pending))
         EARLY.set(len(join.early))
         if join.closed_time is not None:

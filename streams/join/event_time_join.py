@@ -22,6 +22,7 @@ feedback whose request is still pending then simply counts. With
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from typing import Any, Optional
 
 from schemas.config import PipelineConfig
@@ -58,6 +59,9 @@ class EventTimeJoin:
         self.done: dict[str, DoneMarker] = {}
         self.closed_time: Optional[int] = None  # W - A; None before any watermark
         self.counts: dict[str, int] = {}
+        #: delays (feedback time - request time) of labeling feedback for known requests,
+        #: inside their window or after it; drained by the metrics after each batch
+        self.feedback_delays: deque[int] = deque(maxlen=100_000)
         self._deadlines: list = []   # (r.ts + window, id) of pending requests
         self._ready: list = []       # regression: (earliest candidate ts, id)
         self._early_expiry: list = []  # (f.ts, id)
@@ -113,7 +117,7 @@ class EventTimeJoin:
                 self._count("late")
                 return [self._dead_letter("late", f"feedback at ts {fb.ts} arrived after "
                                           f"request {rid!r} was finalized", src, raw)]
-            self._count("feedback_after_final")
+            self._count(self._outside(marker.ts, fb.ts, fb.type) or "feedback_after_final")
             return []
         if late:
             return [self._late(src, raw, fb.ts)]
@@ -260,8 +264,10 @@ class EventTimeJoin:
                 offset: int) -> list[Output]:
         r = pending.request
         if not (r.ts <= ts < r.ts + self.label_window):
-            self._count("feedback_outside_window")
+            self._count(self._outside(r.ts, ts, ftype) or "feedback_outside_window")
             return []
+        if ftype in self.positive or ftype in self.outcome_types:
+            self.feedback_delays.append(ts - r.ts)
         if self.binary:
             if ftype in self.positive:
                 return [self._finalize(pending, 1, ts)]
@@ -281,6 +287,15 @@ class EventTimeJoin:
             best = min(pending.candidates, key=lambda c: (c[0], c[1]))
             return [self._finalize(pending, best[2], best[0])]
         return []
+
+    def _outside(self, request_ts: int, ts: int, ftype: str) -> Optional[str]:
+        """``feedback_after_window`` for labeling feedback past its request's window
+        (the clicks a longer window would catch; their delays are recorded)."""
+        if ts < request_ts + self.label_window or not (ftype in self.positive
+                                                       or ftype in self.outcome_types):
+            return None
+        self.feedback_delays.append(ts - request_ts)
+        return "feedback_after_window"
 
     def _would_change(self, marker: DoneMarker, fb: Feedback) -> bool:
         """Whether feedback for a finalized request would have changed its label."""
