@@ -27,7 +27,8 @@ from typing import Any, Optional
 
 from schemas.config import PipelineConfig
 from schemas.events import Feedback, Request
-from schemas.records import DeadLetter, labeled_example, negative_kept
+from schemas.records import DeadLetter
+from streams.join.label_rules import LabelRules
 from streams.join.repartition import origin_of
 from streams.join.join_state import (EARLY, REQUEST, DoneMarker, EarlyFeedback, LabeledOut,
                                      Output, PendingRequest, Source)
@@ -40,17 +41,14 @@ class EventTimeJoin:
 
     def __init__(self, config: PipelineConfig,
                  dedupe_retention_ms: int = DEFAULT_DEDUPE_RETENTION_MS) -> None:
+        self.rules = LabelRules(config)
         self.label_window = config.join.label_window_ms
         self.lateness = config.join.allowed_lateness_ms
-        self.window_ms = config.dataset.window_ms
-        self.binary = config.label.kind == "binary"
-        self.positive = frozenset(config.label.positive)
-        self.outcome_types = frozenset(config.label.feedback)
-        self.value_field = (config.label.value[len("field:"):]
-                            if config.label.value.startswith("field:") else None)
+        self.binary = self.rules.binary
+        self.positive = self.rules.positive
+        self.outcome_types = self.rules.outcome_types
         self.correction_window = config.join.correction_window_ms
         self.dedupe_retention = max(dedupe_retention_ms, self.correction_window)
-        self.sample_rate = config.label.negative_sample_rate if self.binary else 1.0
         #: input role (``Source.role``) -> topic, for dead letters
         self.input_topics = {"requests": config.topics.requests,
                              "feedback": config.topics.feedback}
@@ -108,7 +106,7 @@ class EventTimeJoin:
             return self._attach(pending, fb.ts, fb.type, fb.value, fb.fields, src.offset)
         marker = self.done.get(rid)
         if marker is not None:
-            if self._would_change(marker, fb):
+            if self.rules.would_change(marker, fb):
                 correction = self._correct(rid, marker, fb)
                 if correction is not None:
                     return correction
@@ -266,7 +264,7 @@ class EventTimeJoin:
         if not (r.ts <= ts < r.ts + self.label_window):
             self._count(self._outside(r.ts, ts, ftype) or "feedback_outside_window")
             return []
-        if ftype in self.positive or ftype in self.outcome_types:
+        if self.rules.labeling(ftype):
             self.feedback_delays.append(ts - r.ts)
         if self.binary:
             if ftype in self.positive:
@@ -276,7 +274,7 @@ class EventTimeJoin:
             return []
         if any(c[1] == offset for c in pending.candidates):
             return []
-        outcome = self._outcome(r, ts, value, fields)
+        outcome = self.rules.outcome(r, ts, value, fields)
         if outcome is None:
             self._count("feedback_without_value")
             return []
@@ -291,20 +289,10 @@ class EventTimeJoin:
     def _outside(self, request_ts: int, ts: int, ftype: str) -> Optional[str]:
         """``feedback_after_window`` for labeling feedback past its request's window
         (the clicks a longer window would catch; their delays are recorded)."""
-        if ts < request_ts + self.label_window or not (ftype in self.positive
-                                                       or ftype in self.outcome_types):
+        if ts < request_ts + self.label_window or not self.rules.labeling(ftype):
             return None
         self.feedback_delays.append(ts - request_ts)
         return "feedback_after_window"
-
-    def _would_change(self, marker: DoneMarker, fb: Feedback) -> bool:
-        """Whether feedback for a finalized request would have changed its label."""
-        if not (marker.ts <= fb.ts < marker.ts + self.label_window):
-            return False
-        if self.binary:
-            return fb.type in self.positive and marker.label == 0
-        return fb.type in self.outcome_types and (marker.label is None
-                                                  or fb.ts < marker.label_ts)
 
     def _correct(self, rid: str, marker: DoneMarker, fb: Feedback) -> Optional[list[Output]]:
         """A finalized label that ``fb`` changes, within the correction window: the
@@ -319,7 +307,7 @@ class EventTimeJoin:
         if self.binary:
             label: Optional[float] = 1
         else:
-            label = self._outcome(req, fb.ts, fb.value, fb.fields)
+            label = self.rules.outcome(req, fb.ts, fb.value, fb.fields)
             if label is None:
                 self._count("feedback_without_value")
                 return []
@@ -328,30 +316,7 @@ class EventTimeJoin:
         marker.label, marker.label_ts = label, fb.ts
         self._mark(REQUEST, rid, marker.partition)
         self._count("corrections")
-        return [LabeledOut(self._example(req, marker), marker.partition)]
-
-    def _example(self, req: Request, marker: DoneMarker) -> dict:
-        """The labeled example of a finalized request, as its marker says."""
-        negative = self.binary and marker.label == 0
-        return labeled_example(req, marker.label, marker.label_ts, self.window_ms,
-                               label_delay_ms=None if negative else marker.label_ts - req.ts,
-                               label_version=marker.version,
-                               sample_weight=1.0 / self.sample_rate if negative else 1.0)
-
-    def _published(self, rid: str, marker: DoneMarker) -> bool:
-        """Whether a finalized label is published (not unlabeled, not sampled out)."""
-        if marker.label is None:
-            return False
-        return not (self.binary and marker.label == 0 and marker.version == 1
-                    and not negative_kept(rid, self.sample_rate))
-
-    def _outcome(self, r: Request, ts: int, value, fields) -> Optional[float]:
-        if self.value_field is None:
-            return (ts - r.ts) / 1000.0
-        v = value if self.value_field == "value" else fields.get(self.value_field)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-            return None
-        return float(v)
+        return [LabeledOut(self.rules.example(req, marker), marker.partition)]
 
     def _finalize(self, pending: PendingRequest, label, label_ts: int) -> Optional[LabeledOut]:
         r = pending.request
@@ -366,21 +331,21 @@ class EventTimeJoin:
         heapq.heappush(self._done_expiry, (self._done_expires(marker), r.request_id))
         if label is None:
             return None
-        if not self._published(r.request_id, marker):
+        if not self.rules.published(r.request_id, marker):
             self._count("negatives_sampled_out")
             return None
         self._count("labeled")
-        return LabeledOut(self._example(r, marker), pending.partition)
+        return LabeledOut(self.rules.example(r, marker), pending.partition)
 
     def _replayed(self, rid: str, req: Request) -> list[Output]:
         """The same request record read again (at-least-once replay after a restart)."""
         self._count("replayed")
         marker = self.done.get(rid)
-        if marker is None or not self._published(rid, marker):
+        if marker is None or not self.rules.published(rid, marker):
             return []
         # Its label may not have reached the broker before the crash: send it again.
         # The record is rebuilt from the same bytes, so the copy is identical.
-        return [LabeledOut(self._example(req, marker), marker.partition)]
+        return [LabeledOut(self.rules.example(req, marker), marker.partition)]
 
     def _is_late(self, ts: int) -> bool:
         return self.closed_time is not None and ts < self.closed_time
