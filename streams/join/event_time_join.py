@@ -80,7 +80,7 @@ class EventTimeJoin:
                                       f"request_id {rid!r} was first seen at {first}", src, raw)]
         if self._is_late(req.ts):
             return [self._late(src, raw, req.ts)]
-        pending = PendingRequest(req, src.partition, src.offset)
+        pending = PendingRequest.of(req, src.partition, src.offset)
         self.pending[rid] = pending
         self._mark(REQUEST, rid, src.partition)
         heapq.heappush(self._deadlines, (req.ts + self.label_window, rid))
@@ -161,7 +161,7 @@ class EventTimeJoin:
         while self._deadlines and self._deadlines[0][0] <= closed:
             deadline, rid = heapq.heappop(self._deadlines)
             pending = self.pending.get(rid)
-            if pending is None or pending.request.ts + self.label_window != deadline:
+            if pending is None or pending.ts + self.label_window != deadline:
                 continue
             if self.binary:
                 out.append(self._finalize(pending, 0, deadline))
@@ -244,7 +244,7 @@ class EventTimeJoin:
         if kind == REQUEST and isinstance(value, dict):
             p = PendingRequest.from_json(key, value)
             self.pending[key] = p
-            heapq.heappush(self._deadlines, (p.request.ts + self.label_window, key))
+            heapq.heappush(self._deadlines, (p.ts + self.label_window, key))
             if p.candidates:
                 heapq.heappush(self._ready, (min(c[0] for c in p.candidates), key))
         elif kind == EARLY:
@@ -260,27 +260,29 @@ class EventTimeJoin:
     # ---------------------------------------------------------------- helpers
     def _attach(self, pending: PendingRequest, ts: int, ftype: str, value, fields,
                 offset: int) -> list[Output]:
-        r = pending.request
-        if not (r.ts <= ts < r.ts + self.label_window):
-            self._count(self._outside(r.ts, ts, ftype) or "feedback_outside_window")
+        r_ts = pending.ts
+        if not (r_ts <= ts < r_ts + self.label_window):
+            self._count(self._outside(r_ts, ts, ftype) or "feedback_outside_window")
             return []
         if self.rules.labeling(ftype):
-            self.feedback_delays.append(ts - r.ts)
+            self.feedback_delays.append(ts - r_ts)
         if self.binary:
             if ftype in self.positive:
                 return [self._finalize(pending, 1, ts)]
             return []
         if ftype not in self.outcome_types:
             return []
-        if any(c[1] == offset for c in pending.candidates):
+        if pending.candidates is None:
+            pending.candidates = []
+        elif any(c[1] == offset for c in pending.candidates):
             return []
-        outcome = self.rules.outcome(r, ts, value, fields)
+        outcome = self.rules.outcome(r_ts, ts, value, fields)
         if outcome is None:
             self._count("feedback_without_value")
             return []
         pending.candidates.append([ts, offset, outcome])
-        self._mark(REQUEST, r.request_id, pending.partition)
-        heapq.heappush(self._ready, (ts, r.request_id))
+        self._mark(REQUEST, pending.request_id, pending.partition)
+        heapq.heappush(self._ready, (ts, pending.request_id))
         if self.closed_time is not None and ts < self.closed_time:
             best = min(pending.candidates, key=lambda c: (c[0], c[1]))
             return [self._finalize(pending, best[2], best[0])]
@@ -307,7 +309,7 @@ class EventTimeJoin:
         if self.binary:
             label: Optional[float] = 1
         else:
-            label = self.rules.outcome(req, fb.ts, fb.value, fb.fields)
+            label = self.rules.outcome(req.ts, fb.ts, fb.value, fb.fields)
             if label is None:
                 self._count("feedback_without_value")
                 return []
@@ -319,23 +321,21 @@ class EventTimeJoin:
         return [LabeledOut(self.rules.example(req, marker), marker.partition)]
 
     def _finalize(self, pending: PendingRequest, label, label_ts: int) -> Optional[LabeledOut]:
-        r = pending.request
-        del self.pending[r.request_id]
-        kept = None
-        if self.correction_window:
-            kept = {"ts": r.ts, "f": r.features, "pr": r.prediction, "mv": r.model_version}
-        marker = DoneMarker(r.ts, pending.partition, pending.offset, label, label_ts,
+        rid = pending.request_id
+        del self.pending[rid]
+        kept = {"ts": pending.ts, "b": pending.body} if self.correction_window else None
+        marker = DoneMarker(pending.ts, pending.partition, pending.offset, label, label_ts,
                             request=kept)
-        self.done[r.request_id] = marker
-        self._mark(REQUEST, r.request_id, pending.partition)
-        heapq.heappush(self._done_expiry, (self._done_expires(marker), r.request_id))
+        self.done[rid] = marker
+        self._mark(REQUEST, rid, pending.partition)
+        heapq.heappush(self._done_expiry, (self._done_expires(marker), rid))
         if label is None:
             return None
-        if not self.rules.published(r.request_id, marker):
+        if not self.rules.published(rid, marker):
             self._count("negatives_sampled_out")
             return None
         self._count("labeled")
-        return LabeledOut(self.rules.example(r, marker), pending.partition)
+        return LabeledOut(self.rules.example(pending.to_request(), marker), pending.partition)
 
     def _replayed(self, rid: str, req: Request) -> list[Output]:
         """The same request record read again (at-least-once replay after a restart)."""

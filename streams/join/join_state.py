@@ -7,8 +7,11 @@ changelog-backed table.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
 from typing import Any, Optional
+
+import orjson
 
 from schemas.events import Request
 
@@ -44,22 +47,57 @@ Output = Any  # LabeledOut | DeadLetter
 
 @dataclass(slots=True)
 class PendingRequest:
-    """A request waiting for its label."""
+    """A request waiting for its label, compact: a million of them stay in memory.
 
-    request: Request
+    The request's content (features, prediction, model version) is kept as one JSON
+    string, ``body``, and decoded only when it is labeled (``to_request``): about 450 bytes a
+    request instead of about 1,150 as a ``Request`` with its feature dict.
+    """
+
+    request_id: str
+    ts: int
     partition: int
     offset: int
-    candidates: list = field(default_factory=list)  # regression: [ts, offset, value]
+    body: str
+    candidates: Optional[list] = None  # regression: [ts, offset, value], made on demand
+
+    @classmethod
+    def of(cls, req: Request, partition: int, offset: int) -> "PendingRequest":
+        """A pending request for a parsed ``req``."""
+        return cls(req.request_id, req.ts, partition, offset,
+                   _pack([req.features, req.prediction, req.model_version]))
+
+    def to_request(self) -> Request:
+        """The request, decoded."""
+        features, prediction, model_version = _unpack(self.body)
+        return Request(self.request_id, self.ts, features, prediction, model_version)
 
     def to_json(self) -> dict:
-        r = self.request
-        return {"p": self.partition, "o": self.offset, "ts": r.ts, "f": r.features,
-                "pr": r.prediction, "mv": r.model_version, "c": self.candidates}
+        return {"p": self.partition, "o": self.offset, "ts": self.ts,
+                "b": self.body, "c": self.candidates or []}
 
     @classmethod
     def from_json(cls, rid: str, d: dict) -> "PendingRequest":
-        req = Request(rid, d["ts"], d["f"], d["pr"], d["mv"])
-        return cls(req, d["p"], d["o"], [list(c) for c in d["c"]])
+        if "b" in d:
+            body = d["b"]
+        else:  # the format before the body was packed
+            body = _pack([d["f"], d["pr"], d["mv"]])
+        return cls(rid, d["ts"], d["p"], d["o"], body, [list(c) for c in d["c"]] or None)
+
+
+def _pack(value: Any) -> str:
+    # a str, not orjson's bytes: those keep orjson's 4 KiB output buffer allocated
+    try:
+        return orjson.dumps(value).decode("utf-8")
+    except TypeError:  # an int beyond 64 bits
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _unpack(body: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 @dataclass(slots=True)
@@ -88,8 +126,8 @@ class DoneMarker:
     """A finalized request: enough to dedupe and to re-emit its label on replay.
 
     ``version`` is the label's ``label_version``; with ``join.correction_window`` on,
-    ``request`` keeps the request's content (``{"ts", "f", "pr", "mv"}``) so that a
-    correction can publish the whole example again.
+    ``request`` keeps the request's time and packed content (``{"ts", "b"}``, see
+    ``PendingRequest``) so that a correction can publish the whole example again.
     """
 
     ts: int
@@ -113,4 +151,7 @@ class DoneMarker:
     def to_request(self, rid: str) -> Optional[Request]:
         """The request, when the marker keeps it (corrections on), else None."""
         d = self.request
-        return None if d is None else Request(rid, d["ts"], d["f"], d["pr"], d["mv"])
+        if d is None:
+            return None
+        features, prediction, model_version = _unpack(d["b"])
+        return Request(rid, d["ts"], features, prediction, model_version)

@@ -31,10 +31,11 @@ class LabelRules:
         """Whether feedback of type ``ftype`` can decide a label."""
         return ftype in self.positive or ftype in self.outcome_types
 
-    def outcome(self, r: Request, ts: int, value, fields) -> Optional[float]:
-        """Regression: the outcome feedback at ``ts`` gives ``r`` (None: it has none)."""
+    def outcome(self, request_ts: int, ts: int, value, fields) -> Optional[float]:
+        """Regression: the outcome feedback at ``ts`` gives a request at ``request_ts``
+        (None: it has none)."""
         if self.value_field is None:
-            return (ts - r.ts) / 1000.0
+            return (ts - request_ts) / 1000.0
         v = value if self.value_field == "value" else fields.get(self.value_field)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
             return None
