@@ -187,7 +187,7 @@ class DatasetSink:
         when it resumes.
         """
         try:
-            if self.writer.due() or self.stalled is not None:
+            if self.writer.due() or self.stalled is not None or self._draining_rows():
                 self._commit()
             self._close_ready()
         except OSError as e:
@@ -300,9 +300,16 @@ class DatasetSink:
         for f in futures:
             f.get(timeout=30)
 
+    def _draining_rows(self) -> bool:
+        """Draining and the join is done: rows still buffered (corrections of closed
+        windows) are committed now, not after ``dataset.flush_interval``."""
+        return (self.opts.drain and self.writer.buffered_rows > 0
+                and self.closed_time.current() == DRAINED)
+
     def _drained(self) -> bool:
         return (self.closed_time.current() == DRAINED and not self.writer.open_ids
-                and not self.writer.redo)
+                and not self.writer.redo and not self.writer.buffered_rows
+                and not self.writer.corrected_windows())
 
 
 def _sent_key(dirname: str, manifest: dict) -> str:
