@@ -11,7 +11,8 @@ shippers write them (ECS, Fluentd: unkeyed).
 
 Out-of-order arrivals (early feedback, delayed requests, duplicates) lag their own
 topic by at most ``max(1s, min(60s, allowed_lateness / 2))``, so with a non-zero
-``allowed_lateness`` nothing generated here is ``late``.
+``allowed_lateness`` nothing generated here is ``late`` - unless ``late_click_fraction``
+asks for clicks that a mobile client buffered (see ``generate``).
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ class SimEvent:
     ``ts`` is the event time in epoch ms (the intended one, for malformed events);
     ``arrival_ms`` is when it reaches the broker (the list is sorted by it and it is
     the record timestamp); ``kind`` says what it is: request, duplicate, feedback,
-    early_feedback (arrives before its request), orphan, or malformed:<how>.
+    early_feedback (arrives before its request), late_feedback (buffered by a client until
+    its request's label was final: ``late_click_fraction``), orphan, or malformed:<how>.
     """
     role: str
     key: bytes | None
@@ -237,11 +239,39 @@ def _malformed(rng: random.Random, role: str, record: dict, key: str, ts: int) -
     return how, k, text.encode()
 
 
+class _LateClicks:
+    """Which label-deciding feedback a buffering client sends late, and how late
+    (``generate``'s ``late_click_fraction``): its own seeded random stream."""
+
+    def __init__(self, config: "PipelineConfig", scenario: str, seed: int,
+                 fraction: float, max_delay_ms: int) -> None:
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"late_click_fraction {fraction!r} is not in [0, 1]")
+        if max_delay_ms <= 300_000:
+            raise ValueError(f"late_click_max_delay_ms {max_delay_ms!r} must exceed 5 min")
+        self.fraction, self.max_delay = fraction, max_delay_ms
+        self.rng = random.Random(f"dlabel-sim-late:{scenario}:{seed}")
+        self.window = config.join.label_window_ms
+        self.final_after = config.join.allowed_lateness_ms + self.window
+        self.types = frozenset(config.label.positive if config.label.kind == "binary"
+                               else config.label.feedback)
+
+    def delay(self, ftype: str, delay_ms: int) -> int:
+        """Extra arrival delay (ms) of one feedback event, 0 when it is not buffered."""
+        if ftype not in self.types or not 0 <= delay_ms < self.window:
+            return 0
+        if self.rng.random() >= self.fraction:
+            return 0
+        return self.final_after + _ri(self.rng, 300_000, self.max_delay)
+
+
 def generate(config: "PipelineConfig", scenario: str, n_requests: int, seed: int,
              start_ms: int = DEFAULT_START_MS, rate_per_s: float = 20.0,
              bad_fraction: float = 0.01, early_fraction: float = 0.02,
              duplicate_fraction: float = 0.005, orphan_fraction: float = 0.005,
-             drift: ConceptDrift | None = None) -> list[SimEvent]:
+             drift: ConceptDrift | None = None,
+             late_click_fraction: float = 0.0,
+             late_click_max_delay_ms: int = 7_200_000) -> list[SimEvent]:
     """Generate ``n_requests`` requests of ``scenario`` with their feedback, in arrival order.
 
     Deterministic for (config, scenario, n_requests, seed, ...). Requests arrive as a
@@ -251,6 +281,15 @@ def generate(config: "PipelineConfig", scenario: str, n_requests: int, seed: int
     exists. Per valid event, ``bad_fraction`` a malformed event of the same role.
     ``drift`` (ctr only) changes how often one category is clicked from a given time on;
     without it the output is exactly what it was before drift existed.
+
+    ``late_click_fraction``: that share of the feedback events that decide a label
+    (ctr's clicks, airport's exits) inside their request's label window by event time
+    arrive as a buffering mobile client sends them: ``allowed_lateness + label_window``
+    plus 5 min to ``late_click_max_delay_ms`` (2 h) after their event time, when the
+    request's label is already final (kind ``late_feedback``; with
+    ``join.correction_window`` they become corrections).
+    Drawn from a random stream of their own, so the default 0.0 leaves every other
+    event exactly as without the option.
     """
     if scenario not in _SCENARIO_FNS:
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {', '.join(SCENARIOS)}")
@@ -261,6 +300,7 @@ def generate(config: "PipelineConfig", scenario: str, n_requests: int, seed: int
         raise ConfigError(f"label.kind: scenario {scenario!r} needs kind {kind!r}, the config "
                           f"has {config.label.kind!r}; use the {scenario} example config")
     rng = random.Random(f"dlabel-sim:{scenario}:{seed}")
+    late = _LateClicks(config, scenario, seed, late_click_fraction, late_click_max_delay_ms)
     key, window = config.join.key, config.join.label_window_ms
     cap = max(1000, min(60_000, config.join.allowed_lateness_ms // 2))
     jit = min(200, config.join.allowed_lateness_ms // 4)
@@ -303,8 +343,9 @@ def generate(config: "PipelineConfig", scenario: str, n_requests: int, seed: int
             text = (f'{{"{key}":"{rid}","ts":{tsv if type(tsv) is int else chr(34) + tsv + chr(34)}'
                     f',"type":{tj},"value":null{tail}}}')
             fa = fts + (_ri(rng, 0, jit) if jit else 0)
-            add(SimEvent("feedback", kb, text.encode(), fts,
-                         "early_feedback" if fa < arrival else "feedback", fa))
+            buffered = late.delay(ftype, delay) if late.fraction else 0
+            add(SimEvent("feedback", kb, text.encode(), fts, "late_feedback" if buffered else
+                         "early_feedback" if fa < arrival else "feedback", fa + buffered))
             if rand() < bad_fraction:
                 fb = {key: rid, "ts": tsv, "type": ftype, "value": None, **extra}
                 how, k, v = _malformed(rng, "feedback", fb, key, fts)
