@@ -48,11 +48,20 @@ def fb(rid, ts, type="click", value=None, **extra) -> bytes:
 
 
 def example(rid, ts, label, label_ts, window_start=None, prediction=0.5, model_version="v1",
-            **features) -> dict:
+            label_version=1, sample_weight=1.0, **features) -> dict:
+    # label_delay_ms: the deciding feedback's time minus the request's; none for a
+    # binary negative (an int 0: regression labels are floats)
+    if label == 0 and type(label) is int:
+        delay = None
+    elif isinstance(label_ts, frozenset):
+        delay = frozenset(t - ts for t in label_ts)
+    else:
+        delay = label_ts - ts
     ex = {"request_id": rid, "request_ts": ts,
           "window_start": T0_HOUR if window_start is None else window_start,
           "label": label, "label_ts": label_ts, "prediction": prediction,
-          "model_version": model_version}
+          "model_version": model_version, "label_delay_ms": delay,
+          "label_version": label_version, "sample_weight": sample_weight}
     ex.update({"price": None, "category": None})
     ex.update(features)
     return ex
@@ -359,7 +368,8 @@ def test_columns_in_order():
     cfg = config(features={"z": "int", "a": "str", "m": "float"})
     got = expected_examples(cfg, [req("a", T0)], [])["a"]
     assert list(got) == ["request_id", "request_ts", "window_start", "label", "label_ts",
-                         "prediction", "model_version", "z", "a", "m"]
+                         "prediction", "model_version", "label_delay_ms", "label_version",
+                         "sample_weight", "z", "a", "m"]
 
 
 # ------------------------------------------------------------------------------ PII
@@ -477,25 +487,26 @@ def test_read_dataset_examples_normalises_and_skips_hidden_files(tmp_path):
     ts = pa.timestamp("ms", tz="UTC")
     schema = pa.schema([("request_id", pa.string()), ("request_ts", ts), ("window_start", ts),
                         ("label", pa.int64()), ("label_ts", ts), ("prediction", pa.float64()),
-                        ("model_version", pa.string()), ("price", pa.float64()),
-                        ("category", pa.string())])
+                        ("model_version", pa.string()), ("label_delay_ms", pa.int64()),
+                        ("label_version", pa.int64()), ("sample_weight", pa.float64()),
+                        ("price", pa.float64()), ("category", pa.string())])
 
     def table(*rows):
         return pa.Table.from_pylist([dict(zip(schema.names, r)) for r in rows], schema=schema)
 
     w = tmp_path / "window_start=2026-11-18T11-00-00Z"
     w.mkdir()
-    pq.write_table(table(("a", T0, T0_HOUR, 1, T0 + 1, 0.5, "v1", None, None)),
+    pq.write_table(table(("a", T0, T0_HOUR, 1, T0 + 1, 0.5, "v1", 1, 1, 1.0, None, None)),
                    w / "part-000-000000000000-000000000001.parquet")
-    pq.write_table(table(("b", T0, T0_HOUR, 0, T0 + W, 0.5, "v1", 1.5, None)),
+    pq.write_table(table(("b", T0, T0_HOUR, 0, T0 + W, 0.5, "v1", None, 1, 1.0, 1.5, None)),
                    w / "part-001-000000000000-000000000000.parquet")
-    pq.write_table(table(("hidden", T0, T0_HOUR, 0, T0, None, None, None, None)),
+    pq.write_table(table(("hidden", T0, T0_HOUR, 0, T0, None, None, None, 1, 1.0, None, None)),
                    w / ".part-002.parquet.tmp-1")
-    pq.write_table(table(("hidden2", T0, T0_HOUR, 0, T0, None, None, None, None)),
+    pq.write_table(table(("hidden2", T0, T0_HOUR, 0, T0, None, None, None, 1, 1.0, None, None)),
                    w / "_part-003.parquet")
     (w / "_manifest.json").write_text("{}")
     (tmp_path / "_sink").mkdir()
-    pq.write_table(table(("hidden3", T0, T0_HOUR, 0, T0, None, None, None, None)),
+    pq.write_table(table(("hidden3", T0, T0_HOUR, 0, T0, None, None, None, 1, 1.0, None, None)),
                    tmp_path / "_sink" / "x.parquet")
     # a time column in another unit still comes back as epoch ms
     us = pa.timestamp("us", tz="UTC")
