@@ -667,3 +667,37 @@ def test_oracle_mapping_before_pii_hashing():
                                             "n": "7"}}}).encode()
     got = expected_examples(cfg, [raw], [], pii_key=b"Jefe")["a"]
     assert got["email"] == RFC4231_2 and got["n"] == 7
+
+
+# ----------------------------------------- issue 14: sampling and corrections, by hand
+
+# BLAKE2b-64 of "a" is 0x40f89e395b66422f (0.2538 of 2**64), of "b" 0x8472c2e34d854f75
+# (0.5174): at rate 0.3 the negative of "a" is kept (weight 1/0.3), that of "b" is not.
+def test_negative_sampling_by_the_hash_of_the_request_id():
+    cfg = config(label={"kind": "binary", "positive": ["click"], "negative_sample_rate": 0.3})
+    got = expected_examples(cfg, [req("a", T0), req("b", T0), req("c", T0)], [fb("c", T0 + 5)])
+    assert set(got) == {"a", "c"}
+    assert got["a"] == example("a", T0, 0, T0 + W, sample_weight=1 / 0.3)
+    assert got["c"] == example("c", T0, 1, frozenset({T0 + 5}))
+
+
+def test_late_feedback_corrects_the_label_and_counts_versions():
+    cfg = config()
+    got = expected_examples(cfg, [req("a", T0), req("b", T0)], [fb("b", T0 + 7)],
+                            late_feedback=[fb("a", T0 + 9), fb("a", T0 + 3), fb("b", T0 + 1),
+                                           fb("a", T0 + W)])
+    # a: the first late click inside the window corrects it (version 2), later ones and
+    # the one at the window's end change nothing; b was already positive
+    assert got["a"] == example("a", T0, 1, T0 + 9, label_version=2)
+    assert got["b"] == example("b", T0, 1, frozenset({T0 + 7}))
+
+
+def test_late_outcomes_correct_a_regression_label_each_time_it_gets_earlier():
+    cfg = config("regression")
+    got = expected_examples(cfg, [req("a", T0), req("b", T0)], [fb("a", T0 + 60_000, "exit")],
+                            late_feedback=[fb("a", T0 + 30_000, "exit"),
+                                           fb("a", T0 + 40_000, "exit"),
+                                           fb("a", T0 + 10_000, "exit"),
+                                           fb("b", T0 + 5_000, "exit")])
+    assert got["a"] == example("a", T0, 10.0, T0 + 10_000, label_version=3)
+    assert got["b"] == example("b", T0, 5.0, T0 + 5_000)  # unlabeled, then its first label
