@@ -15,7 +15,7 @@ from schemas.records import DeadLetter
 from streams.join.processor import InputRecord, JoinProcessor
 from streams.join.repartition import (SOURCE_HEADER, WATERMARK_HEADER, decode_source,
                                       decode_watermark, hop_task)
-from streams.kafka.partitioner import murmur2, partition_for
+from streams.kafka.partitioner import murmur2, partition_for, partitions_for
 from tests.join_cases import MIN, Run, config_dict, fb, req
 from tests.oracle import assert_examples_match, expected_examples
 
@@ -37,6 +37,33 @@ def test_murmur2_is_the_java_clients():
         assert murmur2(key) & 0xFFFFFFFF == kafka_python_murmur2(key) & 0xFFFFFFFF
         n = rnd.randint(1, 12)
         assert partition_for(key, n) == aiokafka(key, list(range(n)), list(range(n)))
+
+
+def test_partitions_for_a_batch_is_the_java_clients():
+    """The vectorised batch hash: every length class (0-3 trailing bytes, no whole word,
+    many words), batches of one length and of mixed lengths, small and large batches,
+    keys whose hash has the top bit set: each as the Java clients partition it."""
+    aiokafka = DefaultPartitioner()
+    rnd = random.Random(11)
+    java = list(JAVA_MURMUR2)
+    for n in (1, 2, 3, 4, 5, 7, 12):
+        batch = java * 5  # above the per-key cut-off, mixed lengths
+        assert partitions_for(batch, n) == [(v & 0x7FFFFFFF) % n for v in
+                                             (JAVA_MURMUR2[k] for k in batch)]
+    for _ in range(300):
+        n = rnd.randint(1, 12)
+        if rnd.random() < 0.5:  # one length: the single-group path
+            length = rnd.randint(0, 40)
+            keys = [bytes(rnd.getrandbits(8) for _ in range(length))
+                    for _ in range(rnd.randint(0, 80))]
+        else:
+            keys = [bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 40)))
+                    for _ in range(rnd.randint(0, 80))]
+        want = [aiokafka(k, list(range(n)), list(range(n))) for k in keys]
+        assert partitions_for(keys, n) == want
+        assert [partition_for(k, n) for k in keys] == want
+    uuids = [b"%032x" % rnd.getrandbits(128) for _ in range(5000)]
+    assert partitions_for(uuids, 4) == [partition_for(k, 4) for k in uuids]
 
 
 def _config(partitions: int = 2, **inputs) -> dict:

@@ -23,7 +23,7 @@ from schemas.config import PipelineConfig
 from schemas.errors import EventError
 from schemas.events import EventParser
 from schemas.records import DeadLetter
-from streams.kafka.partitioner import partition_for
+from streams.kafka.partitioner import partitions_for
 
 #: header of a forwarded record: b"<input partition>:<input offset>"
 SOURCE_HEADER = "dlabel.source"
@@ -85,7 +85,8 @@ class Repartitioner:
         """Route consumed records (``.offset``, ``.value``) of one input partition."""
         parse, tasks = self._parse[role], self.tasks
         topic = self.input_topics[role]
-        forwards: list[Forward] = []
+        keys: list[bytes] = []
+        kept: list = []  # (value, offset) of each valid record, in order
         dead: list[DeadLetter] = []
         max_ts = self._max_ts.get((role, partition))
         prefix = b"%d:" % partition
@@ -98,13 +99,15 @@ class Repartitioner:
                 dead.append(DeadLetter(exc.reason, exc.detail, topic, partition, rec.offset,
                                        value, task=task))
                 continue
-            key = event.request_id.encode()
-            forwards.append(Forward(partition_for(key, tasks), key, value,
-                                    [(SOURCE_HEADER, prefix + b"%d" % rec.offset)]))
+            keys.append(event.request_id.encode())
+            kept.append((value, rec.offset))
             if max_ts is None or event.ts > max_ts:
                 max_ts = event.ts
         if max_ts is not None:
             self._max_ts[(role, partition)] = max_ts
+        # one vectorised murmur2 over the batch's keys (a pure-Python hash cost ~2.6 us each)
+        forwards = [Forward(t, key, value, [(SOURCE_HEADER, prefix + b"%d" % offset)])
+                    for t, key, (value, offset) in zip(partitions_for(keys, tasks), keys, kept)]
         return forwards, dead
 
     def max_ts(self, role: str, partition: int) -> Optional[int]:
