@@ -17,7 +17,7 @@ from streams.join.event_time_join import EventTimeJoin
 from streams.join.join_state import Output, Source
 from streams.join.repartition import (WATERMARK_HEADER, Forward, Repartitioner, decode_source,
                                       decode_watermark, position)
-from streams.kafka.partitioner import partition_for
+from streams.kafka.partitioner import partitions_for
 from streams.join.watermark import WatermarkTracker
 
 REQUESTS, FEEDBACK = "requests", "feedback"
@@ -69,18 +69,22 @@ class JoinProcessor:
         out: list[Output] = []
         max_ts: Optional[int] = None
         invalid = False
-        check_routing = self._check_routing
-        for rec in records:
+        routed = self._routed(records, parse, partition) if self._check_routing else None
+        for i, rec in enumerate(records):
             value = rec.value
-            try:
-                event = parse(value)
-            except EventError as exc:
+            if routed is None:
+                try:
+                    event = parse(value)
+                except EventError as exc:
+                    event = exc
+            else:
+                event = routed[i]
+            if isinstance(event, EventError):
                 invalid = True
-                out.append(DeadLetter(exc.reason, exc.detail, self.join.input_topics[role],
+                out.append(DeadLetter(event.reason, event.detail, self.join.input_topics[role],
                                       partition, rec.offset, value))
                 continue
-            if check_routing and partition_for(event.request_id.encode(),
-                                               self._tasks) != partition:
+            if type(event) is tuple:  # copartitioned: (its key's partition, its id)
                 invalid = True
                 out.append(self._misrouted(role, partition, rec.offset, value, event))
                 continue
@@ -97,10 +101,31 @@ class JoinProcessor:
             self.watermark.touch(role, partition)
         return self._counted(out) if out else out
 
+    def _routed(self, records: Sequence[InputRecord], parse, partition: int) -> list:
+        """Copartitioned inputs: each record parsed (the event, or its ``EventError``),
+        or, for an event whose key belongs to another partition, that partition. The
+        keys of a batch are hashed at once (``partitions_for``)."""
+        parsed: list = []
+        keys: list[bytes] = []
+        at: list[int] = []
+        for i, rec in enumerate(records):
+            try:
+                event = parse(rec.value)
+            except EventError as exc:
+                parsed.append(exc)
+                continue
+            parsed.append(event)
+            keys.append(event.request_id.encode())
+            at.append(i)
+        for i, key, want in zip(at, keys, partitions_for(keys, self._tasks)):
+            if want != partition:
+                parsed[i] = (want, parsed[i].request_id)
+        return parsed
+
     def _misrouted(self, role: str, partition: int, offset: int, value: bytes,
-                   event) -> DeadLetter:
-        want = partition_for(event.request_id.encode(), self._tasks)
-        return DeadLetter("misrouted", f"{self.config.join.key} {event.request_id!r} belongs "
+                   wrong: tuple[int, str]) -> DeadLetter:
+        want, request_id = wrong
+        return DeadLetter("misrouted", f"{self.config.join.key} {request_id!r} belongs "
                           f"to partition {want} (murmur2 of the key, as Java clients "
                           f"partition), not {partition}; key records by it with that "
                           "partitioner, or remove inputs.copartitioned to have dlabel "
