@@ -16,7 +16,6 @@ from schemas.config import PipelineConfig
 from schemas.errors import DlabelError
 from schemas.pii import PiiHasher, load_pii_key
 from streams.common import metrics
-from streams.dataset.sink import run_sink, sink_process_main
 from streams.join.faust_adapter import WorkerOptions, build_app, changelog_topic, run_app
 from streams.kafka import clients as kafka_clients
 from streams.kafka.broker import free_port
@@ -26,10 +25,21 @@ from streams.kafka.topics import ensure_topics
 
 log = logging.getLogger("dlabel.pipeline")
 
+#: The join worker's consumer-group session, in seconds (was 10): the smallest a default
+#: Kafka broker accepts (``group.min.session.timeout.ms``). A member that dies without
+#: leaving (SIGKILL, a lost node) keeps its partitions that long unless a restarted
+#: worker rejoins first (``WorkerOptions.rebalance_timeout_s`` then bounds the wait);
+#: a stalled process (SIGSTOP, swapping) loses them after it. Heartbeats come from
+#: Faust's consumer thread, so a busy batch loop does not miss them. Tansu answers a
+#: JoinGroup only after half the session (3 s at start-up): 2 s would halve that, but
+#: the fault tests' freeze sampling (a worker SIGSTOPped most of the time) then costs
+#: the frozen worker its partitions.
+SESSION_TIMEOUT_S = 6.0
+
 
 def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool = False,
                  loglevel: str = "WARNING", batch_size: int = 2000,
-                 session_timeout_s: float = 10.0, metrics_port: Optional[int] = None,
+                 session_timeout_s: float = SESSION_TIMEOUT_S, metrics_port: Optional[int] = None,
                  guarantee: str = "auto") -> dict:
     """Run the join worker and the dataset sink (``only``: "join" or "sink" alone).
 
@@ -45,6 +55,7 @@ def run_pipeline(config: PipelineConfig, only: Optional[str] = None, drain: bool
     if only == "sink":
         kafka_clients.check_connection(config.bootstrap_servers)
         prepare(config, config.bootstrap_servers)
+        from streams.dataset.sink import run_sink
         return {"sink": run_sink(config, drain=drain, metrics_port=metrics_port)}
     load_pii_key(config)  # refuse to start without a PII key before touching the broker
     kafka_clients.check_connection(config.bootstrap_servers)  # a refused TLS/SASL login: now
@@ -64,6 +75,9 @@ def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool,
         return run_join_worker(config, drain=drain, loglevel=loglevel, batch_size=batch_size,
                                session_timeout_s=session_timeout_s, guarantee=guarantee)
     prepare(config, config.bootstrap_servers)
+    # imported here: the join process itself never runs the sink (pyarrow and the
+    # dataset code cost ~0.3 s of its start-up); the spawned child imports it
+    from streams.dataset.sink import sink_process_main
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=False)
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
@@ -138,7 +152,8 @@ def _exactly_once(guarantee: str, tansu: bool) -> bool:
 
 def run_join_worker(config: PipelineConfig, drain: bool = False, loglevel: str = "WARNING",
                     web_port: Optional[int] = None, batch_size: int = 2000,
-                    session_timeout_s: float = 10.0, guarantee: str = "auto") -> dict:
+                    session_timeout_s: float = SESSION_TIMEOUT_S,
+                    guarantee: str = "auto") -> dict:
     """Run the join worker in this process until Ctrl-C (or, with ``drain``, until caught up).
 
     Returns a summary: records in per topic, labeled sent, dead letters by reason.

@@ -22,8 +22,11 @@ committed in 4 only cover batches whose state is durable, so nothing is lost.
 Exactly once (brokers with transactions): the same steps run inside one Kafka
 transaction per task, which also carries the task's input offsets
 (``send_offsets_to_transaction``) and then commits; the RocksDB store is written only
-after the commit. A crash anywhere leaves an open transaction that the task's next
-owner aborts, so ``read_committed`` readers see every output once. One batch is in
+after the commit. Inside a transaction the order of the writes does not matter (all or
+nothing becomes visible), so the state and the input offsets go in with the outputs
+and the hooks' records without waiting for acks in between: fewer round trips before
+each commit. A crash anywhere leaves an open transaction that the task's next owner
+aborts, so ``read_committed`` readers see every output once. One batch is in
 flight at a time (a transactional producer has one open transaction).
 """
 from __future__ import annotations
@@ -55,6 +58,7 @@ class Batch:
     closed: Optional[int] = None  # the join's closed time after the batch (DRAINED at the end)
     acked: Optional[dict] = None  # {(topic, partition): last offset} once outputs are acked
     tasks: set = field(default_factory=set)  # the tasks (input partitions) it covers
+    offsets_added: Optional[asyncio.Future] = None  # exactly once: offsets in the txns
 
     def __post_init__(self) -> None:
         self.tasks = self.tasks or {tp.partition for tp in self.positions}
@@ -146,7 +150,15 @@ class BatchCommitter:
         """Send the batch's outputs now; finish it after the batch before it."""
         t0 = time.perf_counter()
         if self.transactions is not None:
-            await batch.outputs.send()  # its transactions were begun by ``open_batch``
+            # its transactions were begun by ``open_batch``; the state goes along at once:
+            # one transaction holds both, so it need not wait for the outputs' acks
+            await batch.outputs.send()
+            await batch.state.send()
+            # and the input offsets (AddOffsetsToTxn, TxnOffsetCommit) while those are
+            # acked; the batch before it is committed (``open_batch``), so ``committed``
+            # is current
+            offsets = self._new_offsets(batch)
+            batch.offsets_added = asyncio.ensure_future(self._add_offsets(batch, offsets))
         else:
             await batch.outputs.send()
             await self.wait()  # at most one batch in flight
@@ -171,23 +183,29 @@ class BatchCommitter:
         t0 = clock()
         batch.acked = await batch.outputs.flush()
         t1 = clock()
+        hooks = []
         for hook in self.after_outputs:
             pubs = self.publishers()
             await hook(pubs, batch)
-            await pubs.flush()
+            if self.transactions is not None:
+                await pubs.send()  # acked below, together with the state
+            else:
+                await pubs.flush()
+            hooks.append(pubs)
         t2 = clock()
         changelog_ends = await batch.state.flush()
+        for pubs in hooks:
+            await pubs.flush()
         if self.transactions is None and batch.store_writes:
             self.group.write_local_store(batch.store_writes, changelog_ends)
         t3 = clock()
-        offsets = {tp: off for tp, off in batch.positions.items()
-                   if self.committed.get(tp) != off}
         if self.transactions is not None:
-            await self._commit_transactions(batch, offsets)
+            offsets = await batch.offsets_added
+            await self._commit_transactions(batch)
             if batch.store_writes:  # only what the transactions made visible
                 self.group.write_local_store(batch.store_writes, changelog_ends)
             self.committed.update(offsets)
-        elif offsets and await self.group.commit(offsets):
+        elif (offsets := self._new_offsets(batch)) and await self.group.commit(offsets):
             self.committed.update(offsets)
         t4 = clock()
         for step, dt in (("outputs_acked", t1 - t0), ("hooks", t2 - t1),
@@ -196,16 +214,26 @@ class BatchCommitter:
         if batch.from_input and self.on_input_durable is not None:
             self.on_input_durable()
 
-    async def _commit_transactions(self, batch: Batch, offsets: dict) -> None:
-        """Add each task's input offsets to its transaction and commit it."""
+    def _new_offsets(self, batch: Batch) -> dict:
+        """The batch's input positions that moved since the last commit."""
+        return {tp: off for tp, off in batch.positions.items()
+                if self.committed.get(tp) != off}
+
+    async def _add_offsets(self, batch: Batch, offsets: dict) -> dict:
+        """Add each task's input offsets to its open transaction; returns ``offsets``."""
         group_id = self.group.group_id
 
-        async def commit(task: int) -> None:
-            producer = self.transactions.producer(task)
+        async def add(task) -> None:
             mine = {tp: off for tp, off in offsets.items() if self.task_of(tp) == task}
             if mine:
-                await producer.send_offsets_to_transaction(mine, group_id)
-            await producer.commit_transaction()
+                await self.transactions.producer(task).send_offsets_to_transaction(
+                    mine, group_id)
 
         # the tasks' transactions are independent: their round trips overlap
-        await asyncio.gather(*(commit(task) for task in sorted(batch.tasks, key=str)))
+        await asyncio.gather(*(add(task) for task in sorted(batch.tasks, key=str)))
+        return offsets
+
+    async def _commit_transactions(self, batch: Batch) -> None:
+        """Commit each task's transaction (outputs, state and offsets are in it)."""
+        await asyncio.gather(*(self.transactions.producer(task).commit_transaction()
+                               for task in sorted(batch.tasks, key=str)))

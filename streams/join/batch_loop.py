@@ -22,10 +22,12 @@ import time
 from collections import defaultdict
 from typing import Callable, Optional
 
+import orjson
 from aiokafka.structs import TopicPartition
 
 from schemas.records import DeadLetter, encode_labeled
 from streams.join.batch_commit import Batch, BatchCommitter, encode_changes
+from streams.kafka.changelog_reader import read_latest
 from streams.kafka.input_feed import InputFeed
 from streams.kafka.topics import partition_count
 from streams.join.join_state import EARLY, REQUEST, LabeledOut
@@ -60,6 +62,10 @@ class BatchLoop:
         self._repartition_topic = config.join_inputs  # role -> topic the hop writes
         self._hop_topic = {role: topic for topic, role in self.hop_roles.items()}
         self.proc = JoinProcessor(config, pii, clock)
+        #: memory store: the loop reads the changelog itself (``_reload``), not Faust
+        self.reads_changelog = config.store == "memory"
+        #: join tasks whose state ``proc`` holds and that every assignment since kept
+        self._held: set[int] = set()
         self.feed = InputFeed(opts.bootstrap, client_id=f"dlabel-{config.pipeline}-input",
                               read_committed=opts.exactly_once)
         self.lock = asyncio.Lock()
@@ -82,6 +88,8 @@ class BatchLoop:
         self.committer = BatchCommitter(group, self.seconds, transactions, self.task_of)
         self._closed_submitted: Optional[int] = None
         self._closed_submitted_at = 0.0  # monotonic; closed-time-only batches at most 1/s
+        self._stats_written_at = 0.0
+        self._input_submitted_at: Optional[float] = None  # monotonic, last input batch
         self.metrics = JoinMetrics({REQUESTS: config.topics.requests,
                                     FEEDBACK: config.topics.feedback})
         self.committer.on_input_durable = self._input_durable
@@ -104,10 +112,18 @@ class BatchLoop:
             await self.committer.wait()  # and every batch in flight is durable
             await self.committer.release_tasks()  # they may move to another worker
 
-    def on_assigned(self) -> None:
-        """The group has a new assignment: the next batch waits for its table recovery."""
+    def on_assigned(self, assigned=None) -> None:
+        """The group has a new assignment: the next batch waits for its table recovery.
+
+        ``assigned``: the whole new assignment (Faust's eager rebalances revoke every
+        partition first). A task kept from the last one keeps its state in memory; one
+        missing from any assignment in between may have been worked on elsewhere."""
         self.generation += 1
         self.ready = False
+        if assigned is None:
+            self._held.clear()
+        else:
+            self._held &= {tp.partition for tp in assigned if tp.topic in self.join_roles}
 
     async def _become_ready(self) -> bool:
         """After table recovery: rebuild the join from the table, assign the feed."""
@@ -130,7 +146,7 @@ class BatchLoop:
                 if topic not in self.input_partitions:
                     self.input_partitions[topic] = await asyncio.to_thread(
                         partition_count, self.opts.bootstrap, topic)
-            self._reload()
+            await self._reload()
             self.positions = await self.feed.assign(positions)
             await group.pause(positions)
             self.committer.committed = dict(self.positions)
@@ -139,11 +155,15 @@ class BatchLoop:
                                                 for tp, off in self.positions.items()})
             return self.ready
 
-    def _reload(self) -> None:
-        """Rebuild the in-memory join from the recovered table."""
+    async def _reload(self) -> None:
+        """Rebuild the in-memory join for the current assignment: with the memory store
+        from the join state of the tasks it kept plus the changelog of those it gained
+        (``_restore_tasks``), with RocksDB from Faust's recovered table."""
+        old = self.proc
         self.proc = JoinProcessor(self.config, self.pii, self.clock)
         assigned = {(self.join_roles[tp.topic], tp.partition)
                     for tp in self.group.assigned(self.join_roles)}
+        tasks = {task for _, task in assigned}
         if self.hop_roles:  # event time per (input partition, task): see repartition
             inputs = {role: self.input_partitions[topic]
                       for topic, role in self.hop_roles.items()}
@@ -153,14 +173,64 @@ class BatchLoop:
         self.proc.watermark.assign(assigned)
         kinds = {v: k for k, v in KIND_PREFIX.items()}
         n = 0
-        for key, value in self.group.table_items():
-            kind = kinds.get(key[:2])
-            if kind is not None and value is not None:  # None: a deleted key
-                self.proc.join.restore(kind, key[2:], value)
-                n += 1
+        if self.reads_changelog:
+            n = await self._restore_tasks(old, tasks)
+        else:
+            for key, value in self.group.table_items():
+                kind = kinds.get(key[:2])
+                if kind is not None and value is not None:  # None: a deleted key
+                    self.proc.join.restore(kind, key[2:], value)
+                    n += 1
+        del old
         gc.collect()
         gc.freeze()  # the loaded state is long-lived: keep the collector from rescanning it
         log.info("join state loaded: %d entries, inputs %s", n, sorted(assigned))
+
+    async def _restore_tasks(self, old: JoinProcessor, tasks: set) -> int:
+        """Memory store: move the state of the tasks kept since the last assignment from
+        ``old`` (no Kafka read), read the changelog of the others; the entries loaded."""
+        generation = self.generation
+        kept, gained = self._held & tasks, tasks - self._held
+        join, restore = old.join, self.proc.join.restore
+        n = 0
+        t0 = time.perf_counter()
+        if kept:
+            for key, p in join.pending.items():
+                if p.partition in kept:
+                    restore(REQUEST, key, p.to_json())
+                    n += 1
+            for key, m in join.done.items():
+                if m.partition in kept:
+                    restore(REQUEST, key, m.to_json())
+                    n += 1
+            for key, entries in join.early.items():
+                if entries and entries[0].partition in kept:
+                    restore(EARLY, key, [e.to_json() for e in entries])
+                    n += 1
+        moved = n
+        t1 = time.perf_counter()
+        read = {}
+        if gained:
+            tps = [TopicPartition(self.committer.changelog, t) for t in sorted(gained)]
+            latest, read = await read_latest(self.opts.bootstrap, tps,
+                                             read_committed=self.opts.exactly_once,
+                                             tansu=self.opts.tansu)
+            kinds = {v.encode(): k for k, v in KIND_PREFIX.items()}
+            loads = orjson.loads
+            for raw_key in list(latest):
+                _, value = latest.pop(raw_key)
+                key = loads(raw_key)
+                kind = kinds.get(key[:2].encode())
+                if kind is not None:
+                    restore(kind, key[2:], loads(value))
+                    n += 1
+        # a rebalance meanwhile: what was read may be stale by the next assignment
+        self._held = set(tasks) if generation == self.generation else set()
+        log.info("join state of tasks %s kept in memory (%d entries, %.3f s); tasks %s read "
+                 "from the changelog (%d records, %d live keys, %.3f s)", sorted(kept), moved,
+                 t1 - t0, sorted(gained), sum(read.values()), n - moved,
+                 time.perf_counter() - t1)
+        return n
 
     # ------------------------------------------------------------- the loop
     async def run(self) -> None:
@@ -216,7 +286,7 @@ class BatchLoop:
             positions[tp] = recs[-1].offset + 1
             await asyncio.sleep(0)  # let acks and fetches in flight progress
         await self._skip_markers()
-        outputs.extend(self._markers(records))
+        outputs.extend(self._markers())  # every input's, as the timer would (see on_timer)
         self._update_caught_up()
         outputs.extend(self.proc.tick())
         self.seconds["process"] += time.perf_counter() - t0
@@ -230,7 +300,10 @@ class BatchLoop:
         tasks = {self.task_of(tp) for tp in self.positions}
         await committer.open_batch(tasks)
         pub = committer.publishers()
+        first = self.sent_labeled == 0
         self.metrics.observe(self.proc, await self._publish(pub, outputs))
+        if first and self.sent_labeled:  # a start-up milestone (bench_recovery reads it)
+            log.info("first labels handed to the producer: %d", self.sent_labeled)
         t1 = time.perf_counter()
         state = committer.publishers()
         store_writes = encode_changes(self.proc.join.take_dirty(), KIND_PREFIX,
@@ -244,6 +317,8 @@ class BatchLoop:
                       closed=DRAINED if self.drained else self.proc.join.closed_time)
         self._closed_submitted = self.proc.join.closed_time
         self._closed_submitted_at = time.monotonic()
+        if from_input:
+            self._input_submitted_at = self._closed_submitted_at
         await committer.submit(batch)
 
     def _owns_every_input(self) -> bool:
@@ -271,8 +346,8 @@ class BatchLoop:
 
     def _markers(self, records: Optional[dict] = None) -> list:
         """Watermark markers of the hop's inputs whose progress (largest event time, at
-        its end or not) changed since their last marker: those just read, and from the
-        timer (``records`` None) those that reached their end, even an empty one."""
+        its end or not) changed since their last marker, even an empty one's that
+        reached its end (``records``: only those just read)."""
         if not self.hop_roles:
             return []
         out = []
@@ -297,8 +372,17 @@ class BatchLoop:
         self.last_event_at = time.monotonic()
 
     async def on_timer(self) -> None:
-        """Idle inputs and the drain: finalize what the clock alone closes."""
+        """Idle inputs and the drain: finalize what the clock alone closes.
+
+        While input batches flow they do all of it (markers, the clock's tick, the
+        closed time): a timer batch then would only add a commit cycle (under exactly
+        once, a transaction per task) in front of the next input batch."""
         if not self.ready:
+            return
+        if time.monotonic() - self._stats_written_at >= 5.0:
+            self._write_stats()
+        if (not self.opts.drain and self._input_submitted_at is not None
+                and time.monotonic() - self._input_submitted_at < TIMER_QUIET_S):
             return
         async with self.lock:
             if not self.ready:
@@ -320,14 +404,21 @@ class BatchLoop:
             if self.drained:
                 await self.committer.wait()
         if self.drained:
+            self._write_stats()
             log.info("drained: all input consumed, every pending request finalized")
-            path = os.environ.get("DLABEL_WORKER_STATS")
-            if path:  # the benchmark reads where the time went
-                with open(path, "w") as f:
-                    json.dump({"seconds": dict(self.seconds), "batches": self.batches}, f)
             await self.group.flush()
             if self.on_drained is not None:
                 self.on_drained()
+
+    def _write_stats(self) -> None:
+        """Where the batch loop's time went, for benchmarks (``DLABEL_WORKER_STATS``: a
+        path; rewritten every 5 s and at the end of a drain)."""
+        self._stats_written_at = time.monotonic()
+        path = os.environ.get("DLABEL_WORKER_STATS")
+        if path:
+            with open(path, "w") as f:
+                json.dump({"seconds": dict(self.seconds), "batches": self.batches,
+                           "records": sum(self.proc.records_in.values())}, f)
 
     def _update_caught_up(self) -> None:
         """Tell the watermark which inputs have reached their end (only those may idle).
@@ -377,6 +468,9 @@ class BatchLoop:
                 await for_task(task).add_any_partition(topics.dead_letter, None, o.encode())
         return labels
 
+
+#: The timer leaves the batches to the input loop while it submitted one this recently.
+TIMER_QUIET_S = 0.5
 
 #: Young-generation threshold of the cyclic garbage collector in the worker.
 GC_YOUNG_THRESHOLD = 50_000

@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Mapping, Optional
 
 import faust
 from aiokafka.structs import TopicPartition
+from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
 
@@ -54,11 +55,16 @@ FAUST_INTERNALS = (
     ("faust.stores.rocksdb.Store", "_db_for_partition",
      "RocksDB store: write a batch's state to the local database"),
     ("faust.tables.recovery.Recovery", "_build_highwaters",
-     "Tansu only: changelog ends from fetch high watermarks"),
+     "changelog ends: none for the memory store (the loop reads it), fetch high "
+     "watermarks on Tansu, last committed records under exactly once"),
     ("faust.Worker", "_schedule_shutdown", "stops the worker once a drain is done"),
     ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_create_worker_consumer",
      "exactly once: Faust's consumer (table recovery) reads read_committed"),
     ("app.consumer", "in_transaction", "the switch Faust reads to pick read_committed"),
+    ("faust.tables.TableManager", "on_start",
+     "started without its fixed 1 s sleep (start-up to first label)"),
+    ("faust.tables.TableManager", "_update_channels", "called by that on_start"),
+    ("faust.tables.TableManager", "recovery", "started by that on_start"),
 )
 
 
@@ -70,7 +76,10 @@ class WorkerOptions:
     drain: bool = False            # exit once all input is consumed (bounded replay)
     drain_quiet_ms: int = 1500     # ... and every input has been quiet this long
     batch_size: int = 2000
-    session_timeout_s: float = 10.0
+    session_timeout_s: float = 6.0
+    #: how long a rebalance waits for members to rejoin: a restarted worker's dead
+    #: predecessor is dropped after this, not after its whole session (see README)
+    rebalance_timeout_s: float = 3.0
     web_port: Optional[int] = None  # Faust starts its web server anyway: give it a port
     tansu: bool = False             # embedded-broker work-arounds (tansu_quirks)
     exactly_once: bool = False      # transactions (brokers that have them: not Tansu)
@@ -231,40 +240,84 @@ def keep_inputs_from_faust(consumer, topics: Iterable[str]) -> None:
     consumer._getmany = getmany_without_inputs
 
 
-_recovery_patched = False
-_fencing_installed = False
+_highwaters_patched = False
 
 
-def fence_before_recovery() -> None:
-    """Exactly once: register the tasks' transactional producers before table recovery,
-    and let recovery end at each changelog's last committed record.
+def patch_table_recovery() -> None:
+    """Take over where Faust's table recovery starts and ends, per worker app.
 
-    Fencing the previous owner first (which aborts its open transaction) means no
-    transaction of a zombie can commit after recovery looked, so state and committed
-    offsets agree.
+    Faust builds each changelog partition's end with ``Recovery._build_highwaters``
+    before it replays the changelog; the worker's loop (``app.dlabel_loop``) decides:
+
+    - memory store: Faust replays nothing (every end "unknown"); the batch loop reads
+      the changelog of the tasks it gains itself, in bulk (``BatchLoop._reload``):
+      Faust's per-record replay ran at 4-7k records/s, most of a restart;
+    - exactly once (RocksDB store): register the tasks' transactional producers first
+      (fencing the previous owner aborts its open transaction, so no zombie commits
+      after recovery looked) and end at each changelog's last committed record (a
+      changelog written in transactions ends with a commit marker, which recovery
+      never receives);
+    - Tansu (RocksDB store): ends from fetch high watermarks (ListOffsets under-reports,
+      see ``streams.kafka.tansu_quirks``).
     """
-    global _fencing_installed
-    if _fencing_installed:
+    global _highwaters_patched
+    if _highwaters_patched:
         return
     build = Recovery._build_highwaters
 
-    async def fence_then_build_highwaters(self, consumer, tps, destination, title) -> None:
+    async def build_highwaters(self, consumer, tps, destination, title) -> None:
         loop = getattr(self.app, "dlabel_loop", None)
         if loop is None or not tps:
             await build(self, consumer, tps, destination, title)
             return
-        await loop.committer.own_tasks({tp.partition for tp in tps})
-        # a changelog written in transactions ends with a commit marker, which recovery
-        # never receives: it must stop at the last committed record instead
+        if loop.reads_changelog:
+            destination.clear()  # None: nothing for Faust to replay (see active_remaining)
+            destination.update({tp: None for tp in tps})
+            return
         by_kafka_tp = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
-        last = await last_committed_offsets(loop.opts.bootstrap, by_kafka_tp)
-        destination.clear()
-        destination.update({by_kafka_tp[tp]: offset for tp, offset in last.items()})
-        log.info("changelog ends for %s partitions (last committed records): %s", title,
-                 {f"{tp.topic}:{tp.partition}": off for tp, off in last.items()})
+        if loop.opts.exactly_once:
+            await loop.committer.own_tasks({tp.partition for tp in tps})
+            last = await last_committed_offsets(loop.opts.bootstrap, by_kafka_tp)
+            destination.clear()
+            destination.update({by_kafka_tp[tp]: offset for tp, offset in last.items()})
+            log.info("changelog ends for %s partitions (last committed records): %s", title,
+                     {f"{tp.topic}:{tp.partition}": off for tp, off in last.items()})
+        elif loop.opts.tansu:
+            ends: Mapping = await fetch_end_offsets(loop.opts.bootstrap, by_kafka_tp)
+            # Faust stores "last offset", i.e. end - 1 (see Recovery._build_highwaters).
+            destination.clear()
+            destination.update({by_kafka_tp[tp]: end - 1 for tp, end in ends.items()})
+            log.info("changelog ends for %s partitions from fetch high watermarks: %s",
+                     title, {f"{tp.topic}:{tp.partition}": end for tp, end in ends.items()})
+        else:
+            await build(self, consumer, tps, destination, title)
 
-    Recovery._build_highwaters = fence_then_build_highwaters
-    _fencing_installed = True
+    Recovery._build_highwaters = build_highwaters
+    _highwaters_patched = True
+
+
+_table_start_patched = False
+
+
+def start_tables_at_once() -> None:
+    """Skip the fixed one-second sleep Faust's table manager takes when it starts.
+
+    ``TableManager.on_start`` sleeps 1 s before it subscribes the tables' changelogs
+    and starts recovery; every worker start waited for it before joining the group.
+    The worker declares its one table before the app starts, so nothing is gained by
+    waiting.
+    """
+    global _table_start_patched
+    if _table_start_patched:
+        return
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+    TableManager.on_start = on_start
+    _table_start_patched = True
 
 
 def read_committed_in_faust(app: faust.App) -> None:
@@ -289,36 +342,11 @@ def read_committed_in_faust(app: faust.App) -> None:
     thread._create_worker_consumer = create_read_committed
 
 
-def recover_to_fetch_highwaters(bootstrap: str) -> None:
-    """Make Faust's table recovery read changelogs to their true end (Tansu only).
-
-    Tansu under-reports ListOffsets(latest) (see ``streams.kafka.tansu_quirks``); Faust
-    builds each changelog's end from it and would stop recovery early.
-    """
-    global _recovery_patched
-    if _recovery_patched:
-        return
-
-    async def build_highwaters(self, consumer, tps, destination, title) -> None:
-        by_kafka_tp = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
-        ends: Mapping = await fetch_end_offsets(bootstrap, by_kafka_tp)
-        # Faust stores "last offset", i.e. end - 1 (see Recovery._build_highwaters).
-        destination.clear()
-        destination.update({by_kafka_tp[tp]: end - 1 for tp, end in ends.items()})
-        log.info("changelog ends for %s partitions from fetch high watermarks: %s",
-                 title, {f"{tp.topic}:{tp.partition}": end for tp, end in ends.items()})
-
-    Recovery._build_highwaters = build_highwaters
-    _recovery_patched = True
-
-
 def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHasher],
               clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000) -> faust.App:
     """Build the Faust app of the join worker for ``config`` (its loop is ``app.dlabel_loop``)."""
-    if opts.tansu:
-        recover_to_fetch_highwaters(opts.bootstrap)
-    if opts.exactly_once:
-        fence_before_recovery()
+    patch_table_recovery()
+    start_tables_at_once()
     app = faust.App(
         app_id(config),
         broker=f"kafka://{opts.bootstrap}",
@@ -330,7 +358,7 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=opts.session_timeout_s,
         broker_heartbeat_interval=max(0.3, opts.session_timeout_s / 10),
-        broker_rebalance_timeout=opts.session_timeout_s,
+        broker_rebalance_timeout=min(opts.rebalance_timeout_s, opts.session_timeout_s),
         broker_commit_every=10_000,
         broker_commit_interval=1.0,
         broker_max_poll_records=opts.batch_size,
@@ -400,7 +428,7 @@ def _declare_agents(app: faust.App, inputs, loop: BatchLoop) -> None:
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs):
-        loop.on_assigned()
+        loop.on_assigned(assigned)
 
 
 def run_app(app: faust.App, loglevel: str = "WARNING") -> BatchLoop:

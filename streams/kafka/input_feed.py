@@ -28,15 +28,20 @@ class InputFeed:
 
     def __init__(self, bootstrap: str, client_id: str = "dlabel-input",
                  max_partition_fetch_bytes: int = 16 << 20,
-                 fetch_max_bytes: int = 64 << 20, read_committed: bool = False) -> None:
+                 fetch_max_bytes: int = 64 << 20, read_committed: bool = False,
+                 fetch_max_wait_ms: int = 50) -> None:
+        """``fetch_max_wait_ms``: how long the broker may hold a fetch of partitions at
+        their end (aiokafka's default, 500 ms, is latency a live input pays whenever
+        the broker answers only at the deadline, as Tansu does)."""
         self._settings = dict(
             bootstrap_servers=bootstrap, client_id=client_id, group_id=None,
             enable_auto_commit=False, auto_offset_reset="earliest",
             isolation_level="read_committed" if read_committed else "read_uncommitted",
             max_partition_fetch_bytes=max_partition_fetch_bytes,
-            fetch_max_bytes=fetch_max_bytes)
+            fetch_max_bytes=fetch_max_bytes, fetch_max_wait_ms=fetch_max_wait_ms)
         self._consumer: Optional[AIOKafkaConsumer] = None  # made in start(): needs the loop
         self._started = False
+        self._turn = 0
 
     async def start(self) -> None:
         """Connect (idempotent)."""
@@ -73,11 +78,48 @@ class InputFeed:
             self._consumer.assign([])
 
     async def getmany(self, timeout_ms: int, max_records: int) -> dict:
-        """Up to ``max_records`` fetched records: ``{TopicPartition: [ConsumerRecord]}``."""
-        if self._consumer is None or not self._consumer.assignment():
+        """Up to ``max_records`` fetched records: ``{TopicPartition: [ConsumerRecord]}``.
+
+        Every partition with fetched records gets a fair share of the batch. aiokafka's
+        own ``getmany`` drains its buffered partitions one after another, and a fetch
+        holds up to ``max_partition_fetch_bytes`` (a whole partition of a backlog): a
+        worker catching up then read all of one topic's partition before the other's,
+        so the first labels (a request *and* its feedback) came only after seconds,
+        and early feedback piled up in the join state. Records are decoded only when
+        returned, so asking per partition costs no extra decoding.
+        """
+        consumer = self._consumer
+        if consumer is None or not consumer.assignment():
             await asyncio.sleep(timeout_ms / 1000)
             return {}
-        return await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        tps = sorted(consumer.assignment())
+        if len(tps) == 1:
+            return await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        start = self._turn % len(tps)  # who goes first rotates from batch to batch
+        self._turn += 1
+        tps = tps[start:] + tps[:start]
+        out: dict = {}
+        room = max_records
+        share = max(1, max_records // len(tps))
+        for quota in (share, None):  # a fair share each, then what is left, in turn
+            for tp in tps:
+                if room <= 0:
+                    break
+                got = await consumer.getmany(tp, timeout_ms=0,
+                                             max_records=min(quota or room, room))
+                recs = got.get(tp)
+                if recs:
+                    if tp in out:
+                        out[tp].extend(recs)
+                    else:
+                        out[tp] = recs
+                    room -= len(recs)
+            if room <= 0 or not out:
+                break
+        if out:
+            return out
+        # nothing buffered: wait for the next fetch to bring anything
+        return await consumer.getmany(timeout_ms=timeout_ms, max_records=share)
 
     async def position(self, tp: TopicPartition) -> int:
         """The offset of the next record ``getmany`` would return for ``tp`` (past any

@@ -5,7 +5,8 @@ plus one, not the true end of the partition. Faust builds the end of each change
 partition it recovers from that answer, so after a restart it silently stops early and
 drops the tail of the table. The high watermark in a Fetch response is right, so we
 take the end from there (``fetch_end_offsets``; the Faust side of the fix is
-``streams.join.faust_adapter.recover_to_fetch_highwaters``). Real Kafka clusters never
+``streams.join.faust_adapter.patch_table_recovery``, and
+``streams.kafka.changelog_reader`` for the memory store). Real Kafka clusters never
 run this code.
 """
 from __future__ import annotations
@@ -46,12 +47,17 @@ async def fetch_end_offsets(bootstrap: str, tps: Iterable[TopicPartition],
     try:
         consumer.assign(tps)
         reported = await consumer.end_offsets(tps)
+        # an end of 0 is right: a partition with a batch says at least its first offset + 1
+        ends: dict[TopicPartition, int] = {tp: 0 for tp in tps if reported[tp] == 0}
+        tps = [tp for tp in tps if reported[tp] > 0]
+        if not tps:
+            return ends
+        consumer.assign(tps)
         for tp in tps:
-            consumer.seek(tp, max(0, reported[tp] - 1))
-        ends: dict[TopicPartition, int] = {}
+            consumer.seek(tp, reported[tp] - 1)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while len(ends) < len(tps) and loop.time() < deadline:
+        while any(tp not in ends for tp in tps) and loop.time() < deadline:
             await consumer.getmany(timeout_ms=200, max_records=1)
             for tp in tps:
                 hw = consumer.highwater(tp)

@@ -11,6 +11,7 @@ commit for that task again.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Iterable
 
@@ -51,22 +52,36 @@ class TaskProducers:
         A new producer registers its transactional id before this returns: from then
         on any earlier holder of the task is fenced and its open transaction aborted.
         """
-        for task in sorted(set(tasks) - set(self._producers), key=str):
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
-                transactional_id=self.transactional_id(task),
-                transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
-                **self.settings, **kafka_clients.aiokafka())
-            await producer.start()
-            try:
-                # registering the id (InitProducerId) is what fences the previous owner
-                await producer.begin_transaction()
-                await producer.abort_transaction()
-            except BaseException:
-                await producer.stop()
-                raise
-            self._producers[task] = producer
-            log.debug("transactional producer %s registered", self.transactional_id(task))
+        new = sorted(set(tasks) - set(self._producers), key=str)
+        # registered side by side: one at a time took ~0.12 s each, 1.4 s for the 12
+        # tasks of a 4-partition pipeline with the repartition hop, at every start
+        results = await asyncio.gather(*(self._register(task) for task in new),
+                                       return_exceptions=True)
+        failed = None
+        for task, result in zip(new, results):
+            if isinstance(result, BaseException):
+                failed = failed or result
+            else:
+                self._producers[task] = result
+        if failed is not None:
+            raise failed
+
+    async def _register(self, task) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
+            transactional_id=self.transactional_id(task),
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            **self.settings, **kafka_clients.aiokafka())
+        await producer.start()
+        try:
+            # registering the id (InitProducerId) is what fences the previous owner
+            await producer.begin_transaction()
+            await producer.abort_transaction()
+        except BaseException:
+            await producer.stop()
+            raise
+        log.debug("transactional producer %s registered", self.transactional_id(task))
+        return producer
 
     async def close(self) -> None:
         """Stop every producer (their tasks may move to another worker now)."""
