@@ -24,6 +24,11 @@ loaded") and reads its inputs, the first new label is committed. Each kill's row
 gives the size of the join table's changelog at the kill (what a restart with the
 memory store replays).
 
+Each trial also times the first worker's start on the backlog: from starting
+`dlabel worker` to the first label on the labeled topic (``start_s``), with the same
+phases from its log (``start_*``; "first labels handed to the producer" is logged by
+the batch loop).
+
 Nothing is asserted; results go to BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -69,6 +74,7 @@ PHASES = (
     ("faust_recovery_done", re.compile(r"Recovery\]: Recovery complete")),
     ("table_recovered", re.compile(r"dlabel\.worker: join state loaded")),
     ("reading_inputs", re.compile(r"dlabel\.worker: reading inputs from")),
+    ("first_label_sent", re.compile(r"dlabel\.worker: first labels handed")),
 )
 #: the time at the start of a log line (after any terminal codes a progress bar left)
 LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
@@ -177,6 +183,8 @@ def trial(engine: str, broker, args, tmp: Path, kill: int) -> dict:
     watch = LabelWatch(broker.bootstrap, cfg.topics.labeled, args.partitions,
                        tansu=engine == "tansu")
     log_path = work / "worker.log"
+    load_start = os.getloadavg()[0]
+    t_start = time.time()
     proc = start_worker(path, log_path)
 
     def alive() -> None:
@@ -184,7 +192,10 @@ def trial(engine: str, broker, args, tmp: Path, kill: int) -> dict:
             raise SystemExit(f"worker exited {proc.returncode}; see {log_path}")
 
     try:
-        watch.wait_new(args.timeout_s, alive)  # labels flow
+        t_first = watch.wait_new(args.timeout_s, alive)  # labels flow
+        start = {"start_s": round(t_first - t_start, 3), "load1_start": load_start}
+        start.update({f"start_{k}": round(v, 3)
+                      for k, v in phases(log_path, 0, t_start).items()})
         t_end = time.monotonic() + args.run_s
         while time.monotonic() < t_end:
             watch.poll(100)
@@ -201,7 +212,7 @@ def trial(engine: str, broker, args, tmp: Path, kill: int) -> dict:
         t_label = watch.wait_new(args.timeout_s, alive)
         row = {"engine": engine, "store": args.store, "kill": kill,
                "recovery_s": round(t_label - t_kill, 3),
-               "labels_before": before, "changelog_records": state, "load1": load1}
+               "labels_before": before, "changelog_records": state, "load1": load1, **start}
         time.sleep(1.0)  # the log lines of the first batch are written
         row.update({k: round(v, 3) for k, v in phases(log_path, log_from, t_kill).items()})
         if (args.store == "memory" and "faust_recovery_done" in row
@@ -274,6 +285,19 @@ def main() -> None:
               + " | ".join(cell(c) for c in cols)
               + f" | {cell('changelog_records', '{:,.0f}')} "
               f"| {cell('replay_records_per_s', '{:,.0f}')} |")
+    print("\nStart on the existing backlog (the first worker of each trial), seconds from "
+          "the worker's start to the first label on the labeled topic, median (min-max)\n")
+    print("| broker | first label (start) | process up | group joined | join state loaded | "
+          "reading inputs | first label handed to the producer |")
+    print("|---|---|---|---|---|---|---|")
+    for engine, rows in results.items():
+        def cell2(key: str) -> str:
+            vals = [r[key] for r in rows if key in r]
+            return (f"{statistics.median(vals):.1f} ({min(vals):.1f}-{max(vals):.1f})"
+                    if vals else "-")
+        print(f"| {engine} | **{cell2('start_s')}** | " + " | ".join(
+            cell2(f"start_{c}") for c in ("process_up", "group_joined", "table_recovered",
+                                          "reading_inputs", "first_label_sent")) + " |")
 
 
 if __name__ == "__main__":
