@@ -7,12 +7,17 @@ Modules, one concept each:
 - ``custom``: ``CustomModel``, a factory's estimator on the raw features (bring your own)
 - ``models``: which of the two a config or a saved state means
 - ``training``: the challenger learns incrementally, or is refit on recent windows
-- ``metrics``: binary and regression metrics, overall and per slice
+- ``metrics``: binary and regression metrics (weighted by ``sample_weight``), overall and per slice
+- ``bootstrap``: paired bootstrap confidence intervals of metrics and of gains
 - ``drift``: PSI / L-infinity feature drift and label-rate drift between windows
-- ``promotion``: the champion/challenger rule
+- ``adapt``: ``model.on_drift``, how a drifted window's challenger adapts
+- ``evaluation``: which rows judge which challenger (shadow on the next window, or holdout)
+- ``promotion``: the champion/challenger rule, on intervals
 - ``registry``: versions, checksums, the champion pointer, window records
 - ``job``: one retraining job (``python -m jobs.job``)
+- ``feed``: the windows topic as the runner reads it (events, windows, data versions)
 - ``runner``: the windows-topic runner (subprocess per window, timeout, retries)
+- ``reevaluate``: a corrected window version: its models scored again, nothing retrained
 - ``launch``: ``jobs.launch``, a command of yours per closed window (docs/launch.md)
 - ``report``: the per-window table and the HTML report
 - ``loop``: run pending windows, print the table, write the report (for the demo)

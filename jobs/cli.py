@@ -129,14 +129,14 @@ def models(config_path: str, action: str, version: Optional[str]) -> None:
         if action == "list":
             champion = reg.champion()
             metric = cfg.model.promotion.metric
-            click.echo(f"{'version':<9}{'window':<22}{'parent':<8}{'holdout ' + metric:>18}"
-                       f"  promoted")
+            click.echo(f"{'version':<9}{'window':<22}{'parent':<8}"
+                       f"{metric + ' gain [interval]':>32}  promoted")
             for v in reg.versions():
                 lin, m = reg.lineage(v), reg.metrics(v)
-                score = m["holdout"]["challenger"]["overall"].get(metric)
+                d = m["decision"]
+                promoted = d.get("promotes_version", v) if d["promote"] else "-"
                 click.echo(f"{v:<9}{lin['window']:<22}{lin.get('parent') or '-':<8}"
-                           f"{'-' if score is None else f'{score:.4f}':>18}  "
-                           f"{'yes' if m['decision']['promote'] else 'no'}"
+                           f"{gain_text(d):>32}  {promoted}"
                            f"{'  <- champion' if v == champion else ''}")
         elif action == "show":
             name = reg.normalize(version)
@@ -164,6 +164,17 @@ def report(config_path: str, out: Optional[str]) -> None:
     from jobs.report import write_report
     cfg = _config(config_path)
     click.echo(str(write_report(cfg, out)))
+
+
+def gain_text(decision: dict) -> str:
+    """A decision's gain and its interval, e.g. ``+0.0123 [-0.0040, +0.0290] 95%``."""
+    gain, ci = decision.get("gain"), decision.get("gain_ci")
+    if gain is None:
+        return "-"
+    text = f"{gain:+.4f}"
+    if ci and decision.get("confidence"):
+        text += f" [{ci[0]:+.4f}, {ci[1]:+.4f}] {decision['confidence']:.0%}"
+    return text
 
 
 COMMANDS = (jobs, retrain, models, report)

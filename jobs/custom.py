@@ -32,6 +32,7 @@ import pandas as pd
 
 from schemas.config import PipelineConfig
 from schemas.config_estimator import build_estimator, load_factory, needs_no_fit
+from jobs.metrics import row_weights
 
 
 class CustomModel:
@@ -77,11 +78,14 @@ class CustomModel:
         y = df["label"].to_numpy()
         return y.astype("int64") if self.kind == "binary" else y.astype("float64")
 
-    def partial_fit(self, df: pd.DataFrame) -> "CustomModel":
-        """Learn from the rows of ``df`` in their order (incremental training)."""
+    def partial_fit(self, df: pd.DataFrame, scale: np.ndarray | None = None) -> "CustomModel":
+        """Learn from the rows of ``df`` in their order (incremental training). Rows weigh
+        ``sample_weight`` times ``scale`` when the final estimator's ``partial_fit``
+        takes a ``sample_weight``."""
         if not len(df):
             return self
         x, y = self.frame(df), self._labels(df)
+        w = _weights(df, scale)
         steps = getattr(self.estimator, "steps", None)
         final = self.estimator
         if isinstance(steps, list) and steps:
@@ -93,18 +97,24 @@ class CustomModel:
                 x = step.transform(x)
             final = steps[-1][1]
         kwargs = {}
-        if self.kind == "binary" and "classes" in inspect.signature(final.partial_fit).parameters:
+        params = inspect.signature(final.partial_fit).parameters
+        if self.kind == "binary" and "classes" in params:
             kwargs["classes"] = np.array([0, 1])
+        if w is not None and "sample_weight" in params:
+            kwargs["sample_weight"] = w
         final.partial_fit(x, y, **kwargs)
         self.rows_seen += len(df)
         return self
 
-    def fit(self, df: pd.DataFrame) -> "CustomModel":
-        """Fit a fresh estimator on all of ``df`` (refit training)."""
+    def fit(self, df: pd.DataFrame, scale: np.ndarray | None = None) -> "CustomModel":
+        """Fit a fresh estimator on all of ``df`` (refit training), rows weighted as in
+        ``partial_fit`` when the estimator (a Pipeline: its final step) takes weights."""
         self.estimator = build_estimator(load_factory(self.estimator_name), self.seed)
         self.rows_seen = 0
         if len(df):
-            self.estimator.fit(self.frame(df), self._labels(df))
+            w = _weights(df, scale)
+            self.estimator.fit(self.frame(df), self._labels(df),
+                               **(_fit_weight(self.estimator, w) if w is not None else {}))
             self.rows_seen = len(df)
         return self
 
@@ -153,3 +163,24 @@ class CustomModel:
         self.columns = [(str(n), str(t)) for n, t in state["columns"]]
         self.estimator = state["estimator"]
         return self
+
+
+def _weights(df: pd.DataFrame, scale: np.ndarray | None) -> np.ndarray | None:
+    """Row weights (``sample_weight`` x ``scale``), None when every one is 1."""
+    w = row_weights(df) * (1.0 if scale is None else np.asarray(scale, dtype="float64"))
+    return None if np.all(w == 1.0) else w
+
+
+def _fit_weight(estimator: Any, w: np.ndarray) -> dict[str, Any]:
+    """``fit``'s keyword for row weights: ``sample_weight``, or ``<last step>__sample_weight``
+    of a Pipeline; empty when the estimator takes none."""
+    steps = getattr(estimator, "steps", None)
+    if isinstance(steps, list) and steps:
+        name, final = steps[-1]
+        if final is not None and final != "passthrough" and \
+                "sample_weight" in inspect.signature(final.fit).parameters:
+            return {f"{name}__sample_weight": w}
+        return {}
+    if "sample_weight" in inspect.signature(estimator.fit).parameters:
+        return {"sample_weight": w}
+    return {}

@@ -29,6 +29,7 @@ from sklearn.preprocessing import StandardScaler
 
 from schemas.config import ESTIMATORS, PipelineConfig
 from jobs.features import FeaturePipeline
+from jobs.metrics import row_weights
 
 _FACTORIES: dict[str, Callable[[int], Any]] = {
     # a constant step keeps learning from every window (drift) and stays calibrated
@@ -84,29 +85,36 @@ class Model:
     def trained(self) -> bool:
         return self.rows_seen > 0
 
-    def partial_fit(self, df: pd.DataFrame) -> "Model":
-        """Learn from the rows of ``df`` in their order (``df`` itself is not modified)."""
+    def partial_fit(self, df: pd.DataFrame, scale: np.ndarray | None = None) -> "Model":
+        """Learn from the rows of ``df`` in their order (``df`` itself is not modified).
+
+        Each row weighs its ``sample_weight`` (1 when absent) times ``scale`` (recency
+        weights of jobs.adapt; default 1).
+        """
         if not len(df):
             return self
+        w = row_weights(df) * (1.0 if scale is None else np.asarray(scale, dtype="float64"))
+        sw = None if np.all(w == 1.0) else w  # unweighted: exactly the old arithmetic
         self.pipeline.partial_fit(df)
         x = self.pipeline.transform(df)
         y = df["label"].to_numpy()
         if self.kind == "binary":
-            self.estimator.partial_fit(x, y.astype("int64"), classes=np.array([0, 1]))
+            self.estimator.partial_fit(x, y.astype("int64"), classes=np.array([0, 1]),
+                                       sample_weight=sw)
         else:
             yf = y.astype("float64").reshape(-1, 1)
             self.target.partial_fit(yf)
-            self.estimator.partial_fit(x, self.target.transform(yf).ravel())
+            self.estimator.partial_fit(x, self.target.transform(yf).ravel(), sample_weight=sw)
         self.rows_seen += len(df)
         return self
 
-    def fit(self, df: pd.DataFrame) -> "Model":
+    def fit(self, df: pd.DataFrame, scale: np.ndarray | None = None) -> "Model":
         """Forget everything, then learn from all of ``df`` in one pass (refit training)."""
         self.pipeline = self.pipeline.fresh()
         self.estimator = make_estimator(self.estimator_name, self.seed)
         self.target = StandardScaler()
         self.rows_seen = 0
-        return self.partial_fit(df)
+        return self.partial_fit(df, scale)
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         """Scores of ``df``'s rows: P(label = 1) for binary, the value for regression.

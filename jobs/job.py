@@ -1,6 +1,6 @@
 """One retraining job: one closed window in, one registry version (and maybe a new
 champion) out. ``python -m jobs.job --config-json F --window W`` runs it as the
-runner's subprocess.
+runner's subprocess (``--reevaluate``: a corrected window version, jobs.reevaluate).
 
 Steps, in order (each one a line in the log):
 1. Skip when the window already has a record, or finish the records of a version a
@@ -9,38 +9,37 @@ Steps, in order (each one a line in the log):
 3. Load the champion (checksum and skops type check) or start a new model.
 4. Prequential score: the champion on the whole window, before it learns from it;
    and the score of the logged ``prediction`` column, when present.
-5. Drift of every feature and of the label against the previous closed window.
-6. Split by time: the first (1 - holdout_fraction) of the rows train, the rest hold out.
-7. Challenger = copy of the champion + ``partial_fit`` on the training part
-   (``model.training: refit``: a new model fit on the earlier windows + the training part).
-8. Champion and challenger on the holdout, overall and per slice; the promotion rule.
+5. Drift of every feature and of the label against the previous closed window; when
+   something drifted, ``model.on_drift`` says how the challenger adapts (jobs.adapt).
+6-8. (jobs.evaluation) ``promotion.evaluate: shadow``: the candidate the previous job
+   trained is judged next to the champion on this whole window (intervals, promotion
+   rule), then the next candidate learns this window. ``holdout``: the challenger
+   learns the time-earlier rows and is judged on the time-later ``holdout_fraction``.
 9. Save the challenger as a new version (metrics.json, lineage), then move the
-   champion pointer if promoted, then write the window's record - last.
+   champion pointer if a version was promoted, then write the window's record - last.
 """
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
-import os
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from schemas.config import PipelineConfig
-from schemas.errors import DlabelError, JobError
+from schemas.errors import DlabelError
 from jobs import dataset as ds
+from jobs.adapt import adaptation
 from jobs.drift import window_drift
-from jobs.metrics import evaluate, slice_values
+from jobs.evaluation import Outcome, run_steps
+from jobs.metrics import evaluate, row_weights, slice_values
 from jobs.models import AnyModel
-from jobs.promotion import decide
-from jobs.registry import Registry
-from jobs.training import Trained, train_challenger
+from jobs.registry import Registry, registry_lock
+from jobs.training import Trained
 
 log = logging.getLogger("dlabel.jobs.job")
 MIN_ROWS = 10
@@ -49,32 +48,6 @@ MIN_ROWS = 10
 def wall_ms() -> int:
     """The wall clock in epoch ms (only for creation stamps, never for event time)."""
     return time.time_ns() // 1_000_000
-
-
-@contextmanager
-def registry_lock(root: Path) -> Iterator[None]:
-    """Hold the registry's exclusive lock (one job at a time: jobs form a lineage)."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise JobError(f"another job holds the registry lock {root / '.lock'}; run one "
-                           "job at a time per registry") from None
-        yield
-    finally:
-        os.close(fd)
-
-
-def split_by_time(df: pd.DataFrame, holdout_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, holdout): the time-earlier rows and the time-later ``holdout_fraction``.
-
-    ``df`` must already be sorted by time; at least one row goes to each part.
-    """
-    n = len(df)
-    n_hold = min(n - 1, max(1, round(n * holdout_fraction)))
-    return df.iloc[: n - n_hold], df.iloc[n - n_hold:]
 
 
 def run_job(config: PipelineConfig, window: str | int, *, manifest: str | None = None,
@@ -101,14 +74,14 @@ def run_job(config: PipelineConfig, window: str | int, *, manifest: str | None =
 
 def _finish_stored(reg: Registry, name: str, version: str) -> dict[str, Any]:
     """A crashed run stored ``version`` but not the records after it: finish them."""
-    metrics, lineage = reg.metrics(version), reg.lineage(version)
+    metrics = reg.metrics(version)
     promote = metrics["decision"]["promote"]
-    if promote and reg.champion() == lineage.get("parent"):
-        reg.set_champion(version)
+    target = metrics["decision"].get("promotes_version", version)
+    if promote and reg.champion() == metrics.get("champion_version"):
+        reg.set_champion(target)
     log.info("window %s: version %s was stored by an earlier run; records completed", name,
              version)
-    record = {"status": "trained", "version": version, "promoted": promote,
-              "rows": metrics["rows"]}
+    record = _record(version, promote, metrics)
     reg.record_window(name, **record)
     return record
 
@@ -123,23 +96,34 @@ def _train(config: PipelineConfig, reg: Registry, start_ms: int, manifest: str |
         return _record_too_small(reg, window.name, len(df))
     df = df.sort_values(["request_ts", "request_id"], kind="stable").reset_index(drop=True)
     champion_v, champion, parent = _champion(reg, window.name)
-    prequential, logged = _prequential(config, df, champion)
+    champion_scores = champion.predict(df) if champion else None
+    prequential, logged = _prequential(config, df, champion_scores)
     drift = _drift(config, start_ms, window.name, df)
-    train, holdout = split_by_time(df, config.model.holdout_fraction)
-    trained = train_challenger(config, champion, train, start_ms)
-    challenger = trained.model
-    held = _holdout_decision(config, window.name, holdout, champion, challenger)
+    adapt = adaptation(config, drift)
+    out = run_steps(config, reg, window.name, start_ms, df, champion_v, champion,
+                    champion_scores, adapt)
+    decision = {**out.judged.decision,
+                "adaptation": adapt.facts() if adapt else None}
     metrics = {
-        **_window_facts(config, window, df, train, holdout), "kind": config.label.kind,
+        **_window_facts(config, window, df, out), "kind": config.label.kind,
         "estimator": config.model.estimator, "champion_version": champion_v,
-        "training": trained.facts(config.model.training, window.name),
+        "training": out.trained.facts("refit" if adapt and adapt.mode == "refit" else
+                                      config.model.training, window.name),
         "prequential": prequential, "logged": logged,
-        "holdout": {"champion": held.champion, "challenger": held.challenger},
-        "drift": drift, "decision": held.decision,
+        "holdout": {"champion": out.judged.champion, "challenger": out.judged.challenger},
+        "drift": drift, "decision": decision,
         "duration_s": round(time.perf_counter() - t0, 3),
     }
-    lineage = _lineage(config, window, champion_v, parent, trained, now_ms)
-    return _store(reg, window.name, challenger, metrics, lineage, len(df), t0)
+    if adapt:
+        log.warning("window %s: drift (%s): on_drift %s", window.name,
+                    ", ".join(adapt.trigger), adapt.mode)
+    log.info("window %s: %s -> %s", window.name, decision["reason"],
+             f"promote {decision.get('promotes')}" if decision["promote"] else
+             "keep the champion")
+    if out.base_version != champion_v:  # shadow: the candidate line continued
+        parent = reg.lineage(out.base_version)
+    lineage = _lineage(config, window, out.base_version, parent, out.trained, now_ms)
+    return _store(reg, window.name, out, metrics, lineage, t0)
 
 
 def _read(window: ds.Window) -> pd.DataFrame:
@@ -170,11 +154,11 @@ def _champion(reg: Registry, name: str) -> tuple[str | None, AnyModel | None, di
 
 
 def _prequential(config: PipelineConfig, df: pd.DataFrame,
-                 champion: AnyModel | None) -> tuple[dict | None, dict | None]:
-    """Step 4: (the champion on the whole window before it learns from it, the logged
-    ``prediction`` column); each None when there is nothing to score."""
+                 scores: np.ndarray | None) -> tuple[dict | None, dict | None]:
+    """Step 4: (the champion's ``scores`` on the whole window before it learns from it,
+    the logged ``prediction`` column); each None when there is nothing to score."""
     kind, slices = config.label.kind, config.slices
-    prequential = evaluate(df, champion.predict(df), kind, slices) if champion else None
+    prequential = evaluate(df, scores, kind, slices) if scores is not None else None
     logged = None
     if "prediction" in df.columns and df["prediction"].notna().any():
         logged = evaluate(df, df["prediction"].astype("float64"), kind, slices)
@@ -199,41 +183,27 @@ def _drift(config: PipelineConfig, start_ms: int, name: str,
     return drift
 
 
-@dataclass(frozen=True)
-class _Holdout:
-    """Step 8's outcome: both models' holdout scores and the promotion decision."""
-    champion: dict | None
-    challenger: dict
-    decision: dict[str, Any]
-
-
-def _holdout_decision(config: PipelineConfig, name: str, holdout: pd.DataFrame,
-                      champion: AnyModel | None, challenger: AnyModel) -> _Holdout:
-    """Step 8: champion (if any) and challenger on the holdout, then the promotion rule."""
-    kind, slices = config.label.kind, config.slices
-    hold_champion = evaluate(holdout, champion.predict(holdout), kind, slices) \
-        if champion else None
-    hold_challenger = evaluate(holdout, challenger.predict(holdout), kind, slices)
-    decision = decide(hold_champion, hold_challenger, config.model.promotion)
-    log.info("window %s: %s -> %s", name, decision["reason"],
-             "promote" if decision["promote"] else "keep the champion")
-    return _Holdout(hold_champion, hold_challenger, decision)
-
-
 def _window_facts(config: PipelineConfig, window: ds.Window, df: pd.DataFrame,
-                  train: pd.DataFrame, holdout: pd.DataFrame) -> dict[str, Any]:
-    """The metrics' description of the window: bounds, row counts, where the holdout
-    starts, and the label rate overall and per slice value."""
+                  out: Outcome) -> dict[str, Any]:
+    """The metrics' description of the window: bounds, its data version, row counts,
+    where the holdout starts (holdout mode), and the label rate overall and per slice
+    value (weighted by ``sample_weight``)."""
     label = df["label"].astype("float64")
-    slice_rates = {f: {v: {"rows": int(len(g)), "label_rate": float(g.mean())}
+    w = pd.Series(row_weights(df), index=df.index)
+    slice_rates = {f: {v: {"rows": int(len(g)), "label_rate": _rate(g, w[g.index])}
                        for v, g in label.groupby(slice_values(df[f]))} for f in config.slices}
     return {"window": window.name, "window_start_ms": window.start_ms,
-            "window_end_ms": window.end_ms, "rows": len(df), "train_rows": len(train),
-            "holdout_rows": len(holdout), "holdout_from_ms": _ms(holdout["request_ts"].iloc[0]),
-            "label_rate": float(label.mean()), "slice_label_rate": slice_rates}
+            "window_end_ms": window.end_ms, "data_version": window.manifest.get("version", 1),
+            "rows": len(df), "train_rows": out.train_rows, "holdout_rows": out.holdout_rows,
+            "holdout_from_ms": out.holdout_from_ms, "label_rate": _rate(label, w),
+            "slice_label_rate": slice_rates}
 
 
-def _lineage(config: PipelineConfig, window: ds.Window, champion_v: str | None,
+def _rate(label: pd.Series, w: pd.Series) -> float:
+    return float(np.average(label, weights=w))
+
+
+def _lineage(config: PipelineConfig, window: ds.Window, parent_v: str | None,
              parent: dict[str, Any], trained: Trained,
              now_ms: Callable[[], int]) -> dict[str, Any]:
     """The new version's lineage: the windows it learned (its parent's and this one, or a
@@ -241,31 +211,36 @@ def _lineage(config: PipelineConfig, window: ds.Window, champion_v: str | None,
     windows = parent["windows"] if trained.windows is None else trained.windows
     manifests = parent["manifests"] if trained.manifests is None else trained.manifests
     return {"pipeline": config.pipeline, "window": window.name,
-            "windows": windows + [window.name], "parent": champion_v,
+            "windows": windows + [window.name], "parent": parent_v,
             "manifests": manifests + [str(window.manifest_path)],
             "estimator": config.model.estimator, "created_ms": now_ms()}
 
 
-def _store(reg: Registry, name: str, challenger: AnyModel, metrics: dict[str, Any],
-           lineage: dict[str, Any], rows: int, t0: float) -> dict[str, Any]:
-    """Step 9: save the challenger as a new version, move the champion pointer if it was
-    promoted, then write the window's record - last."""
+def _store(reg: Registry, name: str, out: Outcome, metrics: dict[str, Any],
+           lineage: dict[str, Any], t0: float) -> dict[str, Any]:
+    """Step 9: save the challenger as a new version, move the champion pointer if a
+    version was promoted (this one, or the candidate judged in shadow), then write the
+    window's record - last."""
     promote = metrics["decision"]["promote"]
-    version = reg.save(challenger, metrics, lineage)
+    if promote and out.promote != "new":
+        metrics["decision"]["promotes_version"] = out.promote
+    version = reg.save(out.trained.model, metrics, lineage)
     if promote:
-        reg.set_champion(version)
-    record = {"status": "trained", "version": version, "promoted": promote, "rows": rows}
+        reg.set_champion(version if out.promote == "new" else out.promote)
+    record = _record(version, promote, metrics)
     reg.record_window(name, **record)
     log.info("window %s: stored %s%s in %.2fs", name, version,
-             " (champion)" if promote else "", time.perf_counter() - t0)
+             f" (champion: {reg.champion()})" if promote else "", time.perf_counter() - t0)
     return record
 
 
-def _ms(ts: Any) -> int:
-    """Epoch ms of a pandas/pyarrow timestamp or an int."""
-    if isinstance(ts, pd.Timestamp):
-        return int(ts.value // 1_000_000)
-    return int(ts)
+def _record(version: str, promote: bool, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A trained window's record: its version, whether the job promoted one (and which:
+    ``promoted_version``), its rows and the data version it was trained on."""
+    target = metrics["decision"].get("promotes_version", version) if promote else None
+    return {"status": "trained", "version": version, "promoted": promote,
+            "promoted_version": target, "rows": metrics["rows"],
+            "data_version": metrics.get("data_version", 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,12 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config-json", required=True)
     ap.add_argument("--window", required=True)
     ap.add_argument("--manifest")
+    ap.add_argument("--reevaluate", action="store_true",
+                    help="score the models of a corrected window on its new version")
     args = ap.parse_args(argv)
     from streams.common.logs import setup_logging
     setup_logging(logging.INFO)  # text or JSON, as the runner was started (env)
     config = config_from_json(Path(args.config_json).read_text())
     try:
-        record = run_job(config, args.window, manifest=args.manifest)
+        if args.reevaluate:
+            from jobs.reevaluate import reevaluate
+            reg = Registry(config.model.path, config.model.trusted_types)
+            with registry_lock(reg.root):
+                record = reevaluate(config, reg, args.window)
+        else:
+            record = run_job(config, args.window, manifest=args.manifest)
     except DlabelError as e:
         log.error("window %s failed: %s", args.window, e)
         return 1

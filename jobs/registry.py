@@ -5,10 +5,11 @@
   v0001/model.skops        the model, saved by skops (never a pickle)
   v0001/model.sha256       sha256 of model.skops
   v0001/metrics.json       the job's evaluation, drift and promotion decision
+  v0001/metrics-v2.json    its window's models scored on the corrected data version 2
   v0001/lineage.json       windows trained on, parent version, dataset manifests
   champion.json            {"version": "v0003", "history": ["v0001", ...]}: the champion
   windows/<window>.json    one record per window: trained (with its version) or failed
-  logs/<window>.<n>.log    the log of attempt n of the job of a window
+  logs/<window>.<n>.log    the log of attempt n of the job of a window (.v<n>: re-evaluation)
   logs/<window>.launch.<n>.log   the same for jobs.launch's command
 ```
 
@@ -23,6 +24,7 @@ the next job could not load never becomes a version.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -30,12 +32,13 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import skops.io as sio
 
-from schemas.errors import RegistryError
+from schemas.errors import JobError, RegistryError
 from streams.common.storage import fsync_dir
 from streams.common.storage import write_file_atomic as write_atomic  # also used by jobs.runner
 from jobs.models import AnyModel, model_from_state
@@ -254,10 +257,27 @@ class Registry:
                 return name
         return None
 
-    def log_path(self, window: str, attempt: int) -> Path:
-        """Where attempt ``attempt`` of the job of ``window`` logs."""
+    def log_path(self, window: str, attempt: int | str) -> Path:
+        """Where attempt ``attempt`` of the job of ``window`` logs (``v2``: the
+        re-evaluation of its data version 2)."""
         return self.root / "logs" / f"{window.replace(':', '-')}.{attempt}.log"
 
     def launch_log_path(self, window: str, attempt: int) -> Path:
         """Where attempt ``attempt`` of ``jobs.launch``'s command for ``window`` logs."""
         return self.root / "logs" / f"{window.replace(':', '-')}.launch.{attempt}.log"
+
+
+@contextmanager
+def registry_lock(root: Path) -> Iterator[None]:
+    """Hold the registry's exclusive lock (one job at a time: jobs form a lineage)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobError(f"another job holds the registry lock {root / '.lock'}; run one "
+                           "job at a time per registry") from None
+        yield
+    finally:
+        os.close(fd)

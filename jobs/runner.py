@@ -1,10 +1,11 @@
 """The jobs runner: windows-topic events in, one retraining job per closed window out.
 
-The runner reads the windows topic from the beginning (it is small and kept forever),
-without a consumer group: which windows are done is the registry's business, not a
-committed offset, so a replayed, duplicated or out-of-order event trains nothing
-twice. Each poll's new windows run in window order, each as a subprocess
-(``python -m jobs.job``) with a timeout and its own log file
+The runner reads the windows topic from the beginning (jobs.feed), without a consumer
+group: which windows are done is the registry's business, not a committed offset, so a
+replayed, duplicated or out-of-order event trains nothing twice. An event with a data
+``version`` >= 2 (a corrected window) re-evaluates the window's models on it
+(jobs.reevaluate) once, and never retrains the past. Each poll's new windows run in
+window order, each as a subprocess (``python -m jobs.job``) with a timeout and its own log file
 ``<model.path>/logs/<window>.<attempt>.log``. A failed or timed-out attempt is retried
 after a backoff that doubles each time; after ``model.retries`` retries the window is
 recorded as failed and the runner goes on with the next one. With ``jobs.launch`` the
@@ -12,112 +13,29 @@ window runs your command instead (or after dlabel's job): see jobs.launch.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from typing import Any, Callable
 
 from schemas.config import PipelineConfig
-from schemas.errors import BrokerError
 from jobs.configio import config_to_json
-from jobs.dataset import parse_window, window_iso
+from jobs.dataset import window_iso
+from jobs.feed import RunSummary, WindowsFeed, parse_events
 from jobs.launch import launcher_for
+from jobs.reevaluate import needs_reevaluation
 from jobs.registry import Registry, write_atomic
-from streams.kafka import clients as kafka_clients
 from streams.common import metrics
+
+__all__ = ["RunSummary", "Runner", "WindowsFeed", "default_job_argv", "parse_events",
+           "run_forever", "run_until_idle"]
 
 log = logging.getLogger("dlabel.jobs.runner")
 ROOT = Path(__file__).resolve().parent.parent
 JobArgv = Callable[[Path, str, "str | None"], list]
-
-
-@dataclass
-class RunSummary:
-    """What one runner pass did: window names by outcome, event counts."""
-    trained: list[str] = field(default_factory=list)
-    launched: list[str] = field(default_factory=list)  # jobs.launch's command exited 0
-    skipped: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    events: int = 0
-    duplicates: int = 0
-    ignored: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-class WindowsFeed:
-    """Reads the windows topic from offset 0 on every partition; no group, no commits."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.topic = topic
-        try:
-            self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                          enable_auto_commit=False,
-                                          allow_auto_create_topics=False,
-                                          isolation_level="read_committed",
-                                          client_id="dlabel-jobs",
-                                          **kafka_clients.kafka_python())
-        except KafkaError as e:
-            raise BrokerError(f"cannot reach the Kafka broker at {bootstrap} ({e}); start one "
-                              "with `dlabel broker`") from None
-        self.assigned: set[int] = set()
-
-    def _assign(self) -> None:
-        parts = self.consumer.partitions_for_topic(self.topic) or set()
-        if parts - self.assigned:
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            new = [tp for tp in tps if tp.partition not in self.assigned]
-            self.consumer.assign(tps)
-            self.consumer.seek_to_beginning(*new)
-            self.assigned = set(parts)
-
-    def poll(self, idle_s: float = 2.0) -> list[bytes]:
-        """New record values, until ``idle_s`` seconds pass without one."""
-        self._assign()
-        if not self.assigned:
-            time.sleep(min(idle_s, 0.5))
-            return []
-        out: list[bytes] = []
-        last = time.monotonic()
-        while time.monotonic() - last < idle_s:
-            batch = self.consumer.poll(timeout_ms=200)
-            for records in batch.values():
-                out.extend(r.value for r in records)
-                last = time.monotonic()
-        return out
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def parse_events(values: Iterable[bytes], pipeline: str,
-                 summary: RunSummary) -> dict[int, str | None]:
-    """``{window_start_ms: manifest}`` of this pipeline's valid events (duplicates once)."""
-    out: dict[int, str | None] = {}
-    for raw in values:
-        summary.events += 1
-        try:
-            ev = json.loads(raw)
-            if ev.get("pipeline") != pipeline:
-                raise ValueError(f"pipeline {ev.get('pipeline')!r} is not {pipeline!r}")
-            start = parse_window(ev["window_start"])
-        except Exception as e:  # a bad event must not stop the runner
-            summary.ignored += 1
-            log.warning("ignoring windows event %r: %s", raw[:200], e)
-            continue
-        if start in out:
-            summary.duplicates += 1
-        out[start] = ev.get("manifest") or out.get(start)
-    return out
 
 
 def default_job_argv(config_json: Path, window: str, manifest: str | None) -> list[str]:
@@ -144,12 +62,15 @@ class Runner:
         write_atomic(self.config_json, config_to_json(config).encode())
         self.latest: int | None = None
 
-    def run_windows(self, windows: dict[int, str | None], summary: RunSummary) -> None:
-        """Run every window not yet done, in window order."""
+    def run_windows(self, windows: dict[int, str | None], summary: RunSummary,
+                    versions: dict[int, int] | None = None) -> None:
+        """Run every window not yet done, in window order; then re-evaluate a trained
+        window whose ``versions`` entry names a data version not evaluated yet."""
         for start in sorted(windows):
             name = window_iso(start)
             rec = self.registry.window_record(name)
             if rec and not self._todo(rec):
+                self._reevaluate(name, (versions or {}).get(start, 1), summary)
                 summary.skipped.append(name)
                 continue
             if self.latest is not None and start < self.latest:
@@ -159,6 +80,8 @@ class Runner:
             launch = self.config.jobs.launch
             if ok and launch:
                 summary.launched.append(name)
+            if ok:
+                self._reevaluate(name, (versions or {}).get(start, 1), summary)
             if not ok:
                 summary.failed.append(name)
             elif not launch or launch.with_dlabel_job:
@@ -188,6 +111,27 @@ class Runner:
         self.echo(f"{name}: {'launched' if ok else 'launch FAILED'}")
         return ok
 
+    def _reevaluate(self, name: str, version: int, summary: RunSummary) -> None:
+        """Re-evaluate a corrected window (one attempt: a failure is logged, and the
+        next replay of its event tries again)."""
+        if not needs_reevaluation(self.registry.window_record(name), version):
+            return
+        argv = self.job_argv(self.config_json, name, None) + ["--reevaluate"]
+        path = self.registry.log_path(name, f"v{version}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as out:
+            try:
+                subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=_job_env(),
+                               timeout=self.config.model.job_timeout_ms / 1000)
+            except subprocess.TimeoutExpired:
+                out.write(b"\n[runner] re-evaluation timed out (killed)\n")
+        if needs_reevaluation(self.registry.window_record(name), version):
+            log.warning("window %s: re-evaluation of data version %d failed (log %s)", name,
+                        version, path)
+            return
+        summary.reevaluated.append(f"{name}@v{version}")
+        self.echo(f"{name}: data version {version} re-evaluated")
+
     def run_job(self, name: str, manifest: str | None) -> bool:
         """One window's dlabel job with retries; True when it ended trained."""
         m = self.config.model
@@ -197,8 +141,7 @@ class Runner:
             path = self.registry.log_path(name, attempt)
             path.parent.mkdir(parents=True, exist_ok=True)
             argv = self.job_argv(self.config_json, name, manifest)
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-                [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+            env = _job_env()
             t0 = time.monotonic()
             with open(path, "ab") as out:
                 try:
@@ -257,6 +200,12 @@ class Runner:
             metrics.DRIFT_FLAGGED.labels(feature=feature).set(1 if d.get("flagged") else 0)
 
 
+def _job_env() -> dict[str, str]:
+    """The job subprocess's environment: ours, with this checkout on PYTHONPATH."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+
+
 def run_until_idle(config: PipelineConfig, *, idle_s: float = 2.0,
                    job_argv: JobArgv = default_job_argv,
                    sleep: Callable[[float], None] = time.sleep, retry_failed: bool = False,
@@ -267,11 +216,12 @@ def run_until_idle(config: PipelineConfig, *, idle_s: float = 2.0,
     runner = Runner(config, job_argv=job_argv, sleep=sleep, retry_failed=retry_failed,
                     echo=echo)
     feed = WindowsFeed(config.bootstrap_servers, config.topics.windows)
+    versions: dict[int, int] = {}
     try:
-        windows = parse_events(feed.poll(idle_s), config.pipeline, summary)
+        windows = parse_events(feed.poll(idle_s), config.pipeline, summary, versions)
     finally:
         feed.close()
-    runner.run_windows(windows, summary)
+    runner.run_windows(windows, summary, versions)
     return summary
 
 
@@ -286,7 +236,9 @@ def run_forever(config: PipelineConfig, *, idle_s: float = 1.0,
         while not stop():
             values = feed.poll(idle_s)
             if values:
-                runner.run_windows(parse_events(values, config.pipeline, summary), summary)
+                versions: dict[int, int] = {}
+                windows = parse_events(values, config.pipeline, summary, versions)
+                runner.run_windows(windows, summary, versions)
     finally:
         feed.close()
     return summary

@@ -7,6 +7,11 @@
   windows: the closed windows before this one (all their rows, read through their
   manifests) and this window's training rows (its holdout stays out); its lineage is
   exactly those windows.
+
+With an ``Adaptation`` (jobs.adapt: drift was flagged on this window) the rows learn
+with its recency weights: ``recency`` weighs this window's rows (its drifted slices'
+most) more in the incremental step; ``refit`` fits a new model on the recent windows,
+the older ones weighing less.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import pandas as pd
 
 from schemas.config import PipelineConfig
 from jobs import dataset as ds
+from jobs.adapt import Adaptation
 from jobs.models import AnyModel, new_model
 
 log = logging.getLogger("dlabel.jobs.training")
@@ -50,18 +56,25 @@ def recent_windows(config: PipelineConfig, start_ms: int) -> list[ds.Window]:
 
 
 def train_challenger(config: PipelineConfig, champion: AnyModel | None, train: pd.DataFrame,
-                     start_ms: int) -> Trained:
+                     start_ms: int, adapt: Adaptation | None = None) -> Trained:
     """The challenger of the window starting at ``start_ms``, trained on ``train`` (and,
-    for a refit, the windows before it)."""
-    if config.model.training != "refit":
+    for a refit, the windows before it) from ``champion`` (the model incremental
+    training continues; None: a new model), adapting to drift when ``adapt`` says so."""
+    refit = config.model.training == "refit" or (adapt is not None and adapt.mode == "refit")
+    if not refit:
         challenger = champion.copy() if champion else new_model(config)
-        challenger.partial_fit(train)
+        challenger.partial_fit(train, adapt.scale(train) if adapt else None)
         return Trained(challenger, len(train))
     windows = recent_windows(config, start_ms)
-    frames = [df for df in (ds.read_window(w) for w in windows) if len(df)] + [train]
+    frames = [df for df in (ds.read_window(w) for w in windows) if len(df)]
+    ages = [len(frames) - i for i, f in enumerate(frames) for _ in range(len(f))]
+    frames.append(train)
+    ages += [0] * len(train)
     data = pd.concat(frames, ignore_index=True) if len(frames) > 1 else train
+    data = data.assign(_age=ages) if len(frames) > 1 else train.assign(_age=0)
     data = data.sort_values(["request_ts", "request_id"], kind="stable").reset_index(drop=True)
     log.info("refit on %d rows of %d window(s)", len(data), len(windows) + 1)
-    model = new_model(config).fit(data)
+    scale = adapt.refit_scale(data["_age"].to_numpy(), data) if adapt else None
+    model = new_model(config).fit(data.drop(columns="_age"), scale)
     return Trained(model, len(data), [w.name for w in windows],
                    [str(w.manifest_path) for w in windows])

@@ -26,16 +26,23 @@ PROMOTION_METRICS = {"roc_auc": ("binary", True), "log_loss": ("binary", False),
 
 @dataclass(frozen=True)
 class PromotionSpec:
-    """When a challenger replaces the champion (see jobs.promotion).
+    """When a challenger replaces the champion (see jobs.promotion, jobs.evaluation).
 
-    ``metric`` on the holdout must improve by at least ``min_gain``, and no slice value
-    with at least ``min_slice_rows`` holdout rows may get worse by more than
-    ``max_slice_regression`` (both in the metric's own units).
+    ``evaluate`` says on which rows both models are scored: ``shadow`` (the challenger
+    trained on window N is judged against the champion on window N + 1, unseen by both)
+    or ``holdout`` (the time-later ``holdout_fraction`` of the window itself). The lower
+    bound of the ``confidence`` interval of the gain in ``metric`` must exceed
+    ``min_gain``, and no slice value with at least ``min_slice_rows`` rows may regress
+    significantly (the lower bound of its interval) by more than
+    ``max_slice_regression`` (both in the metric's own units). ``confidence`` 0 compares
+    point estimates.
     """
     metric: str = "roc_auc"
     min_gain: float = 0.0
     max_slice_regression: float = 0.05
     min_slice_rows: int = 200
+    confidence: float = 0.95
+    evaluate: str = "shadow"
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,9 @@ class ModelSpec:
     ``training`` is ``incremental`` (``partial_fit`` on the champion's copy) or ``refit``
     (a fresh fit on the last ``refit_windows`` windows); ``trusted_types`` are the type
     names beyond skops' defaults the registry may load (see schemas.config_estimator).
+    ``on_drift`` is how a job whose window shows drift adapts (see jobs.adapt): ``none``,
+    ``recency`` (the window's rows weigh more, the drifted slices' most) or ``refit``
+    (a new model on the recent windows, the latest weighing most).
     """
     path: str
     estimator: str = "sgd_classifier"
@@ -76,6 +86,7 @@ class ModelSpec:
     categorical: tuple[str, ...] = ()
     promotion: PromotionSpec = PromotionSpec()
     drift: DriftSpec = DriftSpec()
+    on_drift: str = "recency"
 
 
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -164,7 +175,9 @@ def _sasl_password(k: Section, environ: Mapping[str, str]) -> str:
 
 _MODEL_KEYS = ("path", "estimator", "training", "refit_windows", "trusted_types",
                "holdout_fraction", "job_timeout", "retries", "retry_backoff", "seed",
-               "exclude", "categorical", "promotion", "drift")
+               "exclude", "categorical", "promotion", "drift", "on_drift")
+ON_DRIFT = ("none", "recency", "refit")
+EVALUATE = ("shadow", "holdout")
 
 
 def model_spec(top: Section, kind: str, features: tuple[FeatureSpec, ...]) -> ModelSpec:
@@ -182,7 +195,8 @@ def model_spec(top: Section, kind: str, features: tuple[FeatureSpec, ...]) -> Mo
     holdout = _holdout_fraction(m)
     return ModelSpec(path=m.get("path", non_empty_str), **estimator,
                      holdout_fraction=holdout, **_job_settings(m), exclude=exclude,
-                     categorical=categorical, promotion=promotion, drift=drift)
+                     categorical=categorical, promotion=promotion, drift=drift,
+                     on_drift=m.get("on_drift", choice(ON_DRIFT), "recency"))
 
 
 def _model_features(m: Section, features: tuple[FeatureSpec, ...],
@@ -210,13 +224,25 @@ def _model_features(m: Section, features: tuple[FeatureSpec, ...],
 def _promotion(m: Section, kind: str) -> PromotionSpec:
     """``model.promotion`` (optional): the rule, with a metric of the label kind."""
     p = Section(m.data.get("promotion") or {}, "model.promotion",
-                ("metric", "min_gain", "max_slice_regression", "min_slice_rows"))
+                ("metric", "min_gain", "max_slice_regression", "min_slice_rows",
+                 "confidence", "evaluate"))
     metrics = tuple(k for k, (mk, _) in PROMOTION_METRICS.items() if mk == kind)
     return PromotionSpec(
         metric=p.get("metric", choice(metrics), metrics[0]),
         min_gain=p.get("min_gain", number(-1e9, 1e9, "0.002"), 0.0),
         max_slice_regression=p.get("max_slice_regression", number(0, 1e9, "0.05"), 0.05),
-        min_slice_rows=p.get("min_slice_rows", positive_int, 200))
+        min_slice_rows=p.get("min_slice_rows", positive_int, 200),
+        confidence=_confidence(p), evaluate=p.get("evaluate", choice(EVALUATE), "shadow"))
+
+
+def _confidence(p: Section) -> float:
+    """``model.promotion.confidence``: in [0, 1); 0 compares point estimates."""
+    c = p.get("confidence", number(0, 1, "0.95"), 0.95)
+    if not 0.0 <= c < 1.0:
+        raise fail("model.promotion.confidence", f"{c!r} is not a confidence level below 1; "
+                                                 "write e.g. 0.95 (or 0 to compare point "
+                                                 "estimates)")
+    return c
 
 
 def _drift(m: Section, kept: set[str]) -> DriftSpec:

@@ -76,3 +76,44 @@ def write_yaml(cfg: PipelineConfig, scenario: str, path: Path, **model: object) 
     data["model"].update(model)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+# the columns issue 14 added to labeled rows, as (name, type) after the features (the
+# sink puts them before; readers select by name)
+LABEL_QUALITY = (("label_delay_ms", "int"), ("label_version", "int"), ("sample_weight", "float"))
+
+
+def sampled(df: pd.DataFrame, rate: float) -> pd.DataFrame:
+    """``df`` as the sink writes it with ``label.negative_sample_rate: rate``: negatives
+    kept by ``schemas.records.negative_kept``, ``sample_weight`` 1/rate for them (1 for
+    positives), label version 1, delay of the positives."""
+    from schemas.records import negative_kept
+    keep = (df["label"] == 1) | df["request_id"].map(lambda r: negative_kept(r, rate))
+    out = df[keep.to_numpy()].reset_index(drop=True)
+    delay = (out["label_ts"] - out["request_ts"]).dt.total_seconds() * 1000
+    return out.assign(label_delay_ms=pd.Series(delay.round(), dtype="Int64").where(
+                          out["label"] == 1),
+                      label_version=1,
+                      sample_weight=np.where(out["label"] == 1, 1.0, 1.0 / rate))
+
+
+def write_sampled_ctr_windows(cfg: PipelineConfig, n: int, rate: float, rows: int = 1500,
+                              seed: int = 1, **drift: object) -> list[int]:
+    """``write_ctr_windows`` as negative sampling at ``rate`` writes them."""
+    from streams.dev.synthetic_windows import CTR_FEATURES
+    starts = [START + i * H for i in range(n)]
+    for s in starts:
+        write_window(cfg.dataset.path, cfg.pipeline, s, H,
+                     sampled(ctr_window(s, H, rows, seed, **drift), rate),
+                     features=CTR_FEATURES + LABEL_QUALITY)
+    return starts
+
+
+def set_window_version(cfg: PipelineConfig, start: int, df: pd.DataFrame, version: int) -> Path:
+    """Rewrite a closed window with ``df`` as data version ``version`` (what corrections
+    do: new files, the manifest replaced with ``"version": version``); its manifest."""
+    import json
+    path = write_window(cfg.dataset.path, cfg.pipeline, start, H, df)
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "version": version}))
+    return path

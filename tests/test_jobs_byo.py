@@ -60,12 +60,12 @@ def test_hist_gradient_boosting_refit_through_the_runner(hgb):
     lin, m = reg.lineage(3), reg.metrics(3)
     assert lin["windows"] == [window_iso(starts[1]), window_iso(starts[2])]  # the last 2
     assert lin["manifests"][0].endswith("window-2026-11-18T12-00-00Z/_manifest.json")
-    assert m["training"] == {"mode": "refit", "rows": 1500 + 1200,
+    assert m["training"] == {"mode": "refit", "rows": 1500 + 1500,  # shadow: whole windows
                              "windows": lin["windows"]}
     assert m["estimator"] == f"{F}:hgb_classifier"
     assert m["prequential"]["overall"]["rows"] == 1500  # the champion scored the window
     model = reg.load(3)
-    assert isinstance(model, CustomModel) and model.rows_seen == 2700
+    assert isinstance(model, CustomModel) and model.rows_seen == 3000
     assert isinstance(model.estimator.steps[-1][1], HistGradientBoostingClassifier)
     test = ctr_window(START + 5 * H, H, 3000, seed=9)
     p = model.predict(test)
@@ -83,11 +83,11 @@ def test_river_model_incremental_through_the_runner(river):
     lin, m = reg.lineage(3), reg.metrics(3)
     parent = reg.lineage(lin["parent"])
     assert lin["windows"] == parent["windows"] + [window_iso(starts[2])]  # incremental
-    assert m["training"] == {"mode": "incremental", "rows": 1200,
+    assert m["training"] == {"mode": "incremental", "rows": 1500,
                              "windows": [window_iso(starts[2])]}
     model = reg.load(3)
     assert isinstance(model.estimator.steps[-1][1], River2SKLClassifier)
-    assert model.rows_seen == 1200 * len(lin["windows"])
+    assert model.rows_seen == 1500 * len(lin["windows"])
     test = ctr_window(START + 5 * H, H, 3000, seed=9)
     assert roc_auc_score(test["label"], model.predict(test)) > 0.55
 
@@ -147,8 +147,8 @@ def test_refit_with_a_built_in_estimator(make_config, tmp_path):
         run_job(cfg, w)
     reg = Registry(cfg.model.path)
     assert reg.lineage(4)["windows"] == [window_iso(w) for w in starts[1:]]
-    assert reg.metrics(4)["training"]["rows"] == 500 + 500 + 400
-    assert isinstance(reg.load(4), Model) and reg.load(4).rows_seen == 1400
+    assert reg.metrics(4)["training"]["rows"] == 500 + 500 + 500
+    assert isinstance(reg.load(4), Model) and reg.load(4).rows_seen == 1500
 
 
 def test_the_frame_a_custom_estimator_sees(river):

@@ -51,13 +51,19 @@ def test_retrain_one_window_then_backfill_the_rest(setup):
 
 def test_models_list_show_promote_rollback(setup):
     cfg, path = setup
-    write_ctr_windows(cfg, 2, rows=300)
+    write_ctr_windows(cfg, 3, rows=300)
     run("retrain", "-c", path, "--from", "2026-11-18T11:00:00Z")
     reg = Registry(cfg.model.path)
     out = run("models", "-c", path, "list").output
     assert "v0001" in out and "v0002" in out and "<- champion" in out
+    d3 = reg.metrics(3)["decision"]  # window 3 judged v0002 in shadow: an interval
+    lo, hi = d3["gain_ci"]
+    assert f"{d3['gain']:+.4f} [{lo:+.4f}, {hi:+.4f}] 95%" in out
     shown = json.loads(run("models", "-c", path, "show", "1").output)
     assert shown["version"] == "v0001" and shown["lineage"]["parent"] is None
+    shown = json.loads(run("models", "-c", path, "show", "3").output)
+    assert shown["metrics"]["decision"]["gain_ci"] == [lo, hi]
+    assert "ci" in shown["metrics"]["holdout"]["challenger"]["overall"]
     run("models", "-c", path, "promote", "v0001")
     assert reg.champion() == "v0001"
     run("models", "-c", path, "promote", "2")

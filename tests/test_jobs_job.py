@@ -1,7 +1,9 @@
 """The retraining job: lineage, idempotence, holdout by time, promotion, drift, report."""
 from __future__ import annotations
 
+import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 
@@ -23,13 +25,14 @@ def cfg(make_config, tmp_path):
 def test_first_window_starts_a_model_and_promotes_it(cfg):
     [w] = write_ctr_windows(cfg, 1)
     rec = run_job(cfg, w, now_ms=lambda: 42)
-    assert rec == {"status": "trained", "version": "v0001", "promoted": True, "rows": 1500}
+    assert rec == {"status": "trained", "version": "v0001", "promoted": True,
+                   "promoted_version": "v0001", "rows": 1500, "data_version": 1}
     reg = Registry(cfg.model.path)
     assert reg.champion() == "v0001"
     m, lin = reg.metrics(1), reg.lineage(1)
     assert m["prequential"] is None and m["holdout"]["champion"] is None
     assert m["decision"]["reason"].startswith("first model")
-    assert m["train_rows"] == 1200 and m["holdout_rows"] == 300
+    assert m["train_rows"] == 1500 and m["holdout_rows"] == 0  # shadow: all rows learn
     assert m["logged"]["overall"]["rows"] > 1400  # the logged prediction column, scored
     assert lin == {"pipeline": cfg.pipeline, "window": "2026-11-18T11:00:00Z",
                    "windows": ["2026-11-18T11:00:00Z"], "parent": None,
@@ -38,13 +41,18 @@ def test_first_window_starts_a_model_and_promotes_it(cfg):
     assert lin["manifests"][0].endswith("window-2026-11-18T11-00-00Z/_manifest.json")
 
 
-def test_lineage_prequential_drift_and_holdout_later_in_time(cfg):
+@pytest.mark.parametrize("evaluate", ["shadow", "holdout"])
+def test_lineage_prequential_drift_and_holdout_later_in_time(cfg, evaluate):
+    cfg = on_tmp(cfg, Path(cfg.model.path).parent, promotion=dataclasses.replace(
+        cfg.model.promotion, evaluate=evaluate))
     w = write_ctr_windows(cfg, 3)
     for s in w:
         run_job(cfg, s)
     reg = Registry(cfg.model.path)
     m = reg.metrics(3)
-    assert m["champion_version"] == reg.lineage(3)["parent"]
+    # shadow: the candidate line continues (from v0002, judged on window 3)
+    assert reg.lineage(3)["parent"] == ("v0002" if evaluate == "shadow" else
+                                        m["champion_version"])
     assert reg.lineage(3)["windows"][-1] == window_iso(w[2])
     parent = reg.lineage(reg.lineage(3)["parent"])
     assert len(reg.lineage(3)["windows"]) == 1 + len(parent["windows"])
@@ -53,7 +61,20 @@ def test_lineage_prequential_drift_and_holdout_later_in_time(cfg):
     assert set(pq["slices"]["category"]) >= {"mens_dress_shoes", "books"}
     assert m["drift"]["reference_window"] == window_iso(w[1])
     assert set(m["drift"]["features"]) == {"category", "price", "user_email"}  # hour excluded
-    assert m["holdout_from_ms"] >= w[2] + 0.7 * H  # the time-later 20% of the window
+    if evaluate == "holdout":
+        assert m["holdout_from_ms"] >= w[2] + 0.7 * H  # the time-later 20% of the window
+        assert m["decision"]["evaluated_on"].startswith("holdout of window")
+    else:
+        assert m["holdout_from_ms"] is None and m["decision"]["candidate"] == "v0002"
+        assert m["decision"]["evaluated_on"].startswith(f"window {window_iso(w[2])} in shadow")
+        assert m["holdout"]["challenger"]["overall"]["rows"] == 1500
+    d = m["decision"]
+    assert d["confidence"] == 0.95 and d["ci_method"].startswith("paired Poisson bootstrap")
+    lo, hi = d["gain_ci"]
+    assert lo < d["gain"] < hi
+    for who in ("champion", "challenger"):
+        ci = m["holdout"][who]["overall"]["ci"]["roc_auc"]
+        assert ci[0] < m["holdout"][who]["overall"]["roc_auc"] < ci[1]
 
 
 def test_same_window_twice_trains_once(cfg):
@@ -114,7 +135,7 @@ RULE = PromotionSpec(metric="roc_auc", min_gain=0.01, max_slice_regression=0.03,
 
 @pytest.mark.parametrize("champion, challenger, promote, why", [
     (None, _ev(0.6), True, "first model"),
-    (_ev(0.70), _ev(0.705), False, "below min_gain"),
+    (_ev(0.70), _ev(0.705), False, "does not clear min_gain"),
     (_ev(0.70), _ev(0.72), True, "gain"),
     (_ev(0.70, a=(0.7, 500)), _ev(0.72, a=(0.66, 500)), False, "slice cat=a regresses by 0.04"),
     (_ev(0.70, a=(0.7, 50)), _ev(0.72, a=(0.5, 50)), True, "gain"),  # too small to judge
@@ -188,6 +209,13 @@ def _ctr_dict():
     ("categorical", ["category"], "model.categorical[0]: 'category' is not a kept int or bool"),
     ("drift", {"exclude": ["nope"]}, "model.drift.exclude[0]: 'nope' is not a kept feature"),
     ("learning_rate", 0.1, "model: unknown key(s) 'learning_rate'"),
+    ("promotion", {"confidence": 1.0}, "model.promotion.confidence: 1.0 is not a confidence "
+                                       "level below 1; write e.g. 0.95"),
+    ("promotion", {"confidence": "high"}, "model.promotion.confidence: 'high' is not a number"),
+    ("promotion", {"evaluate": "later"}, "model.promotion.evaluate: 'later' is not allowed; "
+                                         "write one of shadow, holdout"),
+    ("on_drift", "fast", "model.on_drift: 'fast' is not allowed; write one of none, recency, "
+                         "refit"),
 ])
 def test_model_config_errors(key, value, message):
     data = _ctr_dict()
@@ -206,6 +234,8 @@ def test_model_config_defaults():
     assert (m.promotion.metric, m.promotion.min_gain, m.promotion.min_slice_rows) == \
         ("roc_auc", 0.0, 200)
     assert (m.drift.psi, m.drift.linf, m.drift.label_rate) == (0.2, 0.1, 0.05)
+    assert (m.promotion.confidence, m.promotion.evaluate, m.on_drift) == \
+        (0.95, "shadow", "recency")
 
 
 @pytest.mark.parametrize("model, message", [
