@@ -107,3 +107,19 @@ def test_the_adapter_check_sees_faust_uses(tmp_path):
     sample.write_text("import faust\nfrom faust.types import TP\nx = c._committed_offset\n"
                       "y = self._commit\n")
     assert len(_faust_uses(sample)) == 3
+
+
+def test_recovery_stats_skip_changelog_ends_left_unknown():
+    """Memory store: the loop reads the changelog itself, so Faust's recovery gets no
+    ends (None); its own statistics subtracted one and crashed the worker on a
+    rebalance where a partition kept an offset from an earlier assignment."""
+    from types import SimpleNamespace
+
+    from faust.tables.recovery import Recovery
+
+    from streams.join.faust_adapter import patch_table_recovery
+    patch_table_recovery()
+    stub = SimpleNamespace(active_offsets={"a": 5, "b": 3, "c": 7},
+                           active_highwaters={"a": None, "b": 10, "c": 7})
+    stats = Recovery.active_stats(stub)
+    assert list(stats) == ["b"] and stats["b"].remaining == 7

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Mapping, Optional
 import faust
 from aiokafka.structs import TopicPartition
 from faust.tables import TableManager
-from faust.tables.recovery import Recovery
+from faust.tables.recovery import Recovery, RecoveryStats
 from faust.types import TP
 
 from schemas.config import KafkaSecurity, PipelineConfig
@@ -57,6 +57,8 @@ FAUST_INTERNALS = (
     ("faust.tables.recovery.Recovery", "_build_highwaters",
      "changelog ends: none for the memory store (the loop reads it), fetch high "
      "watermarks on Tansu, last committed records under exactly once"),
+    ("faust.tables.recovery.Recovery", "active_stats",
+     "recovery statistics that skip the changelog ends left unknown (memory store)"),
     ("faust.Worker", "_schedule_shutdown", "stops the worker once a drain is done"),
     ("faust.transport.drivers.aiokafka.AIOKafkaConsumerThread", "_create_worker_consumer",
      "exactly once: Faust's consumer (table recovery) reads read_committed"),
@@ -292,7 +294,16 @@ def patch_table_recovery() -> None:
         else:
             await build(self, consumer, tps, destination, title)
 
+    def active_stats(self):
+        # Faust's own subtracts an unknown (None) end when a partition still has an
+        # offset from an earlier assignment, and the recovery service crashes with it
+        offsets = self.active_offsets
+        return {tp: RecoveryStats(end, offsets[tp], end - offsets[tp])
+                for tp, end in self.active_highwaters.items()
+                if end is not None and offsets.get(tp) is not None and end != offsets[tp]}
+
     Recovery._build_highwaters = build_highwaters
+    Recovery.active_stats = active_stats
     _highwaters_patched = True
 
 
