@@ -96,24 +96,29 @@ def write_closed(config, storage, examples, partitions: int = 2) -> DatasetWrite
     return writer
 
 
-def run(config, storage, parts, seed: int, clock=lambda: 0) -> DatasetWriter:
+def run(config, storage, parts, seed: int, clock=lambda: 0,
+        phases: list[dict[int, int]] | None = None) -> DatasetWriter:
     """Recover, read every partition from its resume offset in a seeded interleaving,
-    commit when due, then close every window."""
+    commit when due, then close every window and apply the corrections committed to
+    closed ones. ``phases``: read up to these offsets in turn (default: to the end),
+    each phase ending with the commit, the closes and the corrections."""
     writer = DatasetWriter(config, storage, clock)
-    resume = writer.recover(sorted(parts))
-    cursors = dict(resume)
+    cursors = writer.recover(sorted(parts))
     rnd = random.Random(seed)
-    while any(cursors[p] < len(parts[p]) for p in parts):
-        p = rnd.choice([p for p in parts if cursors[p] < len(parts[p])])
-        for _ in range(rnd.randint(1, 5)):
-            if cursors[p] < len(parts[p]):
-                writer.add(p, cursors[p], parts[p][cursors[p]])
-                cursors[p] += 1
-        if writer.due():
-            writer.commit_all()
-    writer.commit_all()
-    for w in writer.ready_windows(2 ** 62):
-        writer.close(w, "t.labeled")
+    for ends in phases or [{p: len(v) for p, v in parts.items()}]:
+        while any(cursors[p] < ends[p] for p in parts):
+            p = rnd.choice([p for p in parts if cursors[p] < ends[p]])
+            for _ in range(rnd.randint(1, 5)):
+                if cursors[p] < ends[p]:
+                    writer.add(p, cursors[p], parts[p][cursors[p]])
+                    cursors[p] += 1
+            if writer.due():
+                writer.commit_all()
+        writer.commit_all()
+        for w in writer.ready_windows(2 ** 62):
+            writer.close(w, "t.labeled")
+        for w in writer.corrected_windows():
+            writer.apply_corrections(w)
     return writer
 
 

@@ -23,6 +23,7 @@ from streams.common.storage import LocalStorage
 from streams.dataset.manifest import list_windows, read_manifest
 from streams.dataset.writer import DatasetWriter
 from tests.test_dataset_writer import MIN, T0, Crash, CrashingStorage
+from tests.test_dataset_writer import run as run_phases
 
 HOUR = 60 * MIN
 
@@ -71,26 +72,10 @@ def topic(seed: int = 5) -> tuple[dict[int, list[bytes]], dict[int, int], set[st
 
 
 def run(config, storage, parts, split, seed: int) -> DatasetWriter:
-    """Recover; read phase 1 (from the resume offsets) in a seeded interleaving, commit,
-    close every window; then phase 2 the same way, and apply the corrections."""
-    writer = DatasetWriter(config, storage, lambda: 0)
-    cursors = writer.recover(sorted(parts))
-    rnd = random.Random(seed)
-    for ends in (split, {p: len(v) for p, v in parts.items()}):
-        while any(cursors[p] < ends[p] for p in parts):
-            p = rnd.choice([p for p in parts if cursors[p] < ends[p]])
-            for _ in range(rnd.randint(1, 5)):
-                if cursors[p] < ends[p]:
-                    writer.add(p, cursors[p], parts[p][cursors[p]])
-                    cursors[p] += 1
-            if writer.due():
-                writer.commit_all()
-        writer.commit_all()
-        for w in writer.ready_windows(2 ** 62):
-            writer.close(w, "t.labeled")
-        for w in writer.corrected_windows():
-            writer.apply_corrections(w)
-    return writer
+    """Phase 1 (to ``split``: closes every window), then phase 2 (the corrections), as
+    ``tests.test_dataset_writer.run`` reads, commits and closes."""
+    return run_phases(config, storage, parts, seed,
+                      phases=[split, {p: len(v) for p, v in parts.items()}])
 
 
 def files_of(root: Path) -> dict[str, bytes]:
