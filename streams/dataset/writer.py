@@ -123,9 +123,12 @@ class DatasetWriter:
         """``{request id: highest label_version}`` in some files of a window."""
         ids: dict[str, int] = {}
         for name in names:
-            table = pq.read_table(io.BytesIO(self.storage.read(f"{dirname}/{name}")))
+            parquet = pq.ParquetFile(io.BytesIO(self.storage.read(f"{dirname}/{name}")))
+            columns = [c for c in ("request_id", "label_version")
+                       if c in parquet.schema_arrow.names]  # not the features
+            table = parquet.read(columns=columns)
             versions = (table.column("label_version").to_pylist()
-                        if "label_version" in table.schema.names else [1] * table.num_rows)
+                        if "label_version" in columns else [1] * table.num_rows)
             for rid, v in zip(table.column("request_id").to_pylist(), versions):
                 ids[rid] = max(ids.get(rid, 1), v or 1)
         return ids
