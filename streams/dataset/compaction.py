@@ -64,6 +64,8 @@ def compact_window(storage, dirname: str, schema: pa.Schema,
 def latest_per_request(table: pa.Table) -> pa.Table:
     """Each request once, its row with the highest ``label_version`` (the first of
     equals, so list the current rows before their corrections)."""
+    if not table.num_rows or (pc.max(table.column("label_version")).as_py() or 1) <= 1:
+        return table  # no corrections: the writer already kept each request once
     ids = table.column("request_id").to_pylist()
     versions = pc.fill_null(table.column("label_version"), 1).to_pylist()
     best: dict[str, int] = {}
