@@ -42,6 +42,10 @@ def test_small_demo_corrects_the_buffered_clicks(tmp_path, monkeypatch):
     closed = [w for w in out["windows"] if w["status"] == "closed"]
     assert sum(w["stats"]["corrections"] for w in closed) == fixed
     assert sum(w["version"] > 1 for w in closed) == versioned
+    # issue 13: compaction leaves every closed window one data file (default target size)
+    assert closed and all(w["files"] == 1 for w in closed), [(w["dir"], w["files"]) for w in closed]
+    assert all(len(list((tmp_path / "demo" / "data" / "ctr" / w["dir"]).glob("*.parquet"))) == 1
+               for w in closed)
     df = pd.read_parquet(tmp_path / "demo" / "data" / "ctr")  # current versions only
     assert (df["label_version"] > 1).sum() == fixed and df["request_id"].is_unique
     assert (df.loc[df["label_version"] > 1, "label"] == 1).all()
