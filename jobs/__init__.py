@@ -13,7 +13,13 @@ Modules, one concept each:
 - ``adapt``: ``model.on_drift``, how a drifted window's challenger adapts
 - ``evaluation``: which rows judge which challenger (shadow on the next window, or holdout)
 - ``promotion``: the champion/challenger rule, on intervals
+- ``modelfile``: a model as a verified skops file (checksum, trusted types, load-back)
 - ``registry``: versions, checksums, the champion pointer, window records
+- ``serving``: the serving model: the champion or an in-window update of it (serving.json)
+- ``online``: in-window updates (``model.update_every``): the champion's line learns labels
+  as they arrive and is published as a sub-version; the gate at window close is unchanged
+- ``online_guard``: rolls in-window updates back when they do worse than the frozen champion
+- ``online_feed``: the labeled topic for the updater, and its loop inside ``dlabel jobs``
 - ``job``: one retraining job (``python -m jobs.job``)
 - ``feed``: the windows topic as the runner reads it (events, windows, data versions)
 - ``runner``: the windows-topic runner (subprocess per window, timeout, retries)

@@ -115,11 +115,12 @@ def retrain(config_path: str, window: Optional[str], from_: Optional[str],
 
 @click.command()
 @config_option
-@click.argument("action", type=click.Choice(["list", "show", "promote", "rollback"]),
+@click.argument("action", type=click.Choice(["list", "show", "promote", "rollback", "serving"]),
                 default="list")
 @click.argument("version", required=False)
 def models(config_path: str, action: str, version: Optional[str]) -> None:
-    """The model registry: list | show N | promote N | rollback."""
+    """The model registry: list | show N | promote N | rollback | serving (the serving
+    model: the champion or its latest in-window update)."""
     from jobs.registry import Registry
     cfg = _config(config_path)
     reg = Registry(cfg.model.path, cfg.model.trusted_types)
@@ -149,6 +150,14 @@ def models(config_path: str, action: str, version: Optional[str]) -> None:
             reg.load(name)
             reg.set_champion(name, reason="promoted by hand")
             click.echo(f"champion is now {name}")
+        elif action == "serving":
+            from jobs.serving import ServingStore
+            store = ServingStore(cfg.model.path, cfg.model.trusted_types)
+            ptr = store.pointer()
+            name = store.load(reg)[0]  # verifies what serving.json names
+            record = store.update_record(name) if ptr and ptr.get("dir") else None
+            click.echo(json.dumps({"serving": name, "champion": reg.champion(),
+                                   "pointer": ptr, "update": record}, indent=1))
         else:
             click.echo(f"champion is now {reg.rollback()}")
     except DlabelError as e:

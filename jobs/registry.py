@@ -25,7 +25,6 @@ the next job could not load never becomes a version.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -36,15 +35,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import skops.io as sio
-
 from schemas.errors import JobError, RegistryError
 from streams.common.storage import fsync_dir
 from streams.common.storage import write_file_atomic as write_atomic  # also used by jobs.runner
-from jobs.models import AnyModel, model_from_state
+from jobs import modelfile
+from jobs.modelfile import MODEL_FILE
+from jobs.models import AnyModel
 
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
-MODEL_FILE = "model.skops"
 
 
 def _finite(obj: Any) -> Any:
@@ -58,8 +56,12 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _json(obj: Any) -> bytes:
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the registry writes JSON: indented, sorted keys, NaN as null."""
     return (json.dumps(_finite(obj), indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+_json = json_bytes
 
 
 def version_name(n: int) -> str:
@@ -77,22 +79,6 @@ class Registry:
     def __init__(self, root: str | Path, trusted_types: tuple[str, ...] | list[str] = ()) -> None:
         self.root = Path(root)
         self.trusted_types = tuple(trusted_types)
-
-    def _check_types(self, data: bytes, where: str) -> list[str]:
-        """The untrusted types ``data`` holds, all of them in ``trusted_types`` (else
-        RegistryError naming the others and the fix)."""
-        try:
-            untrusted = sio.get_untrusted_types(data=data)
-        except Exception as e:  # skops raises assorted errors on malformed files
-            raise RegistryError(f"{where}: not a readable skops file ({e})") from None
-        refused = [t for t in untrusted if t not in self.trusted_types]
-        if refused:
-            listed = "\n".join(f"    - {t}" for t in refused)
-            raise RegistryError(
-                f"{where}: holds types skops does not trust: {', '.join(refused)}; if you "
-                "trust the code that defines them, add them to model.trusted_types:\n"
-                f"  trusted_types:\n{listed}")
-        return untrusted
 
     # ---- versions -------------------------------------------------------------------
     def versions(self) -> list[str]:
@@ -122,20 +108,11 @@ class Registry:
         ones, or when skops cannot load it back.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        data = sio.dumps(model.to_state())
-        where = f"the new model ({model.estimator_name})"
-        untrusted = self._check_types(data, where)
-        try:
-            sio.loads(data, trusted=untrusted)
-        except Exception as e:  # skops cannot rebuild some objects (e.g. odd dict keys)
-            raise RegistryError(f"{where}: skops cannot load it back ({type(e).__name__}: "
-                                f"{e}); the registry would hold a model no job can use; "
-                                "build the estimator from parts skops can persist") from None
-        digest = hashlib.sha256(data).hexdigest()
+        data, digest = modelfile.encode(model, self.trusted_types)
         tmp = Path(tempfile.mkdtemp(prefix=".version.", dir=self.root))
         try:
             (tmp / MODEL_FILE).write_bytes(data)
-            (tmp / "model.sha256").write_text(f"{digest}  {MODEL_FILE}\n")
+            (tmp / "model.sha256").write_text(modelfile.digest_line(digest))
             (tmp / "metrics.json").write_bytes(_json(metrics))
             for p in tmp.iterdir():
                 with open(p, "rb") as f:
@@ -171,17 +148,7 @@ class Registry:
         except (OSError, IndexError):
             raise RegistryError(f"{vdir}: model.sha256 is missing or empty; the version "
                                 "cannot be verified, so it is not loaded") from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != expected:
-            raise RegistryError(f"{vdir / MODEL_FILE}: checksum mismatch (sha256 {actual}, "
-                                f"expected {expected}); the file was changed or corrupted, "
-                                "refusing to load it")
-        untrusted = self._check_types(data, str(vdir / MODEL_FILE))
-        try:
-            return model_from_state(sio.loads(data, trusted=untrusted))
-        except Exception as e:
-            raise RegistryError(f"{vdir / MODEL_FILE}: cannot be loaded ({type(e).__name__}: "
-                                f"{e})") from None
+        return modelfile.decode(data, expected, self.trusted_types, str(vdir / MODEL_FILE))
 
     def metrics(self, version: str | int) -> dict[str, Any]:
         """The ``metrics.json`` of a version."""

@@ -228,10 +228,15 @@ def run_until_idle(config: PipelineConfig, *, idle_s: float = 2.0,
 def run_forever(config: PipelineConfig, *, idle_s: float = 1.0,
                 echo: Callable[[str], None] | None = None,
                 stop: Callable[[], bool] = lambda: False) -> RunSummary:
-    """Follow the windows topic, running new windows as their events come, until ``stop()``."""
+    """Follow the windows topic, running new windows as their events come, until ``stop()``;
+    with ``model.update_every``, the in-window updater (jobs.online_feed) steps in between."""
     summary = RunSummary()
     runner = Runner(config, echo=echo)
     feed = WindowsFeed(config.bootstrap_servers, config.topics.windows)
+    updates = None
+    if config.model.updates.enabled:  # in-window updates of the serving model, between jobs
+        from jobs.online_feed import UpdaterLoop
+        updates = UpdaterLoop(config)
     try:
         while not stop():
             values = feed.poll(idle_s)
@@ -239,6 +244,12 @@ def run_forever(config: PipelineConfig, *, idle_s: float = 1.0,
                 versions: dict[int, int] = {}
                 windows = parse_events(values, config.pipeline, summary, versions)
                 runner.run_windows(windows, summary, versions)
+            if updates is not None:
+                served = updates.tick(idle_s / 2)
+                if served and echo:
+                    echo(f"serving {served}")
     finally:
         feed.close()
+        if updates is not None:
+            updates.close()
     return summary

@@ -1,4 +1,5 @@
-"""``model.estimator``, ``model.training``, ``model.refit_windows``, ``model.trusted_types``.
+"""``model.estimator``, ``model.training``, ``model.refit_windows``, ``model.trusted_types``,
+``model.update_every`` and ``model.update_guard``.
 
 ``model.estimator`` is one of the built-in names (``ESTIMATORS``) or a factory path
 ``package.module:factory`` (bring your own model): a callable that returns a fresh
@@ -15,15 +16,25 @@ missing module or an estimator that cannot train the chosen way fails at start:
 
 ``trusted_types`` lists the fully qualified type names, beyond skops' trusted defaults,
 that the registry may load (e.g. ``river.linear_model.log_reg.LogisticRegression``).
+
+``update_every`` turns on in-window updates of the serving model (jobs.online): the
+champion's line learns the labeled examples as they are published, and a refreshed
+serving model is published every ``5m`` of event time or every ``500 rows``; off by
+default. Only an estimator that learns incrementally can (every built-in; a factory's
+estimator as for ``training: incremental``). ``update_guard`` (``tolerance``, ``rows``)
+rolls the serving model back to the frozen champion when its rolling prequential loss
+over the last ``rows`` labeled rows exceeds the champion's by more than ``tolerance``
+(a fraction).
 """
 from __future__ import annotations
 
 import importlib
 import inspect
 import re
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
-from schemas.config_checks import Section, choice, fail, positive_int
+from schemas.config_checks import Section, choice, fail, number, parse_duration_ms, positive_int
 from schemas.errors import ConfigError
 
 # estimator -> the label kind it fits; the first one of a kind is that kind's default
@@ -99,8 +110,9 @@ def learns_incrementally(estimator: Any) -> bool:
     return hasattr(estimator, "partial_fit")
 
 
-def _check_custom(path: str, kind: str, training: str, seed: int) -> None:
-    """Import and call the factory; check the estimator fits the label kind and training."""
+def _check_custom(path: str, kind: str, training: str, seed: int) -> Any:
+    """Import and call the factory; check the estimator fits the label kind and training.
+    Returns the estimator it built."""
     factory = load_factory(path)
     try:
         est = build_estimator(factory, seed)
@@ -128,6 +140,7 @@ def _check_custom(path: str, kind: str, training: str, seed: int) -> None:
         raise fail("model.training", f"'refit' needs fit, and {path!r} returns a {name} "
                                      "without it; write training: incremental (it has "
                                      "partial_fit) or return an estimator with fit")
+    return est
 
 
 def _trusted_type(value: Any, field: str) -> str:
@@ -151,15 +164,23 @@ def estimator_settings(m: Section, kind: str, seed: int) -> dict[str, Any]:
                                           "[river.optim.sgd.SGD]")
     trusted = tuple(_trusted_type(t, f"model.trusted_types[{i}]")
                     for i, t in enumerate(raw_types))
+    updates = update_settings(m)
     if is_factory_path(estimator):
-        _check_custom(estimator, kind, training, seed)
+        est = _check_custom(estimator, kind, training, seed)
+        if updates.enabled and not learns_incrementally(est):
+            raise fail("model.update_every", f"{m.data.get('update_every')!r}: in-window "
+                                             f"updates continue the champion with partial_fit, "
+                                             f"and {estimator!r} returns a {type(est).__name__} "
+                                             "that cannot learn a few rows at a time; remove "
+                                             "model.update_every (the champion then changes "
+                                             "only at window close)")
     elif ESTIMATORS[estimator] != kind:
         fits = ", ".join(e for e, k in ESTIMATORS.items() if k == kind)
         raise fail("model.estimator", f"{estimator!r} does not fit label kind {kind!r}; "
                                       f"write {default_est}" + (f" (or one of {fits})"
                                                                 if "," in fits else ""))
     return dict(estimator=estimator, training=training, refit_windows=refit_windows,
-                trusted_types=trusted)
+                trusted_types=trusted, updates=updates)
 
 
 def _estimator_value(value: Any, field: str) -> str:
@@ -171,3 +192,67 @@ def _estimator_value(value: Any, field: str) -> str:
     except ConfigError as e:
         raise ConfigError(f"{e} (or a factory path package.module:factory, e.g. "
                           f"{_EXAMPLE})") from None
+
+
+@dataclass(frozen=True)
+class UpdateSpec:
+    """In-window updates of the serving model (``model.update_every``, jobs.online).
+
+    Off unless ``every_ms`` (event time between two published updates) or
+    ``every_rows`` (labeled rows between them) is set. The guard compares the updated
+    model's prequential loss with the frozen champion's over the last ``guard_rows``
+    labeled rows and rolls back when it is worse by more than ``tolerance`` (relative).
+    """
+    every_ms: Optional[int] = None
+    every_rows: Optional[int] = None
+    tolerance: float = 0.05
+    guard_rows: int = 1000
+
+    @property
+    def enabled(self) -> bool:
+        """Whether in-window updates are on."""
+        return self.every_ms is not None or self.every_rows is not None
+
+
+_UPDATE_EXAMPLE = "write e.g. 5m (event time between updates) or '500 rows'"
+
+
+def _every(value: Any, field: str) -> tuple[Optional[int], Optional[int]]:
+    """``model.update_every``: (ms, None) for a duration, (None, rows) for 'N rows',
+    (None, None) for off (YAML reads ``off`` as false)."""
+    if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+        return None, None
+    if isinstance(value, str) and value.strip().lower().endswith("rows"):
+        n = value.strip()[:-4].strip()
+        if not n.isdigit() or int(n) <= 0:
+            raise fail(field, f"{value!r} is not a positive row count; {_UPDATE_EXAMPLE}")
+        return None, int(n)
+    if not isinstance(value, str):
+        raise fail(field, f"{value!r} is neither a duration nor a row count; {_UPDATE_EXAMPLE}"
+                          " (a bare number is ambiguous)")
+    try:
+        ms = parse_duration_ms(value, field)
+    except ConfigError:
+        raise fail(field, f"{value!r} is neither a duration nor a row count; "
+                          f"{_UPDATE_EXAMPLE}") from None
+    if ms <= 0:
+        raise fail(field, f"{value!r} is zero; {_UPDATE_EXAMPLE}, or off")
+    return ms, None
+
+
+def update_settings(m: Section) -> UpdateSpec:
+    """``model.update_every`` and ``model.update_guard`` (the guard only with updates on)."""
+    raw = m.data.get("update_every")
+    every_ms, every_rows = (None, None) if raw is None else _every(raw, "model.update_every")
+    if m.data.get("update_guard") is None:
+        return UpdateSpec(every_ms, every_rows)
+    if every_ms is None and every_rows is None:
+        raise fail("model.update_guard", "is set but in-window updates are off; set "
+                                         "model.update_every (e.g. 5m) or remove update_guard")
+    g = m.sub("update_guard", ("tolerance", "rows"))
+    tolerance = g.get("tolerance", number(0, 1e9, "0.05"), 0.05)
+    rows = g.get("rows", positive_int, 1000)
+    if rows < 10:
+        raise fail("model.update_guard.rows", f"{rows!r} rows cannot judge a loss; write at "
+                                              "least 10, e.g. 1000")
+    return UpdateSpec(every_ms, every_rows, tolerance, rows)

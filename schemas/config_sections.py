@@ -11,12 +11,12 @@ from typing import Any, Mapping
 
 from schemas.config_checks import (Section, boolean, choice, duration, fail, name_list,
                                    non_empty_str, non_negative_int, number, positive_int)
-from schemas.config_estimator import ESTIMATORS, estimator_settings
+from schemas.config_estimator import ESTIMATORS, UpdateSpec, estimator_settings
 from schemas.config_features import FeatureSpec, kept_feature_names
 
 __all__ = ["ESTIMATORS", "KAFKA_PASSWORD_ENV", "KAFKA_PROTOCOLS", "PROMOTION_METRICS",
            "SASL_MECHANISMS", "DriftSpec", "KafkaSecurity", "ModelSpec", "PromotionSpec",
-           "kafka_security", "model_spec"]
+           "UpdateSpec", "kafka_security", "model_spec"]
 
 # promotion metric -> (label kind, True when higher is better)
 PROMOTION_METRICS = {"roc_auc": ("binary", True), "log_loss": ("binary", False),
@@ -70,7 +70,8 @@ class ModelSpec:
     names beyond skops' defaults the registry may load (see schemas.config_estimator).
     ``on_drift`` is how a job whose window shows drift adapts (see jobs.adapt): ``none``,
     ``recency`` (the window's rows weigh more, the drifted slices' most) or ``refit``
-    (a new model on the recent windows, the latest weighing most).
+    (a new model on the recent windows, the latest weighing most). ``updates``: in-window
+    updates of the serving model (``update_every``, ``update_guard``; jobs.online).
     """
     path: str
     estimator: str = "sgd_classifier"
@@ -87,6 +88,7 @@ class ModelSpec:
     promotion: PromotionSpec = PromotionSpec()
     drift: DriftSpec = DriftSpec()
     on_drift: str = "recency"
+    updates: UpdateSpec = UpdateSpec()
 
 
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -175,7 +177,8 @@ def _sasl_password(k: Section, environ: Mapping[str, str]) -> str:
 
 _MODEL_KEYS = ("path", "estimator", "training", "refit_windows", "trusted_types",
                "holdout_fraction", "job_timeout", "retries", "retry_backoff", "seed",
-               "exclude", "categorical", "promotion", "drift", "on_drift")
+               "exclude", "categorical", "promotion", "drift", "on_drift", "update_every",
+               "update_guard")
 ON_DRIFT = ("none", "recency", "refit")
 EVALUATE = ("shadow", "holdout")
 
