@@ -5,7 +5,7 @@ and is never shown by ``repr`` or error messages.
 """
 from __future__ import annotations
 
-import hmac
+import hashlib
 import os
 from typing import Mapping
 
@@ -16,21 +16,55 @@ PII_KEY_ENV = "DLABEL_PII_KEY"
 
 
 class PiiHasher:
-    """Replaces a PII value by the hex HMAC-SHA256 of its UTF-8 bytes under a secret key."""
+    """Replaces a PII value by the hex HMAC-SHA256 of its UTF-8 bytes under a secret key.
 
-    __slots__ = ("_key",)
+    On the join's hot path (one hash per hashed feature of every request): the key's
+    inner and outer SHA-256 states are computed once (RFC 2104) and copied per value,
+    and the hashes of the last ``CACHE_SIZE`` distinct values are remembered (the same
+    users come back), emptied when full. The remembered values are the plaintexts the
+    worker reads anyway; they are never persisted or shown.
+    """
+
+    __slots__ = ("_key", "_inner", "_outer", "_cache")
+
+    #: distinct values whose hash is remembered (about 200 bytes each)
+    CACHE_SIZE = 32_768
 
     def __init__(self, key: bytes) -> None:
         if not isinstance(key, (bytes, bytearray)) or not key:
             raise ConfigError(f"the pii key must be non-empty bytes; set {PII_KEY_ENV}")
         self._key = bytes(key)
+        block = self._key if len(self._key) <= _BLOCK else hashlib.sha256(self._key).digest()
+        block = block.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        self._cache: dict[str, str] = {}
 
     def hash(self, value: str) -> str:
         """Return the hex HMAC-SHA256(key, value encoded as UTF-8): 64 lowercase hex chars."""
-        return hmac.digest(self._key, value.encode("utf-8"), "sha256").hex()
+        digest = self._cache.get(value)
+        if digest is None:
+            inner = self._inner.copy()
+            inner.update(value.encode("utf-8"))
+            outer = self._outer.copy()
+            outer.update(inner.digest())
+            digest = outer.hexdigest()
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            self._cache[value] = digest
+        return digest
+
+    @property
+    def cached(self) -> int:
+        """How many distinct values' hashes are remembered now (at most ``CACHE_SIZE``)."""
+        return len(self._cache)
 
     def __repr__(self) -> str:
         return "PiiHasher(key=<redacted>)"
+
+
+#: SHA-256's block size: HMAC pads (or first hashes) the key to it
+_BLOCK = 64
 
 
 def load_pii_key(config: PipelineConfig,

@@ -6,6 +6,8 @@ import hmac
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.config import load_config
 from schemas.errors import ConfigError
@@ -94,3 +96,38 @@ def test_no_hashed_feature_no_key(airport, environ):
 def test_load_pii_key_reads_os_environ(ctr, monkeypatch):
     monkeypatch.setenv(PII_KEY_ENV, "from-env")
     assert load_pii_key(ctr) == b"from-env"
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(min_size=1, max_size=200), values=st.lists(st.text(max_size=40), max_size=8))
+def test_hash_is_the_standard_hmac_for_any_key_length(key, values):
+    """The precomputed inner/outer states (keys shorter, equal to and longer than the
+    64-byte block, which HMAC hashes first) and the cache give hmac's digest, also
+    for a value hashed again and after the cache was emptied."""
+    hasher = PiiHasher(key)
+    for value in values + values:
+        try:
+            want = hmac.digest(key, value.encode("utf-8"), "sha256").hex()
+        except UnicodeEncodeError:  # a lone surrogate: not text, as before
+            with pytest.raises(UnicodeEncodeError):
+                hasher.hash(value)
+            continue
+        assert hasher.hash(value) == want
+
+
+def test_the_cache_is_bounded():
+    hasher = PiiHasher(b"k")
+    for i in range(PiiHasher.CACHE_SIZE + 10):
+        hasher.hash(f"user{i}@example.com")
+    assert hasher.hash("user1@example.com") == hmac.digest(
+        b"k", b"user1@example.com", "sha256").hex()
+    assert hasher.hash(f"user{PiiHasher.CACHE_SIZE + 5}@example.com") == hmac.digest(
+        b"k", f"user{PiiHasher.CACHE_SIZE + 5}@example.com".encode(), "sha256").hex()
+    assert 0 < hasher.cached <= PiiHasher.CACHE_SIZE
+
+
+@pytest.mark.parametrize("length", [1, 32, 63, 64, 65, 131, 200])
+def test_keys_around_the_block_size(length):
+    key = bytes(range(length)) if length < 256 else b"k" * length
+    assert PiiHasher(key).hash("ann@example.com") == hmac.digest(
+        key, b"ann@example.com", "sha256").hex()
