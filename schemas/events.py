@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Callable
 
@@ -20,6 +20,7 @@ from schemas.errors import ConfigError, EventError
 from schemas.pii import PII_KEY_ENV, PiiHasher
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
 MIN_TS_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -70,11 +71,10 @@ def parse_event_time(value: Any, field: str = "ts", unit: str = "ms") -> int:
         except ValueError:
             raise EventError("bad_timestamp", f"{field}: {_short(value)} is not an ISO-8601 "
                                               "time; write e.g. 2026-11-27T10:00:00Z") from None
-        if dt.tzinfo is None or dt.utcoffset() is None:
+        if dt.tzinfo is None:  # else a fixed offset: fromisoformat makes only those
             raise EventError("bad_timestamp", f"{field}: {_short(value)} has no zone; "
                                               "add Z or an offset like +01:00")
-        delta = dt - _EPOCH
-        ms = delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+        ms = (dt - _EPOCH) // _MS  # floored, also before 1970
     elif kind is int or (kind is float and value - value == 0.0
                          and (unit == "s" or value.is_integer())):
         ms = _epoch_to_ms(value, unit, field)
@@ -298,6 +298,25 @@ def _load(raw: bytes) -> dict[str, Any]:
     return obj
 
 
+def _load_head(raw: bytes) -> dict[str, Any]:
+    """``_load`` for readers of the key and the time only: orjson's object as it is.
+
+    ``_load`` also scans the whole object for integers beyond 64 bits (orjson reads them
+    as floats) and parses it again with json when it finds one. A valid key or time is
+    never such a float, so a reader of those two goes back to ``_load`` only when one
+    of them is invalid (``EventParser._route``), to say why exactly as the parse does.
+    """
+    if type(raw) is bytes and len(raw) <= MAX_EVENT_BYTES:
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if type(obj) is dict:
+                return obj
+    return _load(raw)
+
+
 def _lookup(obj: Any, segments: tuple[str, ...]) -> Any:
     """The value at a nested path, or None when any step is absent or not an object."""
     for name in segments:
@@ -378,6 +397,30 @@ class EventParser:
         if type(value) is float and unit == "s":
             value = _exact_number(raw, ts_path, value)
         return rid, parse_event_time(value, name, unit)
+
+    def route_request(self, raw: bytes) -> tuple[str, int]:
+        """The join key and event time of a request value, for the repartition hop.
+
+        Only what routing and the hop's watermark markers need: the key and the time
+        are checked exactly as ``parse_request`` checks them (same reasons, same details),
+        the rest of the event is not looked at (the join validates it). Raises
+        ``EventError`` when the value has no usable key or time.
+        """
+        return self._route(raw, self._req_key, self._req["ts"], self._req_unit,
+                           self._req_ts_path)
+
+    def route_feedback(self, raw: bytes) -> tuple[str, int]:
+        """The join key and event time of a feedback value (see ``route_request``)."""
+        return self._route(raw, self._fb_key, self._fb["ts"], self._fb_unit, self._fb_ts_path)
+
+    def _route(self, raw: bytes, key: tuple, ts: tuple, unit: str,
+               ts_path: tuple[str, ...]) -> tuple[str, int]:
+        try:
+            return self._head(_load_head(raw), key, ts, unit, raw, ts_path)
+        except EventError:
+            # as the full parse says it: json decides where orjson may differ (an
+            # integer beyond 64 bits read as a float)
+            return self._head(_load(raw), key, ts, unit, raw, ts_path)
 
     def parse_request(self, raw: bytes) -> Request:
         """Parse a request value; raises ``EventError`` when it is invalid."""

@@ -8,15 +8,20 @@ import zlib
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2 as kafka_python_murmur2
 
 from schemas.config import config_from_dict
+from schemas.errors import EventError
+from schemas.events import EventParser
 from schemas.records import DeadLetter
 from streams.join.processor import InputRecord, JoinProcessor
 from streams.join.repartition import (SOURCE_HEADER, WATERMARK_HEADER, decode_source,
                                       decode_watermark, hop_task)
 from streams.kafka.partitioner import murmur2, partition_for, partitions_for
 from tests.join_cases import MIN, Run, config_dict, fb, req
+from tests.test_fuzz import VALID, bad_event
 from tests.oracle import assert_examples_match, expected_examples
 
 # org.apache.kafka.common.utils.UtilsTest#testMurmur2
@@ -265,3 +270,83 @@ def test_an_at_least_once_hop_replay_is_skipped_not_late():
     assert "late" not in run.reasons() and "duplicate_request" not in run.reasons()
     assert run.labeled["a"]["label"] == 1
     assert sum(p.reforwarded for p in hop.join) == 2
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.large_base_example])
+@given(bad=st.lists(bad_event(), min_size=1, max_size=20), unit=st.sampled_from(["ms", "s"]))
+def test_the_hop_reads_key_and_time_exactly_as_the_parser(bad, unit):
+    """The hop reads only the key and the event time: an event it cannot route gets the
+    reason and detail the full parse gives it, and one it routes has the key and time
+    the full parse finds (or is invalid in another field: the join's to find)."""
+    data = _config(partitions=2)
+    data["inputs"] = {"requests": {"ts_unit": unit}, "feedback": {"ts_unit": unit}}
+    parser = EventParser(config_from_dict(data), None)
+    events = bad + [(e.role, e.value, None) for e in VALID[:40]] + [
+        ("requests", b'{"request_id": "a", "ts": 1.5e21}', None),
+        ("requests", b'{"request_id": 123456789012345678901234, "ts": 0}', None),
+        ("feedback", b'{"request_id": "b", "ts": 1795000000.1234567891}', None),
+        ("feedback", b'{"request_id": "\\ud800", "ts": 0}', None)]
+    for role, raw, _ in events:
+        route = parser.route_request if role == "requests" else parser.route_feedback
+        parse = parser.parse_request if role == "requests" else parser.parse_feedback
+        try:
+            full = parse(raw)
+        except EventError as exc:
+            full = exc
+        try:
+            rid, ts = route(raw)
+        except EventError as exc:
+            assert isinstance(full, EventError), (raw[:80], exc.reason)
+            assert (exc.reason, exc.detail) == (full.reason, full.detail), raw[:80]
+            continue
+        if not isinstance(full, EventError):
+            assert (rid, ts) == (full.request_id, full.ts), raw[:80]
+
+
+@settings(max_examples=20, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.large_base_example])
+@given(bad=st.lists(bad_event(), min_size=30, max_size=30),
+       slots=st.lists(st.integers(0, len(VALID)), min_size=30, max_size=30))
+def test_dead_letters_through_the_hop_are_those_without_it(bad, slots):
+    """Bad events among valid ones, through the hop (the hop dead-letters those without a
+    usable key or time, the join the rest, from the source header) and without it: the
+    same dead letters (reason, detail, input topic, partition, offset, original bytes)
+    and labels equal to the oracle's. (A large allowed lateness: through the hop an
+    invalid event with a valid time counts for event time, see ``Repartitioner``.)"""
+    data = config_dict("binary", lateness="3650d", partitions=2)
+    arrivals = [(e.role, e.value) for e in VALID]
+    for i in sorted(range(len(bad)), key=lambda i: slots[i], reverse=True):
+        arrivals.insert(slots[i], bad[i][:2])
+    hop = Hop(data, inputs=3)
+    for i, (role, raw) in enumerate(arrivals):
+        hop.produce(role, _input_partition(raw, 3), raw)
+        if i % 13 == 0:
+            hop.deliver_all()
+    through = hop.drain()
+    direct, proc, offsets = Run(), JoinProcessor(config_from_dict(data), None, lambda: 0), {}
+    for role, raw in arrivals:  # the same input partitions and offsets, no hop
+        part = _input_partition(raw, 3)
+        offsets[(role, part)] = off = offsets.get((role, part), -1) + 1
+        direct.take(proc.process(role, part, [InputRecord(off, raw)]))
+        direct.take(proc.tick())
+    direct.take(proc.drain())
+
+    def letters(run):
+        return sorted((d["reason"], d["detail"], d["topic"], d["partition"], d["offset"],
+                       d["original"]) for d in run.dead)
+    assert letters(through) == letters(direct)
+    reqs = [v for r, v in arrivals if r == "requests"]
+    fbs = [v for r, v in arrivals if r == "feedback"]
+    assert_examples_match(expected_examples(data, reqs, fbs), through.emitted)
+
+
+def _input_partition(raw: bytes, partitions: int) -> int:
+    """An arrival's input partition: crc32 of its id, as a librdkafka producer would."""
+    try:
+        rid = json.loads(raw).get("request_id")
+    except Exception:
+        return 0
+    return zlib.crc32(str(rid).encode("utf-8", "surrogatepass")) % partitions

@@ -1,10 +1,10 @@
 """The event-time join of requests with feedback: pure logic, no Kafka.
 
 ``EventTimeJoin`` holds pending requests, feedback that arrived before its request
-("early" feedback) and markers of finalized requests. The worker feeds it parsed events
-and watermarks; it answers with labeled examples and dead letters. Its state changes are
-tracked per key (``take_dirty``) so that the worker can persist them to changelog-backed
-tables after the outputs they produced have been acknowledged.
+("early" feedback) and markers of finalized requests (in its ``JoinStore``, which also
+tracks the changed keys that the worker persists to the changelog-backed table after
+the outputs they produced have been acknowledged). The worker feeds it parsed events
+and watermarks; it answers with labeled examples and dead letters.
 
 Times are integer epoch milliseconds. With watermark ``W`` and allowed lateness ``A``,
 the *closed time* is ``W - A``: an event with ``ts < W - A`` is late, and a request is
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import Any, Optional
+from typing import Optional
 
 from schemas.config import PipelineConfig
 from schemas.events import Feedback, Request
@@ -32,11 +32,13 @@ from streams.join.label_rules import LabelRules
 from streams.join.repartition import origin_of
 from streams.join.join_state import (EARLY, REQUEST, DoneMarker, EarlyFeedback, LabeledOut,
                                      Output, PendingRequest, Source)
+from streams.join.join_store import JoinStore
 
 #: How long a finalized request id is remembered, past its deadline, to catch duplicates.
 DEFAULT_DEDUPE_RETENTION_MS = 24 * 3600 * 1000
 
-class EventTimeJoin:
+
+class EventTimeJoin(JoinStore):
     """Joins requests with feedback by key in event time (see module docstring)."""
 
     def __init__(self, config: PipelineConfig,
@@ -49,22 +51,15 @@ class EventTimeJoin:
         self.outcome_types = self.rules.outcome_types
         self.correction_window = config.join.correction_window_ms
         self.dedupe_retention = max(dedupe_retention_ms, self.correction_window)
+        super().__init__(self.label_window, self.label_window + self.dedupe_retention)
         #: input role (``Source.role``) -> topic, for dead letters
         self.input_topics = {"requests": config.topics.requests,
                              "feedback": config.topics.feedback}
-        self.pending: dict[str, PendingRequest] = {}
-        self.early: dict[str, list[EarlyFeedback]] = {}
-        self.done: dict[str, DoneMarker] = {}
         self.closed_time: Optional[int] = None  # W - A; None before any watermark
         self.counts: dict[str, int] = {}
         #: delays (feedback time - request time) of labeling feedback for known requests,
         #: inside their window or after it; drained by the metrics after each batch
         self.feedback_delays: deque[int] = deque(maxlen=100_000)
-        self._deadlines: list = []   # (r.ts + window, id) of pending requests
-        self._ready: list = []       # regression: (earliest candidate ts, id)
-        self._early_expiry: list = []  # (f.ts, id)
-        self._done_expiry: list = []   # (expiry, id)
-        self._dirty: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ inputs
     def on_request(self, req: Request, src: Source, raw: bytes) -> list[Output]:
@@ -82,17 +77,17 @@ class EventTimeJoin:
             return [self._late(src, raw, req.ts)]
         pending = PendingRequest.of(req, src.partition, src.offset)
         self.pending[rid] = pending
-        self._mark(REQUEST, rid, src.partition)
+        self._dirty[(REQUEST, rid)] = src.partition
         heapq.heappush(self._deadlines, (req.ts + self.label_window, rid))
-        out: list[Output] = []
         early = self.early.pop(rid, None)
-        if early:
-            self._mark(EARLY, rid, early[0].partition)
-            for fb in sorted(early, key=lambda e: (e.ts, e.offset)):
-                out.extend(self._attach(pending, fb.ts, fb.type, fb.value, fb.fields,
-                                        fb.offset))
-                if rid not in self.pending:
-                    break
+        if not early:
+            return []
+        out: list[Output] = []
+        self._mark(EARLY, rid, early[0].partition)
+        for fb in sorted(early, key=lambda e: (e.ts, e.offset)):
+            out.extend(self._attach(pending, fb.ts, fb.type, fb.value, fb.fields, fb.offset))
+            if rid not in self.pending:
+                break
         return out
 
     def on_feedback(self, fb: Feedback, src: Source, raw: bytes) -> list[Output]:
@@ -136,7 +131,9 @@ class EventTimeJoin:
         label window ended are finalized; early feedback that no request claimed in
         time becomes an orphan; done markers past their retention are forgotten.
         """
-        closed = watermark - self.lateness
+        return self._close(watermark - self.lateness, forget_done=True)
+
+    def _close(self, closed: int, forget_done: bool) -> list[Output]:
         if self.closed_time is not None and closed <= self.closed_time:
             return []
         self.closed_time = closed
@@ -144,7 +141,8 @@ class EventTimeJoin:
         self._label_settled_outcomes(closed, out)
         self._finalize_expired_windows(closed, out)
         self._expire_early_feedback(closed, out)
-        self._forget_old_done_markers(closed)
+        if forget_done:
+            self.forget_done_markers(closed)
         return out
 
     def _label_settled_outcomes(self, closed: int, out: list[Output]) -> None:
@@ -194,68 +192,13 @@ class EventTimeJoin:
             else:
                 del self.early[rid]
 
-    def _forget_old_done_markers(self, closed: int) -> None:
-        """Done markers past their dedupe retention are dropped (and deleted in the table)."""
-        while self._done_expiry and self._done_expiry[0][0] <= closed:
-            _, rid = heapq.heappop(self._done_expiry)
-            marker = self.done.get(rid)
-            if marker is not None and self._done_expires(marker) <= closed:
-                del self.done[rid]
-                self._mark(REQUEST, rid, marker.partition)
-
     def flush_all(self) -> list[Output]:
-        """End of input: finalize everything as if the watermark went to infinity."""
-        return self.advance(2**62)
+        """End of input: finalize everything as if the watermark went to infinity.
 
-    # ------------------------------------------------------------ persistence
-    @property
-    def has_changes(self) -> bool:
-        """Whether state changed since the last ``take_dirty``."""
-        return bool(self._dirty)
-
-    def take_dirty(self) -> list[tuple[str, str, int, Any]]:
-        """Return and clear the changed keys: ``[(kind, key, partition, json or None)]``.
-
-        ``kind`` is ``REQUEST`` (value: a pending request's dict, a done marker's list,
-        or None once both are gone) or ``EARLY`` (a list of early feedback, or None).
+        The done markers stay (and with them the changelog's): forgetting them is no
+        finalization, it would only write a deletion per request at the end.
         """
-        dirty, self._dirty = self._dirty, {}
-        pending, done, early = self.pending.get, self.done.get, self.early.get
-        result = []
-        append = result.append
-        for (kind, key), partition in dirty.items():
-            if kind == REQUEST:
-                v = pending(key)
-                if v is not None:
-                    append((kind, key, partition, v.to_json()))
-                else:
-                    m = done(key)
-                    append((kind, key, partition, None if m is None else m.to_json()))
-            else:
-                v = early(key)
-                append((kind, key, partition, [e.to_json() for e in v] if v else None))
-        return result
-
-    def restore(self, kind: str, key: str, value: Any) -> None:
-        """Load one persisted entry (after a restart); rebuilds the time indexes.
-
-        ``REQUEST`` entries hold a pending request (dict) or a done marker (list).
-        """
-        if kind == REQUEST and isinstance(value, dict):
-            p = PendingRequest.from_json(key, value)
-            self.pending[key] = p
-            heapq.heappush(self._deadlines, (p.ts + self.label_window, key))
-            if p.candidates:
-                heapq.heappush(self._ready, (min(c[0] for c in p.candidates), key))
-        elif kind == EARLY:
-            entries = [EarlyFeedback.from_json(v) for v in value]
-            self.early[key] = entries
-            for e in entries:
-                heapq.heappush(self._early_expiry, (e.ts, key))
-        elif kind == REQUEST:
-            m = DoneMarker.from_json(value)
-            self.done[key] = m
-            heapq.heappush(self._done_expiry, (self._done_expires(m), key))
+        return self._close(2**62 - self.lateness, forget_done=False)
 
     # ---------------------------------------------------------------- helpers
     def _attach(self, pending: PendingRequest, ts: int, ftype: str, value, fields,
@@ -327,8 +270,8 @@ class EventTimeJoin:
         marker = DoneMarker(pending.ts, pending.partition, pending.offset, label, label_ts,
                             request=kept)
         self.done[rid] = marker
-        self._mark(REQUEST, rid, pending.partition)
-        heapq.heappush(self._done_expiry, (self._done_expires(marker), rid))
+        self._dirty[(REQUEST, rid)] = pending.partition
+        heapq.heappush(self._done_expiry, (pending.ts + self._done_after, rid))
         if label is None:
             return None
         if not self.rules.published(rid, marker):
@@ -360,12 +303,6 @@ class EventTimeJoin:
         partition, offset = origin_of(src.offset)
         return DeadLetter(reason, detail, self.input_topics[src.role], partition, offset, raw,
                           task=src.partition)
-
-    def _done_expires(self, marker: DoneMarker) -> int:
-        return marker.ts + self.label_window + self.dedupe_retention
-
-    def _mark(self, kind: str, key: str, partition: int) -> None:
-        self._dirty[(kind, key)] = partition
 
     def _count(self, what: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import orjson
 
@@ -23,11 +23,11 @@ REQUEST = "request"
 EARLY = "early"
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
+class Source(NamedTuple):
     """Where an event was read: its role (``requests``/``feedback``), the join's task
     (partition) it belongs to, and its input record as one ``repartition.position``
-    (input partition and offset: an event's identity across input partitions)."""
+    (input partition and offset: an event's identity across input partitions).
+    A tuple: one is made per event (a frozen dataclass costs several times more)."""
 
     role: str
     partition: int

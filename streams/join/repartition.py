@@ -3,11 +3,13 @@
 Producers partition as their client does (murmur2, crc32, or round-robin when they send
 no key), but the join must see every event of one request in one task. Unless
 ``inputs.copartitioned`` promises the inputs are keyed right, the worker first reads
-the input topics, validates each event (an invalid one is dead-lettered here, naming
-its input topic, partition and offset) and forwards its original bytes to the
-repartition topic of its role, to the partition of its join key under dlabel's
-partitioner (``streams.kafka.partitioner``). A forwarded record carries where it came
-from in a header, so that dead letters and replays still name the input record.
+the input topics, reads each event's join key and event time (an event without a
+usable one is dead-lettered here, naming its input topic, partition and offset) and
+forwards its original bytes to the repartition topic of its role, to the partition of
+its join key under dlabel's partitioner (``streams.kafka.partitioner``). A forwarded
+record carries where it came from in a header, so that dead letters and replays still
+name the input record: the join validates the rest of the event and dead-letters an
+invalid one as the hop would have, with its input topic, partition and offset.
 
 Watermarks keep their meaning through the hop as in Flink: after each batch the hop
 sends every repartition partition a *watermark marker* per input partition it read
@@ -77,16 +79,24 @@ class Repartitioner:
         self.tasks = config.topics.partitions
         self.input_topics = {"requests": config.topics.requests,
                              "feedback": config.topics.feedback}
-        self._parse = {"requests": parser.parse_request, "feedback": parser.parse_feedback}
+        self._route = {"requests": parser.route_request, "feedback": parser.route_feedback}
         self._max_ts: dict[tuple[str, int], int] = {}
 
     def forward(self, role: str, partition: int, records: Sequence
                 ) -> tuple[list[Forward], list[DeadLetter]]:
-        """Route consumed records (``.offset``, ``.value``) of one input partition."""
-        parse, tasks = self._parse[role], self.tasks
+        """Route consumed records (``.offset``, ``.value``) of one input partition.
+
+        Only the join key and the event time of each record are read here (for its task
+        and the watermark markers): a record without a usable key or time is
+        dead-lettered by the hop, naming its input record; any other invalid field is
+        the join's to find (it dead-letters the record the same way, from the source
+        header). So a record with a valid key and time counts for event time even if
+        the join then finds it invalid.
+        """
+        route, tasks = self._route[role], self.tasks
         topic = self.input_topics[role]
         keys: list[bytes] = []
-        kept: list = []  # (value, offset) of each valid record, in order
+        kept: list = []  # (value, offset) of each routable record, in order
         dead: list[DeadLetter] = []
         max_ts = self._max_ts.get((role, partition))
         prefix = b"%d:" % partition
@@ -94,15 +104,15 @@ class Repartitioner:
         for rec in records:
             value = rec.value
             try:
-                event = parse(value)
+                rid, ts = route(value)
             except EventError as exc:
                 dead.append(DeadLetter(exc.reason, exc.detail, topic, partition, rec.offset,
                                        value, task=task))
                 continue
-            keys.append(event.request_id.encode())
+            keys.append(rid.encode())
             kept.append((value, rec.offset))
-            if max_ts is None or event.ts > max_ts:
-                max_ts = event.ts
+            if max_ts is None or ts > max_ts:
+                max_ts = ts
         if max_ts is not None:
             self._max_ts[(role, partition)] = max_ts
         # one vectorised murmur2 over the batch's keys (a pure-Python hash cost ~2.6 us each)

@@ -1,0 +1,96 @@
+"""The event-time join's state in memory, its time indexes, and its persisted form.
+
+``JoinStore`` holds what ``EventTimeJoin`` keeps between events: pending requests,
+feedback that came before its request ("early") and done markers of finalized
+requests, each in a dict by request id, plus one heap per kind of deadline. It tracks
+which keys changed (``take_dirty``: what the worker writes to the changelog-backed
+table once the outputs they produced are acked), loads persisted entries back after a
+restart (``restore``, rebuilding the heaps), and forgets done markers past their
+dedupe retention. The join's rules live in ``event_time_join``.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from streams.join.join_state import (EARLY, REQUEST, DoneMarker, EarlyFeedback,
+                                     PendingRequest)
+
+
+class JoinStore:
+    """The join's state and its changes (see module docstring)."""
+
+    def __init__(self, label_window_ms: int, done_after_ms: int) -> None:
+        """``done_after_ms``: how long after its request's time a done marker is kept."""
+        self.pending: dict[str, PendingRequest] = {}
+        self.early: dict[str, list[EarlyFeedback]] = {}
+        self.done: dict[str, DoneMarker] = {}
+        self._window = label_window_ms
+        self._done_after = done_after_ms
+        self._deadlines: list = []     # (r.ts + window, id) of pending requests
+        self._ready: list = []         # regression: (earliest candidate ts, id)
+        self._early_expiry: list = []  # (f.ts, id)
+        self._done_expiry: list = []   # (r.ts + done_after, id)
+        self._dirty: dict[tuple[str, str], int] = {}  # (kind, id) -> partition
+
+    @property
+    def has_changes(self) -> bool:
+        """Whether state changed since the last ``take_dirty``."""
+        return bool(self._dirty)
+
+    def take_dirty(self) -> list[tuple[str, str, int, Any]]:
+        """Return and clear the changed keys: ``[(kind, key, partition, json or None)]``.
+
+        ``kind`` is ``REQUEST`` (value: a pending request's dict, a done marker's list,
+        or None once both are gone) or ``EARLY`` (a list of early feedback, or None).
+        """
+        dirty, self._dirty = self._dirty, {}
+        pending, done, early = self.pending.get, self.done.get, self.early.get
+        result = []
+        append = result.append
+        for (kind, key), partition in dirty.items():
+            if kind == REQUEST:
+                v = pending(key)
+                if v is not None:
+                    append((kind, key, partition, v.to_json()))
+                else:
+                    m = done(key)
+                    append((kind, key, partition, None if m is None else m.to_json()))
+            else:
+                v = early(key)
+                append((kind, key, partition, [e.to_json() for e in v] if v else None))
+        return result
+
+    def restore(self, kind: str, key: str, value: Any) -> None:
+        """Load one persisted entry (after a restart); rebuilds the time indexes.
+
+        ``REQUEST`` entries hold a pending request (dict) or a done marker (list).
+        """
+        if kind == REQUEST and isinstance(value, dict):
+            p = PendingRequest.from_json(key, value)
+            self.pending[key] = p
+            heapq.heappush(self._deadlines, (p.ts + self._window, key))
+            if p.candidates:
+                heapq.heappush(self._ready, (min(c[0] for c in p.candidates), key))
+        elif kind == EARLY:
+            entries = [EarlyFeedback.from_json(v) for v in value]
+            self.early[key] = entries
+            for e in entries:
+                heapq.heappush(self._early_expiry, (e.ts, key))
+        elif kind == REQUEST:
+            m = DoneMarker.from_json(value)
+            self.done[key] = m
+            heapq.heappush(self._done_expiry, (m.ts + self._done_after, key))
+
+    def forget_done_markers(self, closed: int) -> None:
+        """Drop the done markers past their dedupe retention at closed time ``closed``
+        (each is a deletion in the table)."""
+        while self._done_expiry and self._done_expiry[0][0] <= closed:
+            _, rid = heapq.heappop(self._done_expiry)
+            marker = self.done.get(rid)
+            if marker is not None and marker.ts + self._done_after <= closed:
+                del self.done[rid]
+                self._dirty[(REQUEST, rid)] = marker.partition
+
+    def _mark(self, kind: str, key: str, partition: int) -> None:
+        self._dirty[(kind, key)] = partition
