@@ -5,6 +5,9 @@ r"""Join worker throughput vs the raw-client ceiling, on Tansu and/or Apache Kaf
         --guarantee at_least_once --requests 200000 --runs 5 --no-pending-memory
     python benchmarks/bench_join.py --engine both --inputs hop --inputs copartitioned \
         --requests 100000 --runs 3 --no-pending-memory
+    git archive HEAD | tar -x -C /tmp/before   # a checkout to compare with
+    python benchmarks/bench_join.py --code /tmp/before --requests 100000 --runs 3 \
+        --no-pending-memory
 
 For each run, on the same freshly produced topics: the raw aiokafka consume rate of
 the requests and feedback topics (getmany + json.loads: the ceiling; each record counted
@@ -12,7 +15,9 @@ once), then the join worker (`dlabel -v worker --drain --guarantee G` as a child
 over the same data, raw and worker alternating; their ratio is taken side by side in the
 run, on the same broker. ``--engine`` picks the broker (the embedded Tansu broker, a
 single-node Apache Kafka from the cached jars, or both, started side by side);
-``--guarantee`` (repeatable) the worker's processing guarantee. Every (engine,
+``--guarantee`` (repeatable) the worker's processing guarantee; ``--code`` (repeatable)
+another checkout whose worker runs too, side by side with the current code in every run
+(before/after a change, under the same load). Every (engine,
 guarantee) pair is measured in every run on the same simulated events (seed = run + 1),
 in an order rotated from run to run; exactly_once is skipped on Tansu (no transactions)
 and ``auto`` means at_least_once there and exactly_once on Kafka. With both guarantees
@@ -249,7 +254,7 @@ def first_read_at(log: Path) -> float | None:
 
 
 def run_worker(config_path: Path, log: Path, guarantee: str = "auto", only: str | None = None,
-               tail: OutputTail | None = None) -> tuple[dict, float]:
+               tail: OutputTail | None = None, code: Path = ROOT) -> tuple[dict, float]:
     """`dlabel -v worker --drain --guarantee G` in a child; (summary, peak RSS MiB of the
     child, this run's only).
 
@@ -259,6 +264,8 @@ def run_worker(config_path: Path, log: Path, guarantee: str = "auto", only: str 
     and its "reading inputs from", right before its first fetch). With ``tail`` (the
     labeled topic's reader, started before), it returns only once the tail has read
     every label the worker wrote (it exits after its final, finalizing batch is durable).
+    ``code``: the checkout whose worker runs (its directory is the child's working
+    directory, so ``python -m streams.cli`` imports that code).
     """
     stats = log.with_suffix(".stats.json")
     env = {**os.environ, "DLABEL_PII_KEY": PII_KEY, "DLABEL_WORKER_STATS": str(stats)}
@@ -266,7 +273,7 @@ def run_worker(config_path: Path, log: Path, guarantee: str = "auto", only: str 
            "--drain", "--batch-size", "5000", "--guarantee", guarantee]
     if only:
         cmd += ["--only", only]
-    child = run_child(cmd, log, env)
+    child = run_child(cmd, log, env, cwd=code)
     text = log.read_text(errors="replace").strip().splitlines()
     if child["rc"] != 0:
         raise SystemExit(f"worker failed ({child['rc']}):\n" + "\n".join(text[-30:]))
@@ -400,10 +407,10 @@ def _status_mib(pid, field: str) -> float:
 AUTO = {"tansu": "at_least_once", "kafka": "exactly_once"}
 
 
-def configurations(engines: list[str], guarantees: list[str],
-                   inputs: list[str]) -> list[tuple[str, str, str]]:
-    """(engine, effective guarantee, inputs) to measure, in order, without repeats."""
-    out: list[tuple[str, str, str]] = []
+def configurations(engines: list[str], guarantees: list[str], inputs: list[str],
+                   codes: tuple[str, ...] = ("current",)) -> list[tuple[str, str, str, str]]:
+    """(engine, effective guarantee, inputs, code) to measure, in order, without repeats."""
+    out: list[tuple[str, str, str, str]] = []
     for engine in engines:
         for g in guarantees:
             g = AUTO[engine] if g == "auto" else g
@@ -411,8 +418,9 @@ def configurations(engines: list[str], guarantees: list[str],
                 print("# skipped tansu/exactly_once: Tansu has no transactions", flush=True)
                 continue
             for i in inputs:
-                if (engine, g, i) not in out:
-                    out.append((engine, g, i))
+                for code in codes:
+                    if (engine, g, i, code) not in out:
+                        out.append((engine, g, i, code))
     return out
 
 
@@ -443,6 +451,10 @@ def main() -> None:
                     help="hop: the worker repartitions its inputs (the default); "
                          "copartitioned: inputs.copartitioned: true, no hop (repeatable: "
                          "both in one run give the hop's cost side by side)")
+    ap.add_argument("--code", type=Path, action="append", default=[],
+                    help="also run the worker of this checkout (e.g. `git archive HEAD | "
+                         "tar -x -C /tmp/before`), side by side with the current code in "
+                         "every run, on the same topics' data (repeatable)")
     ap.add_argument("--pending", type=int, default=1_000_000)
     ap.add_argument("--no-pending-memory", action="store_true",
                     help="skip the in-process memory of --pending pending requests")
@@ -458,9 +470,11 @@ def main() -> None:
                 print(json.dumps(pending_worker_rss(broker, Path(tmp), args.pending, store)),
                       flush=True)
         return
-    configs = configurations(engines, args.guarantee or ["auto"], args.inputs or ["hop"])
+    code_roots = {"current": ROOT, **{str(c): c.resolve() for c in args.code}}
+    configs = configurations(engines, args.guarantee or ["auto"], args.inputs or ["hop"],
+                             tuple(code_roots))
     print(f"# load average at start: {os.getloadavg()}", flush=True)
-    rows: dict[tuple[str, str, str], list[dict]] = {c: [] for c in configs}
+    rows: dict[tuple[str, str, str, str], list[dict]] = {c: [] for c in configs}
     oracle_s: list[float] = []
     mismatches = 0
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
@@ -469,9 +483,10 @@ def main() -> None:
         for run in range(args.runs):
             events = expected = None
             order = configs[run % len(configs):] + configs[:run % len(configs)]
-            for engine, guarantee, inputs in order:
+            for engine, guarantee, inputs, code in order:
                 broker = brokers[engine]
-                tag = f"{engine[0]}{'e' if guarantee == 'exactly_once' else 'a'}{inputs[0]}"
+                tag = (f"{engine[0]}{'e' if guarantee == 'exactly_once' else 'a'}{inputs[0]}"
+                       f"{list(code_roots).index(code)}")
                 work = Path(tmp) / f"run{run}-{tag}"
                 work.mkdir()
                 path = write_pipeline(work, "ctr", broker.url,
@@ -499,7 +514,8 @@ def main() -> None:
                                                        cfg.topics.partitions))
                 with OutputTail(broker.bootstrap, cfg.topics.labeled,
                                 cfg.topics.partitions) as tail:
-                    summary, rss = run_worker(path, work / "worker.log", guarantee, tail=tail)
+                    summary, rss = run_worker(path, work / "worker.log", guarantee, tail=tail,
+                                              code=code_roots[code])
                 ok, why, repeats = compare_with_oracle(expected, tail.values)
                 mismatches += not ok
                 first = summary["first_read_at"] or summary["spawned_at"]
@@ -515,9 +531,9 @@ def main() -> None:
                        "load1": load_before, "worker_cpu_s": summary["cpu_s"]}
                 row["ratio"] = row["join_eps"] / row["raw_eps"]
                 row["steady_ratio"] = row["steady_eps"] / row["raw_eps"]
-                rows[(engine, guarantee, inputs)].append(row)
+                rows[(engine, guarantee, inputs, code)].append(row)
                 print(json.dumps({"run": run, "engine": engine, "guarantee": guarantee,
-                                  "inputs": inputs,
+                                  "inputs": inputs, "code": code,
                                   **{k: (round(v, 3) if isinstance(v, float) else v)
                                      for k, v in row.items()},
                                   "batches": summary.get("batches"),
@@ -526,7 +542,7 @@ def main() -> None:
                       flush=True)
                 if not ok:
                     print(f"# MISMATCH with the oracle ({engine}, {guarantee}, {inputs}, "
-                          f"run {run}):\n{why}", flush=True)
+                          f"{code}, run {run}):\n{why}", flush=True)
             del events, expected
         mem = None if args.no_pending_memory else pending_memory(cfg, args.pending)
     print(f"# load average at the end: {os.getloadavg()}", flush=True)
@@ -537,29 +553,39 @@ def main() -> None:
     print("join ev/s: input records / (worker's first input read -> last label read from "
           "the labeled topic, the final finalization included); steady: / the worker's "
           "busy time (first batch -> last input batch durable)\n")
-    print("| broker | guarantee | inputs | events | raw aiokafka ev/s (ceiling) | join ev/s | "
-          "ratio join / raw | steady ratio | worker CPU s (whole run) | "
+    print("| broker | guarantee | inputs | code | events | raw aiokafka ev/s (ceiling) | "
+          "join ev/s | ratio join / raw | steady ratio | worker CPU s (whole run) | "
           "worker peak RSS MiB (per run) | labeled = oracle (field by field) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for (engine, guarantee, inputs), m in med.items():
-        rs = rows[(engine, guarantee, inputs)]
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (engine, guarantee, inputs, code), m in med.items():
+        rs = rows[(engine, guarantee, inputs, code)]
         match = sum(r["oracle_match"] for r in rs)
         rss = " / ".join(f"{r['worker_peak_rss_mib']:.0f}" for r in rs)
-        print(f"| {engine} | {guarantee} | {inputs} | {m['events']:,.0f} | {m['raw_eps']:,.0f} | "
+        print(f"| {engine} | {guarantee} | {inputs} | {code} | {m['events']:,.0f} | "
+              f"{m['raw_eps']:,.0f} | "
               f"{m['join_eps']:,.0f} | {m['ratio']:.3f} | {m['steady_ratio']:.3f} | "
               f"{m['worker_cpu_s']:.1f} | "
               f"{rss} | "
               f"{match}/{len(rs)} runs ({m['oracle_labels']:,.0f} labels) |")
-    for engine, guarantee, inputs in configs:  # the hop's cost, side by side per run
-        hop, direct = rows.get((engine, guarantee, "hop")), rows.get(
-            (engine, guarantee, "copartitioned"))
+    for engine, guarantee, inputs, code in configs:  # the hop's cost, side by side per run
+        hop, direct = rows.get((engine, guarantee, "hop", code)), rows.get(
+            (engine, guarantee, "copartitioned", code))
         if inputs == "hop" and hop and direct:
             cost = [h["join_eps"] / d["join_eps"] for h, d in zip(hop, direct)]
-            print(f"\n{engine} {guarantee}: join ev/s with the repartition hop / without, "
+            print(f"\n{engine} {guarantee} {code}: join ev/s with the repartition hop / without, "
                   f"per run: {', '.join(f'{c:.3f}' for c in cost)}; median "
                   f"{statistics.median(cost):.3f}")
-    eos = rows.get(("kafka", "exactly_once", "hop"))
-    alo = rows.get(("kafka", "at_least_once", "hop"))
+    for engine, guarantee, inputs, code in configs:  # current / another checkout, per run
+        cur, other = rows.get((engine, guarantee, inputs, "current")), rows.get(
+            (engine, guarantee, inputs, code))
+        if code != "current" and cur and other:
+            for what in ("ratio", "steady_ratio"):
+                gain = [c[what] / o[what] for c, o in zip(cur, other)]
+                print(f"\n{engine} {guarantee} {inputs}: {what} current / {code}, per run: "
+                      f"{', '.join(f'{g:.2f}' for g in gain)}; median "
+                      f"{statistics.median(gain):.2f}")
+    eos = rows.get(("kafka", "exactly_once", "hop", "current"))
+    alo = rows.get(("kafka", "at_least_once", "hop", "current"))
     if eos and alo:
         cost = [e["join_eps"] / a["join_eps"] for e, a in zip(eos, alo)]
         print(f"\nKafka exactly once / at least once, join ev/s per run: "
