@@ -47,3 +47,42 @@ def test_plan_compacts_state_and_reports_and_leaves_input_retention_alone(make_c
         assert plan[name][1] == {"cleanup.policy": "delete"}
     assert CHANGELOG_TOPIC_CONFIGS["cleanup.policy"] == "compact"
     assert CHANGELOG_TOPIC_CONFIGS["retention.ms"] == "-1"
+
+
+def _described(bootstrap: str, topic: str) -> dict:
+    from kafka.admin import ConfigResource, ConfigResourceType
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        got = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)],
+                                     config_filter="all")
+    finally:
+        admin.close()
+    return {k: v.get("value") if isinstance(v, dict) else v
+            for k, v in (got.get("topic", {}).get(topic) or {}).items()}
+
+
+def test_inputs_on_tansu_state_their_retention(broker, make_config):
+    # Tansu describes only the configs a topic was created with (clients such as Quix
+    # Streams fail without retention.ms); it keeps every record, so -1 is the truth
+    cfg = make_config("ctr", broker=broker.url)
+    ensure_topics(broker.bootstrap, cfg)
+    for name in (cfg.topics.requests, cfg.topics.feedback):
+        configs = _described(broker.bootstrap, name)
+        assert configs.get("retention.ms") == "-1", configs
+        assert configs.get("cleanup.policy") == "delete", configs
+
+
+def test_inputs_on_kafka_keep_the_broker_retention(kafka_broker, make_config):
+    # elsewhere the inputs' retention is the operator's: the broker's, no topic override
+    cfg = make_config("ctr", broker=kafka_broker.url)
+    ensure_topics(kafka_broker.bootstrap, cfg)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        from kafka.admin import ConfigResource, ConfigResourceType
+        got = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, cfg.topics.requests)],
+            config_filter="all").get("topic", {}).get(cfg.topics.requests) or {}
+    finally:
+        admin.close()
+    assert got["retention.ms"]["config_source"] != "DYNAMIC_TOPIC_CONFIG", got["retention.ms"]
+    assert got["cleanup.policy"]["config_source"] == "DYNAMIC_TOPIC_CONFIG"

@@ -23,13 +23,35 @@ from streams.kafka import clients as kafka_clients
 
 log = logging.getLogger(__name__)
 
+#: Tansu describes a topic with only the configs it was created with, and some clients
+#: fail on a topic without ``retention.ms`` (Quix Streams reads it: KeyError). Tansu
+#: never deletes a record (memory storage, no retention), so the input topics dlabel
+#: creates there state that: -1, forever. On other brokers their retention stays the
+#: operator's (the broker's ``log.retention.ms``), see ``streams.kafka.topics``.
+TANSU_INPUT_TOPIC_CONFIGS = {"retention.ms": "-1"}
+
+
+def is_tansu_cluster(cluster_id: object) -> bool:
+    """True for the cluster id a Tansu broker reports (DescribeCluster, metadata)."""
+    return str(cluster_id or "").startswith("tansu")
+
+
+def admin_is_tansu(admin: KafkaAdminClient) -> bool:
+    """Whether ``admin`` talks to Tansu; False when the cluster cannot be described
+    (an old broker, or a user without DESCRIBE on the cluster: not Tansu either way)."""
+    try:
+        return is_tansu_cluster(admin.describe_cluster().get("cluster_id"))
+    except Exception as exc:  # kafka-python raises several unrelated types here
+        log.debug("cannot describe the cluster (%r): not Tansu", exc)
+        return False
+
+
 def is_tansu(bootstrap: str, timeout_s: float = 10.0) -> bool:
     """True when the cluster at ``bootstrap`` is a Tansu broker (by its cluster id)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000),
                              client_id="dlabel-probe", **kafka_clients.kafka_python())
     try:
-        cluster = admin.describe_cluster()
-        return str(cluster.get("cluster_id") or "").startswith("tansu")
+        return is_tansu_cluster(admin.describe_cluster().get("cluster_id"))
     finally:
         admin.close()
 

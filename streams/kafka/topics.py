@@ -4,7 +4,8 @@ Create topics before any client looks them up: a broker with auto-creation enabl
 (Tansu always, Apache Kafka by default) creates an unknown topic on the first metadata
 request that names it, with the broker's default partition count (4 on Tansu) and no
 configs. Every topic here is created with explicit configs, because topics created
-without them describe with an empty config on Tansu, which breaks some clients.
+without them describe with an empty config on Tansu, which breaks some clients; the
+input topics' retention is the operator's, except on Tansu (see ``tansu_quirks``).
 
 Uses kafka-python 3.0's ``KafkaAdminClient``, whose metadata requests set
 ``allow_auto_topic_creation=False`` (so looking a topic up here never creates it).
@@ -18,6 +19,7 @@ import kafka.errors as kerr
 
 from schemas.errors import BrokerError
 from streams.kafka import clients as kafka_clients
+from streams.kafka import tansu_quirks
 
 if TYPE_CHECKING:
     from schemas.config import PipelineConfig
@@ -28,7 +30,8 @@ __all__ = ["ensure_topics", "partition_count", "topic_plan", "TOPIC_CONFIGS", "I
 _WEEK_MS = 7 * 24 * 3600 * 1000
 _HOUR_MS = 3600 * 1000
 # inputs: the model server's and the world's topics; their retention is the operator's
-# (the broker's default applies when dlabel creates them)
+# (the broker's default applies when dlabel creates them; on Tansu, which keeps every
+# record, they say so: ``tansu_quirks.TANSU_INPUT_TOPIC_CONFIGS``)
 INPUT_TOPIC_CONFIGS: dict[str, str] = {"cleanup.policy": "delete"}
 # outputs: a week of history, like Kafka's default, but stated explicitly
 TOPIC_CONFIGS: dict[str, str] = {"retention.ms": str(_WEEK_MS), "cleanup.policy": "delete"}
@@ -130,6 +133,9 @@ def ensure_topics(bootstrap: str, config: "PipelineConfig", extra: Iterable[str]
     names = list(plan)
     admin = _admin(bootstrap, timeout)
     try:
+        if tansu_quirks.admin_is_tansu(admin):
+            for name in (config.topics.requests, config.topics.feedback):
+                plan[name][1].update(tansu_quirks.TANSU_INPUT_TOPIC_CONFIGS)
         existing = _describe(admin, names)
         _check_counts(plan, existing, any_count(config))
         _check_cleanup_policies(admin, plan, existing)
