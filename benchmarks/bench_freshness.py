@@ -263,6 +263,7 @@ def one_run(engine: str, broker, rate: float, run: int, args, tmp: Path) -> dict
     res["records_per_batch"] = round(
         (stats1.get("records", 0) - stats0.get("records", 0)) / max(batches, 1), 1)
     res["steps_s"] = steps
+    res["topped_up"] = stats1.get("topped_up", 0) - stats0.get("topped_up", 0)
     return {"engine": engine, "rate": rate, "run": run, "ready_s": round(ready_s, 2), **res,
             "create_p50_ms": pct(c, 0.5), "create_p99_ms": pct(c, 0.99),
             "create_max_ms": pct(c, 1.0), "visible_p50_ms": pct(v, 0.5),

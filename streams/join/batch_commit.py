@@ -108,6 +108,8 @@ class BatchCommitter:
         self.committed: dict[TopicPartition, int] = {}
         self.seconds = seconds
         self.on_input_durable: Optional[Callable[[], None]] = None
+        #: the worker is shutting down: a batch that fails now is logged, not a crash
+        self.stopping = False
         self._inflight: Optional[asyncio.Task] = None
 
     @property
@@ -126,10 +128,11 @@ class BatchCommitter:
         """Whether batches must carry their state for a local (RocksDB) store too."""
         return self.group.keeps_local_store
 
-    async def own_tasks(self, tasks) -> None:
-        """Exactly once: hold the producers of ``tasks`` (fencing their previous owner)."""
+    async def own_tasks(self, tasks, fence=()) -> None:
+        """Exactly once: hold the producers of ``tasks`` (fencing their previous owner),
+        and fence the transactional ids of ``fence`` without holding them."""
         if self.transactions is not None:
-            await self.transactions.ensure(tasks)
+            await self.transactions.ensure(tasks, fence=fence)
 
     async def release_tasks(self) -> None:
         """Exactly once: let go of every task's producer (a rebalance is under way)."""
@@ -169,8 +172,16 @@ class BatchCommitter:
     def _crash_on_error(self, task: asyncio.Task) -> None:
         # Nothing may wait on the task (an idle input): stop the worker on a failure.
         if not task.cancelled() and task.exception() is not None:
+            if self.stopping:  # its input is read again after the restart
+                log.warning("finishing a batch failed while stopping: %r", task.exception())
+                return
             log.error("finishing a batch failed: %r", task.exception())
             asyncio.ensure_future(self.group.crash(task.exception()))
+
+    @property
+    def busy(self) -> bool:
+        """Whether a submitted batch is still being made durable."""
+        return self._inflight is not None and not self._inflight.done()
 
     async def wait(self) -> None:
         """Wait until every submitted batch is durable; raise what failed."""

@@ -57,8 +57,15 @@ class BatchLoop:
                           if config.repartitions else {})
         self.roles = {**self.join_roles, **self.hop_roles}  # everything the feed reads
         self._marked: dict[TopicPartition, tuple] = {}  # hop input -> progress last sent
+        #: repartition partitions the last batch forwarded events to (see ``_on_records``)
+        self._forwarded_to: set[TopicPartition] = set()
+        self.topped_up = 0  # records added to a batch once the batch before committed
         #: partition counts of the topics the hop reads (any count: the producers')
         self.input_partitions: dict[str, int] = {}
+        #: hop inputs whose tasks are the join's (``_shared_hop_tasks``), and the hop
+        #: task names that stand for a join task then
+        self._shared_hops: frozenset[str] = frozenset()
+        self._task_alias: dict[str, int] = {}
         self._repartition_topic = config.join_inputs  # role -> topic the hop writes
         self._hop_topic = {role: topic for topic, role in self.hop_roles.items()}
         self.proc = JoinProcessor(config, pii, clock)
@@ -70,6 +77,7 @@ class BatchLoop:
                               read_committed=opts.exactly_once)
         self.lock = asyncio.Lock()
         self.ready = False       # state loaded and feed assigned for the current assignment
+        self.stopping = False    # the app is shutting down: no new batches
         self.generation = 0      # bumped by every rebalance callback
         self.positions: dict[TopicPartition, int] = {}  # next offset to read, per input
         self.drained = False
@@ -98,9 +106,31 @@ class BatchLoop:
 
     def task_of(self, tp: TopicPartition):
         """The task an input partition belongs to: the join's partition number, or for an
-        input of the repartition hop, that hop's task (``repartition.hop_task``)."""
+        input of the repartition hop, that hop's task (``repartition.hop_task``), unless
+        the hop's input is co-partitioned with the join's tasks (``_shared_hop_tasks``).
+        """
         role = self.hop_roles.get(tp.topic)
-        return tp.partition if role is None else hop_task(role, tp.partition)
+        if role is None or tp.topic in self._shared_hops:
+            return tp.partition
+        return hop_task(role, tp.partition)
+
+    def _shared_hop_tasks(self) -> None:
+        """Hop inputs with as many partitions as the join has tasks share the join task's
+        transaction: one per task and batch instead of three (fewer round trips to
+        the transaction coordinator before each commit).
+
+        Faust's assignor gives partition ``p`` of every topic with the same partition
+        count to one worker (co-partitioning: the inputs, their repartition topics,
+        the state changelog), so the hop from input partition ``p`` always moves with
+        join task ``p``, and the new owner of task ``p`` registering its transactional
+        id fences whoever ran both before. The hop's own ids (used while the counts
+        differed, or by an older worker) are fenced too at each assignment
+        (``_fence_hop_ids``), so no zombie still holding one can commit."""
+        tasks = self.config.topics.partitions
+        self._shared_hops = frozenset(topic for topic in self.hop_roles
+                                      if self.input_partitions.get(topic) == tasks)
+        self._task_alias = {hop_task(self.hop_roles[topic], p): p
+                            for topic in self._shared_hops for p in range(tasks)}
 
     # ------------------------------------------------------------- rebalances
     async def on_revoked(self) -> None:
@@ -111,6 +141,26 @@ class BatchLoop:
             self.feed.unassign()
             await self.committer.wait()  # and every batch in flight is durable
             await self.committer.release_tasks()  # they may move to another worker
+
+    async def stop(self) -> None:
+        """The app is shutting down: submit no more batches and let those in flight
+        finish while the producers and the group member still run (at most
+        ``STOP_WAIT_S``). A batch that cannot finish now is read again by the next
+        owner of its partitions (its transaction aborted under exactly once), so a
+        failure here is logged, not raised: SIGTERM is an orderly stop, exit code 0."""
+        self.stopping = True
+        self.ready = False
+        self.generation += 1
+        self.committer.stopping = True
+        async def finish() -> None:
+            async with self.lock:
+                await self.committer.wait()
+
+        try:
+            await asyncio.wait_for(finish(), STOP_WAIT_S)
+        except Exception as exc:  # TimeoutError too
+            log.warning("stopping: the batch in flight did not finish (%r); its input is "
+                        "read again after the restart", exc)
 
     def on_assigned(self, assigned=None) -> None:
         """The group has a new assignment: the next batch waits for its table recovery.
@@ -128,7 +178,7 @@ class BatchLoop:
     async def _become_ready(self) -> bool:
         """After table recovery: rebuild the join from the table, assign the feed."""
         group = self.group
-        if not group.ready():
+        if self.stopping or not group.ready():
             return False
         generation = self.generation
         async with self.lock:
@@ -136,16 +186,20 @@ class BatchLoop:
                 return False
             await self.committer.wait()
             assigned = group.assigned(self.roles)
-            if self.committer.exactly_once:
-                # fenced first (table recovery did it already): no zombie commits now
-                await self.committer.own_tasks({self.task_of(tp) for tp in assigned})
-                positions = await group.fetch_committed(assigned)
-            else:
-                positions = group.committed(assigned)
             for topic in self.hop_roles:
                 if topic not in self.input_partitions:
                     self.input_partitions[topic] = await asyncio.to_thread(
                         partition_count, self.opts.bootstrap, topic)
+            self._shared_hop_tasks()
+            if self.committer.exactly_once:
+                # fenced first (table recovery did it already): no zombie commits now
+                await self.committer.own_tasks(
+                    {self.task_of(tp) for tp in assigned},
+                    fence={hop_task(self.hop_roles[tp.topic], tp.partition)
+                           for tp in assigned if tp.topic in self._shared_hops})
+                positions = await group.fetch_committed(assigned)
+            else:
+                positions = group.committed(assigned)
             await self._reload()
             self.positions = await self.feed.assign(positions)
             await group.pause(positions)
@@ -271,6 +325,37 @@ class BatchLoop:
             self.first_event_at = time.monotonic()
         self.batches += 1
         t0 = time.perf_counter()
+        positions = self.positions
+        waited = 0.0
+        outputs = await self._process(records)
+        if self.committer.exactly_once:
+            # the batch before is committed before this one's transactions begin: what
+            # its commit made visible (its forwards to our repartition partitions) and
+            # what else came meanwhile joins this batch, not the next (one cycle less)
+            t1 = time.perf_counter()
+            fresh = self.committer.busy and bool(self._forwarded_to.intersection(positions))
+            await self.committer.wait()
+            t2 = time.perf_counter()
+            more = await self.feed.getmany(
+                timeout_ms=TOP_UP_WAIT_MS if fresh else 0,
+                max_records=max(0, self.opts.batch_size - sum(map(len, records.values()))),
+                wait_for=self._forwarded_to)
+            waited = time.perf_counter() - t1
+            self.seconds["wait_commit"] += t2 - t1
+            self.seconds["top_up_fetch"] += waited - (t2 - t1)
+            if more:
+                self.topped_up += sum(map(len, more.values()))
+                outputs.extend(await self._process(more))
+        await self._skip_markers()
+        outputs.extend(self._markers())  # every input's, as the timer would (see on_timer)
+        self._update_caught_up()
+        outputs.extend(self.proc.tick())
+        self.seconds["process"] += time.perf_counter() - t0 - waited
+        await self._submit(outputs, from_input=True)
+        BATCH_SECONDS.observe(time.perf_counter() - t0)
+
+    async def _process(self, records: dict) -> list:
+        """Run fetched records through the hop and the join; moves the positions."""
         outputs = []
         proc = self.proc
         process = proc.process_forwarded if self.hop_roles else proc.process
@@ -285,13 +370,7 @@ class BatchLoop:
                 outputs.extend(process(self.join_roles[tp.topic], tp.partition, recs))
             positions[tp] = recs[-1].offset + 1
             await asyncio.sleep(0)  # let acks and fetches in flight progress
-        await self._skip_markers()
-        outputs.extend(self._markers())  # every input's, as the timer would (see on_timer)
-        self._update_caught_up()
-        outputs.extend(self.proc.tick())
-        self.seconds["process"] += time.perf_counter() - t0
-        await self._submit(outputs, from_input=True)
-        BATCH_SECONDS.observe(time.perf_counter() - t0)
+        return outputs
 
     async def _submit(self, outputs, from_input: bool) -> None:
         """Encode the batch's outputs and state changes; hand them to the committer."""
@@ -411,14 +490,22 @@ class BatchLoop:
                 self.on_drained()
 
     def _write_stats(self) -> None:
-        """Where the batch loop's time went, for benchmarks (``DLABEL_WORKER_STATS``: a
-        path; rewritten every 5 s and at the end of a drain)."""
+        """Where the batch loop's time went and how large the join's state is, for
+        benchmarks (``DLABEL_WORKER_STATS``: a path; rewritten every 5 s and at the end
+        of a drain)."""
         self._stats_written_at = time.monotonic()
         path = os.environ.get("DLABEL_WORKER_STATS")
         if path:
-            with open(path, "w") as f:
+            join = self.proc.join
+            tmp = f"{path}.tmp"  # readers poll the file: never show them half of it
+            with open(tmp, "w") as f:
                 json.dump({"seconds": dict(self.seconds), "batches": self.batches,
-                           "records": sum(self.proc.records_in.values())}, f)
+                           "records": sum(self.proc.records_in.values()),
+                           "state": {"pending": len(join.pending), "done": len(join.done),
+                                     "early": len(join.early)},
+                           "labeled_sent": self.sent_labeled, "topped_up": self.topped_up,
+                           "at": time.time()}, f)
+            os.replace(tmp, path)
 
     def _update_caught_up(self) -> None:
         """Tell the watermark which inputs have reached their end (only those may idle).
@@ -449,6 +536,7 @@ class BatchLoop:
         topics = self.config.topics
         labeled, for_task = topics.labeled, pubs.for_task
         labels: dict = {}
+        forwarded_to = self._forwarded_to = set()
         for o in outputs:
             if type(o) is tuple:  # the hop's forwards (and markers) from one input
                 tp, forwards = o
@@ -456,6 +544,8 @@ class BatchLoop:
                 target = self._repartition_topic[self.hop_roles[tp.topic]]
                 for f in forwards:
                     pub.add(target, f.task, f.key, f.value, f.headers)
+                    if f.key is not None:  # an event, not a watermark marker
+                        forwarded_to.add(TopicPartition(target, f.task))
             elif type(o) is LabeledOut:
                 ex = o.example
                 for_task(o.partition).add(labeled, o.partition, ex["request_id"].encode(),
@@ -464,10 +554,18 @@ class BatchLoop:
                 labels[label] = labels.get(label, 0) + 1
                 self.sent_labeled += 1
             elif type(o) is DeadLetter:
-                task = o.partition if o.task is None else o.task
+                task = o.partition if o.task is None else self._task_alias.get(o.task, o.task)
                 await for_task(task).add_any_partition(topics.dead_letter, None, o.encode())
         return labels
 
+
+#: Exactly once: how long a batch waits, once the batch before is committed, for the
+#: events that batch forwarded to this worker's repartition partitions to be fetched
+#: (they become visible with the commit's markers, a few milliseconds after it).
+TOP_UP_WAIT_MS = 20
+
+#: How long a stopping worker waits for the batch in flight to become durable.
+STOP_WAIT_S = 10.0
 
 #: The timer leaves the batches to the input loop while it submitted one this recently.
 TIMER_QUIET_S = 0.5

@@ -433,6 +433,11 @@ def _declare_agents(app: faust.App, inputs, loop: BatchLoop) -> None:
             await app.crash(exc)
             raise
 
+    @app.on_before_shutdown.connect
+    async def on_shutdown(sender, **kwargs):
+        # before Faust stops the producer: the batch in flight finishes first
+        await loop.stop()
+
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs):
         await loop.on_revoked()

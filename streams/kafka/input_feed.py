@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -77,7 +77,8 @@ class InputFeed:
         if self._started:
             self._consumer.assign([])
 
-    async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+    async def getmany(self, timeout_ms: int, max_records: int,
+                      wait_for: Iterable[TopicPartition] = ()) -> dict:
         """Up to ``max_records`` fetched records: ``{TopicPartition: [ConsumerRecord]}``.
 
         Every partition with fetched records gets a fair share of the batch. aiokafka's
@@ -87,20 +88,33 @@ class InputFeed:
         so the first labels (a request *and* its feedback) came only after seconds,
         and early feedback piled up in the join state. Records are decoded only when
         returned, so asking per partition costs no extra decoding.
+
+        Waits up to ``timeout_ms`` for any record when none is buffered; with
+        ``wait_for``, for a record of those partitions (of the assigned ones) instead,
+        then takes what else is buffered at once.
         """
         consumer = self._consumer
         if consumer is None or not consumer.assignment():
             await asyncio.sleep(timeout_ms / 1000)
             return {}
-        tps = sorted(consumer.assignment())
-        if len(tps) == 1:
+        if max_records <= 0:
+            return {}
+        assigned = consumer.assignment()
+        tps = sorted(assigned)
+        out: dict = {}
+        room = max_records
+        share = max(1, max_records // len(tps))
+        wait = sorted(tp for tp in wait_for if tp in assigned)
+        if wait and timeout_ms > 0:
+            out = await consumer.getmany(*wait, timeout_ms=timeout_ms,
+                                         max_records=max(1, max_records // 2))
+            room -= sum(map(len, out.values()))
+            timeout_ms = 0  # waited: the rest is what is buffered now
+        if len(tps) == 1 and not out:
             return await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         start = self._turn % len(tps)  # who goes first rotates from batch to batch
         self._turn += 1
         tps = tps[start:] + tps[:start]
-        out: dict = {}
-        room = max_records
-        share = max(1, max_records // len(tps))
         for quota in (share, None):  # a fair share each, then what is left, in turn
             for tp in tps:
                 if room <= 0:
@@ -116,7 +130,7 @@ class InputFeed:
                     room -= len(recs)
             if room <= 0 or not out:
                 break
-        if out:
+        if out or timeout_ms <= 0:
             return out
         # nothing buffered: wait for the next fetch to bring anything
         return await consumer.getmany(timeout_ms=timeout_ms, max_records=share)

@@ -25,6 +25,11 @@ log = logging.getLogger("dlabel.transactions")
 #: killed worker must not hold ``read_committed`` readers back for long).
 TRANSACTION_TIMEOUT_MS = 30_000
 
+#: Back-off before a transactional request is retried (aiokafka's default: 100 ms). The
+#: common retry is CONCURRENT_TRANSACTIONS: the next transaction's first request while
+#: the coordinator still writes the last one's commit markers, a few milliseconds.
+RETRY_BACKOFF_MS = 20
+
 
 class TaskProducers:
     """Holds a started transactional producer for each task this worker owns."""
@@ -46,21 +51,26 @@ class TaskProducers:
         """The producer of ``task``; KeyError if this worker does not own it."""
         return self._producers[task]
 
-    async def ensure(self, tasks: Iterable[int]) -> None:
+    async def ensure(self, tasks: Iterable[int], fence: Iterable = ()) -> None:
         """Hold a producer for each of ``tasks`` (those already held are kept).
 
         A new producer registers its transactional id before this returns: from then
         on any earlier holder of the task is fenced and its open transaction aborted.
+        The ids of ``fence`` (tasks not held) are registered the same way, then let go:
+        at every assignment, as whoever held one may have registered it since.
         """
         new = sorted(set(tasks) - set(self._producers), key=str)
+        only_fence = sorted(set(fence) - set(tasks), key=str)
         # registered side by side: one at a time took ~0.12 s each, 1.4 s for the 12
         # tasks of a 4-partition pipeline with the repartition hop, at every start
-        results = await asyncio.gather(*(self._register(task) for task in new),
+        results = await asyncio.gather(*(self._register(task) for task in new + only_fence),
                                        return_exceptions=True)
         failed = None
-        for task, result in zip(new, results):
+        for task, result in zip(new + only_fence, results):
             if isinstance(result, BaseException):
                 failed = failed or result
+            elif task in only_fence:
+                await result.stop()
             else:
                 self._producers[task] = result
         if failed is not None:
@@ -70,7 +80,7 @@ class TaskProducers:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True,
             transactional_id=self.transactional_id(task),
-            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
+            transaction_timeout_ms=TRANSACTION_TIMEOUT_MS, retry_backoff_ms=RETRY_BACKOFF_MS,
             **self.settings, **kafka_clients.aiokafka())
         await producer.start()
         try:
