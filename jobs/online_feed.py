@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from contextlib import ExitStack
 from typing import Any, Optional
 
@@ -41,18 +42,30 @@ class LabeledFeed:
         except KafkaError as e:
             raise BrokerError(f"cannot reach the Kafka broker at {bootstrap} ({e}); start one "
                               "with `dlabel broker`") from None
-        parts = sorted(self.consumer.partitions_for_topic(topic) or ())
-        self.tps = [TopicPartition(topic, p) for p in parts]
+        self.offsets = dict(offsets)
+        self.tps: list[TopicPartition] = []
+        self._assign()
+
+    def _assign(self) -> None:
+        """Assign every partition of the topic (none yet if it does not exist yet)."""
+        parts = sorted(self.consumer.partitions_for_topic(self.topic) or ())
+        if not parts:
+            return
+        self.tps = [TopicPartition(self.topic, p) for p in parts]
         self.consumer.assign(self.tps)
         for tp in self.tps:
-            if tp.partition in offsets:
-                self.consumer.seek(tp, offsets[tp.partition])
+            if tp.partition in self.offsets:
+                self.consumer.seek(tp, self.offsets[tp.partition])
             else:
                 self.consumer.seek_to_beginning(tp)
 
     def poll(self, timeout_s: float) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
         """(examples, their (partition, offset)) read within ``timeout_s``; undecodable
         records are skipped (the sink dead-letters them)."""
+        if not self.tps:
+            if not self.tps:
+                time.sleep(timeout_s)
+                return [], []
         rows, where = [], []
         for tp, records in self.consumer.poll(timeout_ms=int(timeout_s * 1000)).items():
             for r in records:
@@ -67,10 +80,13 @@ class LabeledFeed:
 
     def at_end(self) -> bool:
         """Whether every partition has been read to its end (as of now)."""
+        if not self.tps:
+            return True
         ends = self.consumer.end_offsets(self.tps)
         return all(self.consumer.position(tp) >= ends[tp] for tp in self.tps)
 
     def close(self) -> None:
+        """Close the consumer."""
         self.consumer.close()
 
 
@@ -103,6 +119,7 @@ class UpdaterLoop:
             return None
 
     def close(self) -> None:
+        """Close the feed and release the updater's lock."""
         self.stack.close()
 
 
