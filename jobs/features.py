@@ -75,7 +75,7 @@ class FeaturePipeline:
         self._check(df)
         x = self._numbers(df)
         if self.numeric and len(df):
-            self.scaler.partial_fit(x)
+            update_scaler(self.scaler, x)
             seen = ~np.isnan(x).all(axis=0)
             self.low[seen] = np.fmin(self.low[seen], np.nanmin(x[:, seen], axis=0))
             self.high[seen] = np.fmax(self.high[seen], np.nanmax(x[:, seen], axis=0))
@@ -146,6 +146,36 @@ class FeaturePipeline:
         self.high = np.asarray(state["high"], dtype="float64")
         self.fitted = bool(state["fitted"])
         return self
+
+
+def update_scaler(scaler: StandardScaler, x: np.ndarray) -> None:
+    """``scaler.partial_fit(x)`` with missing values, computed here (Chan's merge of
+    counts, means and variances per column): a column with no value in ``x`` keeps its
+    statistics. sklearn's own ``partial_fit`` (1.9) turns such a column's variance, or a
+    column's mean when its first batch had no value, into NaN for good, and a small
+    in-window batch where every price is missing must not disable the price feature."""
+    n_b = (~np.isnan(x)).sum(axis=0).astype("float64")
+    k = x.shape[1]
+    if hasattr(scaler, "mean_"):
+        n_a = np.broadcast_to(np.asarray(scaler.n_samples_seen_, dtype="float64"), (k,)).copy()
+        mean_a, var_a = scaler.mean_.astype("float64"), scaler.var_.astype("float64")
+        broken = np.isnan(mean_a) | np.isnan(var_a)  # left so by sklearn's partial_fit
+        n_a[broken], mean_a[broken], var_a[broken] = 0.0, 0.0, 0.0
+    else:
+        n_a, mean_a, var_a = np.zeros(k), np.zeros(k), np.zeros(k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sums = np.nansum(x, axis=0)
+        mean_b = np.where(n_b > 0, sums / n_b, 0.0)
+        var_b = np.where(n_b > 0, np.nansum((x - mean_b) ** 2, axis=0) / n_b, 0.0)
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        mean = np.where(n > 0, mean_a + delta * n_b / n, np.nan)
+        m2 = var_a * n_a + var_b * n_b + delta ** 2 * n_a * n_b / n
+        var = np.where(n > 0, m2 / n, np.nan)
+    scaler.mean_, scaler.var_ = mean, var
+    scaler.scale_ = np.where(var > 0, np.sqrt(np.where(var > 0, var, 1.0)), 1.0)
+    scaler.n_samples_seen_ = n.astype("int64")
+    scaler.n_features_in_ = k
 
 
 def _tokens(name: str, col: pd.Series) -> list[str]:

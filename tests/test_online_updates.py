@@ -200,3 +200,26 @@ def test_river_and_sklearn_partial_fit_models_update_in_window(make_config, tmp_
     probe = ctr_rows(4)[1]
     assert not np.allclose(served.predict(probe), champion.predict(probe))
     np.testing.assert_allclose(served.predict(probe), updater.line.model.predict(probe))
+
+
+def test_a_small_batch_with_a_feature_all_missing_keeps_its_scaling(make_config, tmp_path):
+    """In-window batches are small: one where every price is missing must leave price's
+    running statistics as they were (sklearn's partial_fit made its variance NaN for good,
+    and the feature unscaled), and a first batch without prices must not block them."""
+    from jobs.estimators import Model
+    cfg = with_updates(make_config("ctr"), tmp_path)
+    _, df = ctr_rows(0, rows=400)
+    both, alone = Model.for_config(cfg), Model.for_config(cfg)
+    both.partial_fit(df.iloc[:300])
+    alone.partial_fit(df.iloc[:300])
+    both.partial_fit(df.iloc[300:303].assign(price=float("nan")))
+    scaler, ref = both.pipeline.scaler, alone.pipeline.scaler
+    i = both.pipeline.numeric.index("price")
+    assert scaler.mean_[i] == pytest.approx(ref.mean_[i])
+    assert scaler.var_[i] == pytest.approx(ref.var_[i]) and scaler.scale_[i] > 1.0
+    late = Model.for_config(cfg)
+    late.partial_fit(df.iloc[:3].assign(price=float("nan")))
+    late.partial_fit(df.iloc[3:300])
+    prices = df["price"].iloc[3:300].dropna()
+    assert late.pipeline.scaler.mean_[i] == pytest.approx(prices.mean())
+    assert late.pipeline.scaler.var_[i] == pytest.approx(prices.var(ddof=0))
