@@ -63,6 +63,7 @@ class LabeledFeed:
         """(examples, their (partition, offset)) read within ``timeout_s``; undecodable
         records are skipped (the sink dead-letters them)."""
         if not self.tps:
+            self._assign()
             if not self.tps:
                 time.sleep(timeout_s)
                 return [], []

@@ -79,3 +79,28 @@ def test_jobs_runner_publishes_in_window_updates_and_resumes(broker: EmbeddedBro
     shown = json.loads(out.output)
     assert shown["serving"] == store.pointer()["version"] and shown["champion"] == "v0001"
     assert shown["update"]["line_rows"] == 400
+
+
+@pytest.mark.broker
+def test_the_updater_waits_for_a_labeled_topic_created_after_it(broker: EmbeddedBroker,
+                                                                make_config, tmp_path):
+    cfg = with_updates(make_config("ctr", broker=broker.url, suffix="late"), tmp_path,
+                       every_rows=50)
+    loop = UpdaterLoop(cfg)  # the topic does not exist yet: nothing to read, no error
+    try:
+        assert loop.tick(0.2) is None and loop.feed.tps == []
+        ensure_topics(broker.bootstrap, cfg)
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False,
+                                 acks="all")
+        for row in topic_rows(ctr_rows(0, rows=60)[1]):
+            producer.send(cfg.topics.labeled, key=row["request_id"].encode(),
+                          value=json.dumps(row).encode())
+        producer.flush()
+        producer.close()
+        published = []
+        wait_until(lambda: published.append(loop.tick(0.3)) or "v0000.u0001" in published,
+                   timeout=120, interval=0.1, what="the first update once the topic exists")
+    finally:
+        loop.close()
+    store = ServingStore(cfg.model.path)
+    assert 50 <= store.load()[1].rows_seen == store.update_record("v0000.u0001")["line_rows"]
