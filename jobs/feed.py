@@ -40,21 +40,25 @@ class RunSummary:
         return dict(self.__dict__)
 
 
+def groupless_consumer(bootstrap: str, client_id: str) -> KafkaConsumer:
+    """A ``read_committed`` consumer with no group and no commits (the caller assigns
+    partitions and keeps its own positions); BrokerError when the broker is unreachable."""
+    try:
+        return KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                             enable_auto_commit=False, allow_auto_create_topics=False,
+                             isolation_level="read_committed", client_id=client_id,
+                             **kafka_clients.kafka_python())
+    except KafkaError as e:
+        raise BrokerError(f"cannot reach the Kafka broker at {bootstrap} ({e}); start one "
+                          "with `dlabel broker`") from None
+
+
 class WindowsFeed:
     """Reads the windows topic from offset 0 on every partition; no group, no commits."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
-        try:
-            self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                          enable_auto_commit=False,
-                                          allow_auto_create_topics=False,
-                                          isolation_level="read_committed",
-                                          client_id="dlabel-jobs",
-                                          **kafka_clients.kafka_python())
-        except KafkaError as e:
-            raise BrokerError(f"cannot reach the Kafka broker at {bootstrap} ({e}); start one "
-                              "with `dlabel broker`") from None
+        self.consumer = groupless_consumer(bootstrap, "dlabel-jobs")
         self.assigned: set[int] = set()
 
     def _assign(self) -> None:

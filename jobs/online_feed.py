@@ -15,14 +15,13 @@ import time
 from contextlib import ExitStack
 from typing import Any, Optional
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka import TopicPartition
 
 from schemas.config import PipelineConfig
-from schemas.errors import BrokerError, DlabelError
+from schemas.errors import DlabelError
+from jobs.feed import groupless_consumer
 from jobs.online import OnlineUpdater
 from jobs.serving import ServingStore, updater_lock
-from streams.kafka import clients as kafka_clients
 
 log = logging.getLogger("dlabel.jobs.online")
 
@@ -32,16 +31,7 @@ class LabeledFeed:
 
     def __init__(self, bootstrap: str, topic: str, offsets: dict[int, int]) -> None:
         self.topic = topic
-        try:
-            self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                          enable_auto_commit=False,
-                                          allow_auto_create_topics=False,
-                                          isolation_level="read_committed",
-                                          client_id="dlabel-updates",
-                                          **kafka_clients.kafka_python())
-        except KafkaError as e:
-            raise BrokerError(f"cannot reach the Kafka broker at {bootstrap} ({e}); start one "
-                              "with `dlabel broker`") from None
+        self.consumer = groupless_consumer(bootstrap, "dlabel-updates")
         self.offsets = dict(offsets)
         self.tps: list[TopicPartition] = []
         self._assign()

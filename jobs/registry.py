@@ -237,14 +237,22 @@ class Registry:
 @contextmanager
 def registry_lock(root: Path) -> Iterator[None]:
     """Hold the registry's exclusive lock (one job at a time: jobs form a lineage)."""
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    with exclusive_lock(root / ".lock", "another job holds the registry lock {path}; run "
+                        "one job at a time per registry"):
+        yield
+
+
+@contextmanager
+def exclusive_lock(path: Path, busy: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created with its directory), or raise
+    JobError(``busy`` formatted with ``path``) at once when another process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise JobError(f"another job holds the registry lock {root / '.lock'}; run one "
-                           "job at a time per registry") from None
+            raise JobError(busy.format(path=path)) from None
         yield
     finally:
         os.close(fd)

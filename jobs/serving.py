@@ -22,7 +22,6 @@ but the newest ``KEEP`` sub-versions are deleted; their ``update.json`` stays as
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -32,11 +31,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from schemas.errors import JobError, RegistryError
+from schemas.errors import RegistryError
 from streams.common.storage import fsync_dir
 from jobs import modelfile
 from jobs.models import AnyModel
-from jobs.registry import Registry, json_bytes, write_atomic
+from jobs.registry import Registry, exclusive_lock, json_bytes, write_atomic
 
 POINTER = "serving.json"
 KEEP = 3
@@ -160,15 +159,6 @@ class ServingStore:
 @contextmanager
 def updater_lock(root: str | Path) -> Iterator[None]:
     """Hold ``<model.path>/serving/.lock``: one in-window updater per registry."""
-    d = Path(root) / "serving"
-    d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(d / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise JobError(f"another in-window updater holds {d / '.lock'}; run one per "
-                           "registry (one `dlabel jobs`)") from None
+    with exclusive_lock(Path(root) / "serving" / ".lock", "another in-window updater "
+                        "holds {path}; run one per registry (one `dlabel jobs`)"):
         yield
-    finally:
-        os.close(fd)
