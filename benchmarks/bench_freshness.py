@@ -52,8 +52,8 @@ from streams.kafka.kafka_broker import SERVER_JVM_OPTIONS, KafkaBroker  # noqa: 
 from streams.kafka.partitioner import partition_for  # noqa: E402
 from streams.kafka.topics import ensure_topics  # noqa: E402
 from tests.pipeline_runs import PII_KEY, load, write_pipeline  # noqa: E402
+from tests.soak_run import click_value, request_value  # noqa: E402  (one live stream's events)
 
-CATEGORIES = ("books", "games", "garden", "music", "shoes", "toys")
 
 
 def start_worker(config_path: Path, log_path: Path, extra: list[str],
@@ -105,17 +105,6 @@ def wait_reading(log_path: Path, proc: subprocess.Popen, timeout_s: float) -> fl
             return time.monotonic() - t0
         time.sleep(0.1)
     raise SystemExit(f"worker not reading after {timeout_s} s; see {log_path}")
-
-
-def request_value(rid: str, ts: int, rnd: random.Random) -> bytes:
-    return orjson.dumps({"request_id": rid, "ts": ts, "features": {
-        "hour": 12, "category": rnd.choice(CATEGORIES), "price": round(rnd.uniform(1, 200), 2),
-        "user_email": f"user{rnd.randrange(10_000)}@example.com"},
-        "prediction": round(rnd.random(), 4), "model_version": "v1"})
-
-
-def click_value(rid: str, ts: int) -> bytes:
-    return orjson.dumps({"request_id": rid, "ts": ts, "type": "click", "value": None})
 
 
 async def live_stream(bootstrap: str, cfg, rate: float, seconds: float, warmup_s: float,
