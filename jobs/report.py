@@ -12,7 +12,6 @@ per-window statistics (``jobs.report_charts``, ``jobs.report_delay``,
 """
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 from typing import Any
