@@ -49,10 +49,9 @@ from aiokafka.structs import TopicPartition  # noqa: E402
 from streams.join.faust_adapter import changelog_topic  # noqa: E402
 from streams.kafka.broker import EmbeddedBroker  # noqa: E402
 from streams.kafka.kafka_broker import SERVER_JVM_OPTIONS, KafkaBroker  # noqa: E402
-from streams.kafka.partitioner import partition_for  # noqa: E402
 from streams.kafka.topics import ensure_topics  # noqa: E402
 from tests.pipeline_runs import PII_KEY, load, write_pipeline  # noqa: E402
-from tests.soak_run import click_value, request_value  # noqa: E402  (one live stream's events)
+from tests.soak_run import click_value, request_value, send_batches  # noqa: E402
 
 
 
@@ -150,19 +149,7 @@ async def live_stream(bootstrap: str, cfg, rate: float, seconds: float, warmup_s
     parts = topics.partitions
 
     async def send(topic: str, records: list) -> None:
-        """Hand-built batches per partition (the benchmark's own CPU competes with the
-        worker's: a ``send`` per record cost it ~60% of a core at 5,000 requests/s)."""
-        by_partition: dict[int, list] = {}
-        for key, value in records:
-            by_partition.setdefault(partition_for(key, parts), []).append((key, value))
-        for partition, recs in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in recs:
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    pending.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            pending.append(await producer.send_batch(batch, topic, partition=partition))
+        pending.extend(await send_batches(producer, topic, records, parts))
 
     try:
         while True:
