@@ -17,20 +17,10 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
 
 from streams.kafka.changelog_reader import read_latest
 from streams.kafka.input_feed import InputFeed
-from streams.kafka.topics import TOPIC_CONFIGS
-
-
-def _create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="test-start")
-    try:
-        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict(TOPIC_CONFIGS))])
-        admin.wait_for_topics([name], timeout_ms=60_000)
-    finally:
-        admin.close()
+from tests.waiting import create_state_topic
 
 
 async def _produce(bootstrap: str, topic: str, records, **producer) -> None:
@@ -69,7 +59,7 @@ def _changelog(n_keys: int, rounds: int) -> tuple[list, dict]:
 @pytest.mark.broker
 def test_read_latest_keeps_the_last_value_of_each_key_to_the_true_end(broker, unique_name):
     topic = f"{unique_name}-changelog"
-    _create_topic(broker.bootstrap, topic, 2)
+    create_state_topic(broker.bootstrap, topic, 2)
     records, want = _changelog(4000, 3)
     asyncio.run(_produce(broker.bootstrap, topic, records, enable_idempotence=False))
     tps = [TopicPartition(topic, p) for p in range(2)]
@@ -84,7 +74,7 @@ def test_read_latest_keeps_the_last_value_of_each_key_to_the_true_end(broker, un
 @pytest.mark.kafka
 def test_read_latest_read_committed_skips_aborted_transactions(kafka_broker, unique_name):
     topic = f"{unique_name}-changelog"
-    _create_topic(kafka_broker.bootstrap, topic, 2)
+    create_state_topic(kafka_broker.bootstrap, topic, 2)
     records, want = _changelog(1000, 2)
 
     async def write() -> None:
@@ -129,7 +119,7 @@ def test_read_latest_read_committed_skips_aborted_transactions(kafka_broker, uni
 def test_input_batches_take_from_every_partition(broker, unique_name):
     a, b = f"{unique_name}-a", f"{unique_name}-b"
     for topic in (a, b):
-        _create_topic(broker.bootstrap, topic, 1)
+        create_state_topic(broker.bootstrap, topic, 1)
         asyncio.run(_produce(broker.bootstrap, topic,
                              [(0, None, b"x" * 200) for _ in range(6000)],
                              enable_idempotence=False))

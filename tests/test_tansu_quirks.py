@@ -7,26 +7,16 @@ import logging
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
 
 from streams.kafka.broker import EmbeddedBroker
 from streams.kafka.tansu_quirks import fetch_end_offsets, is_tansu
-from streams.kafka.topics import TOPIC_CONFIGS
+from tests.waiting import create_state_topic
 
 pytestmark = pytest.mark.broker
 log = logging.getLogger(__name__)
 
 N_RECORDS = 20_000
 BATCH = 500  # records sent, then awaited, per round: many record batches on the broker
-
-
-def _create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="test-tansu-quirks")
-    try:
-        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict(TOPIC_CONFIGS))])
-        admin.wait_for_topics([name], timeout_ms=60_000)
-    finally:
-        admin.close()
 
 
 async def _produce(bootstrap: str, topic: str, n: int, partition: int = 0) -> None:
@@ -59,7 +49,7 @@ def test_is_tansu(broker: EmbeddedBroker) -> None:
 def test_fetch_end_offsets_counts_every_record_of_batched_produce(
         broker: EmbeddedBroker, unique_name: str, record_property) -> None:
     topic = f"{unique_name}.ends"
-    _create_topic(broker.bootstrap, topic)
+    create_state_topic(broker.bootstrap, topic)
     tp = TopicPartition(topic, 0)
 
     async def scenario():
@@ -81,7 +71,7 @@ def test_fetch_end_offsets_counts_every_record_of_batched_produce(
 
 def test_fetch_end_offsets_per_partition_and_empty(broker: EmbeddedBroker, unique_name: str) -> None:
     topic = f"{unique_name}.ends3"
-    _create_topic(broker.bootstrap, topic, partitions=3)
+    create_state_topic(broker.bootstrap, topic, partitions=3)
     counts = {0: 3_000, 1: 0, 2: 1_234}
 
     async def scenario():

@@ -91,3 +91,15 @@ def alive(pid: int) -> bool:
 def wait_dead(pid: int, timeout: float = DEFAULT_TIMEOUT) -> None:
     """Returns once ``pid`` is gone (or a zombie); fails the test after ``timeout``."""
     wait_until(lambda: not alive(pid), timeout, what=f"process {pid} to exit")
+
+
+def create_state_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
+    """Create a topic with the join state's changelog configs (compacted) and wait for it."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from streams.kafka.topics import TOPIC_CONFIGS
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="dlabel-tests")
+    try:
+        admin.create_topics([NewTopic(name, partitions, 1, topic_configs=dict(TOPIC_CONFIGS))])
+        admin.wait_for_topics([name], timeout_ms=60_000)
+    finally:
+        admin.close()
