@@ -15,8 +15,8 @@ from schemas.pii import PiiHasher
 from schemas.records import DeadLetter
 from streams.join.event_time_join import EventTimeJoin
 from streams.join.join_state import Output, Source
-from streams.join.repartition import (ORIGIN_SHIFT, WATERMARK_HEADER, Forward, Repartitioner,
-                                      decode_source, decode_watermark, position)
+from streams.join.repartition import (WATERMARK_HEADER, Forward, Repartitioner, decode_source,
+                                      decode_watermark, position)
 from streams.kafka.partitioner import partitions_for
 from streams.join.watermark import WatermarkTracker
 
@@ -185,7 +185,7 @@ class JoinProcessor:
             ts = event.ts
             if ts > max_ts.get(origin, ts - 1):
                 max_ts[origin] = ts
-            res = on_event(event, Source(role, task, (origin << ORIGIN_SHIFT) | offset), value)
+            res = on_event(event, Source(role, task, position(origin, offset)), value)
             if res:
                 out.extend(res)
         for origin, ts in max_ts.items():
