@@ -2,9 +2,13 @@
 
 Feeds N simulated CTR requests (unique ids, all at the same event time, so none is
 finalized) through ``JoinProcessor`` in batches of 5,000, writing the dirty state after
-each batch as the worker does, and prints the RSS growth per pending request.
+each batch as the worker does, and prints the RSS growth per pending request. With
+``--finalized`` it instead loads N done markers (as a restarted worker loads them from
+the changelog: what the worker keeps for every request finalized in the last
+``join.dedupe_retention``) and prints the RSS growth per done marker.
 
     python benchmarks/bench_state_memory.py --requests 1000000
+    python benchmarks/bench_state_memory.py --requests 1000000 --finalized
 """
 from __future__ import annotations
 
@@ -33,6 +37,8 @@ def rss_mib() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=1_000_000)
+    ap.add_argument("--finalized", action="store_true",
+                    help="finalize the requests and measure their done markers")
     args = ap.parse_args()
     cfg = load_config(ROOT / "examples/ctr.yaml", environ={"DLABEL_PII_KEY": "k" * 32})
     cfg = dataclasses.replace(cfg, inputs=dataclasses.replace(cfg.inputs, copartitioned=True),
@@ -42,6 +48,8 @@ def main() -> None:
                                                       orphan_fraction=0.0)
               if e.role == "requests"]
     proc = JoinProcessor(cfg, PiiHasher(b"k" * 32), clock=lambda: 0)
+    if args.finalized:
+        return done_markers(proc, args.requests)
     gc.collect()
     base = rss_mib()
     n = args.requests
@@ -57,6 +65,21 @@ def main() -> None:
     print(f"pending={len(proc.join.pending):,} rss_growth_mib={grown:.0f} "
           f"bytes_per_pending_request={grown * 2 ** 20 / n:.0f} total_rss_mib={rss_mib():.0f}")
 
+
+def done_markers(proc: JoinProcessor, n: int) -> None:
+    """RSS growth per done marker, loaded as the changelog holds them (a negative label
+    at the deadline, positions as the repartition hop makes them)."""
+    from streams.join.join_state import REQUEST
+    gc.collect()
+    base = rss_mib()
+    t0 = 1_795_000_000_000
+    for i in range(n):
+        ts = t0 + i
+        proc.join.restore(REQUEST, f"{i:032x}", [ts, i % 4, ((i % 4) << 40) | i, 0, ts + 1_800_000])
+    gc.collect()
+    grown = rss_mib() - base
+    print(f"done_markers={len(proc.join.done):,} rss_growth_mib={grown:.0f} "
+          f"bytes_per_done_marker={grown * 2 ** 20 / n:.0f} total_rss_mib={rss_mib():.0f}")
 
 if __name__ == "__main__":
     main()

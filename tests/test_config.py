@@ -221,6 +221,7 @@ BAD_CTR = [
     ("slices", "category", "slices: 'category' is not a non-empty list"),
     ("dataset", DELETE, "dataset: is required but missing"),
     ("dataset.window", "1y", "dataset.window: '1y' is not a duration"),
+    ("join.dedupe_retention", "forever", "join.dedupe_retention: 'forever' is not a duration"),
     ("dataset.path", "", "dataset.path: '' is not a non-empty string"),
     ("dataset.format", "csv", "dataset: unknown key(s) 'format'; allowed keys are path, window"),
     ("model.path", DELETE, "model.path: is required but missing"),

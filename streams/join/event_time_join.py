@@ -34,15 +34,11 @@ from streams.join.join_state import (EARLY, REQUEST, DoneMarker, EarlyFeedback, 
                                      Output, PendingRequest, Source)
 from streams.join.join_store import JoinStore
 
-#: How long a finalized request id is remembered, past its deadline, to catch duplicates.
-DEFAULT_DEDUPE_RETENTION_MS = 24 * 3600 * 1000
-
 
 class EventTimeJoin(JoinStore):
     """Joins requests with feedback by key in event time (see module docstring)."""
 
-    def __init__(self, config: PipelineConfig,
-                 dedupe_retention_ms: int = DEFAULT_DEDUPE_RETENTION_MS) -> None:
+    def __init__(self, config: PipelineConfig) -> None:
         self.rules = LabelRules(config)
         self.label_window = config.join.label_window_ms
         self.lateness = config.join.allowed_lateness_ms
@@ -50,7 +46,8 @@ class EventTimeJoin(JoinStore):
         self.positive = self.rules.positive
         self.outcome_types = self.rules.outcome_types
         self.correction_window = config.join.correction_window_ms
-        self.dedupe_retention = max(dedupe_retention_ms, self.correction_window)
+        # a correction needs its request's marker: kept for the correction window at least
+        self.dedupe_retention = max(config.join.dedupe_retention_ms, self.correction_window)
         super().__init__(self.label_window, self.label_window + self.dedupe_retention)
         #: input role (``Source.role``) -> topic, for dead letters
         self.input_topics = {"requests": config.topics.requests,
@@ -259,6 +256,7 @@ class EventTimeJoin(JoinStore):
         # An unlabeled (regression) request gets its first label; any other a new version.
         marker.version = marker.version + 1 if marker.label is not None else 1
         marker.label, marker.label_ts = label, fb.ts
+        self.done.put(rid, marker)
         self._mark(REQUEST, rid, marker.partition)
         self._count("corrections")
         return [LabeledOut(self.rules.example(req, marker), marker.partition)]
@@ -269,9 +267,8 @@ class EventTimeJoin(JoinStore):
         kept = {"ts": pending.ts, "b": pending.body} if self.correction_window else None
         marker = DoneMarker(pending.ts, pending.partition, pending.offset, label, label_ts,
                             request=kept)
-        self.done[rid] = marker
+        self.done.put(rid, marker)
         self._dirty[(REQUEST, rid)] = pending.partition
-        heapq.heappush(self._done_expiry, (pending.ts + self._done_after, rid))
         if label is None:
             return None
         if not self.rules.published(rid, marker):

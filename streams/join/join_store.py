@@ -1,8 +1,9 @@
 """The event-time join's state in memory, its time indexes, and its persisted form.
 
 ``JoinStore`` holds what ``EventTimeJoin`` keeps between events: pending requests,
-feedback that came before its request ("early") and done markers of finalized
-requests, each in a dict by request id, plus one heap per kind of deadline. It tracks
+feedback that came before its request ("early"), each in a dict by request id with one
+heap per kind of deadline, and the done markers of finalized requests (packed, with
+their own expiry index: ``done_markers``). It tracks
 which keys changed (``take_dirty``: what the worker writes to the changelog-backed
 table once the outputs they produced are acked), loads persisted entries back after a
 restart (``restore``, rebuilding the heaps), and forgets done markers past their
@@ -13,6 +14,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from streams.join.done_markers import DoneMarkers
 from streams.join.join_state import (EARLY, REQUEST, DoneMarker, EarlyFeedback,
                                      PendingRequest)
 
@@ -24,13 +26,11 @@ class JoinStore:
         """``done_after_ms``: how long after its request's time a done marker is kept."""
         self.pending: dict[str, PendingRequest] = {}
         self.early: dict[str, list[EarlyFeedback]] = {}
-        self.done: dict[str, DoneMarker] = {}
+        self.done = DoneMarkers(done_after_ms)
         self._window = label_window_ms
-        self._done_after = done_after_ms
         self._deadlines: list = []     # (r.ts + window, id) of pending requests
         self._ready: list = []         # regression: (earliest candidate ts, id)
         self._early_expiry: list = []  # (f.ts, id)
-        self._done_expiry: list = []   # (r.ts + done_after, id)
         self._dirty: dict[tuple[str, str], int] = {}  # (kind, id) -> partition
 
     @property
@@ -45,7 +45,7 @@ class JoinStore:
         or None once both are gone) or ``EARLY`` (a list of early feedback, or None).
         """
         dirty, self._dirty = self._dirty, {}
-        pending, done, early = self.pending.get, self.done.get, self.early.get
+        pending, done, early = self.pending.get, self.done.json_of, self.early.get
         result = []
         append = result.append
         for (kind, key), partition in dirty.items():
@@ -54,8 +54,7 @@ class JoinStore:
                 if v is not None:
                     append((kind, key, partition, v.to_json()))
                 else:
-                    m = done(key)
-                    append((kind, key, partition, None if m is None else m.to_json()))
+                    append((kind, key, partition, done(key)))
             else:
                 v = early(key)
                 append((kind, key, partition, [e.to_json() for e in v] if v else None))
@@ -78,19 +77,13 @@ class JoinStore:
             for e in entries:
                 heapq.heappush(self._early_expiry, (e.ts, key))
         elif kind == REQUEST:
-            m = DoneMarker.from_json(value)
-            self.done[key] = m
-            heapq.heappush(self._done_expiry, (m.ts + self._done_after, key))
+            self.done.put(key, DoneMarker.from_json(value))
 
     def forget_done_markers(self, closed: int) -> None:
         """Drop the done markers past their dedupe retention at closed time ``closed``
         (each is a deletion in the table)."""
-        while self._done_expiry and self._done_expiry[0][0] <= closed:
-            _, rid = heapq.heappop(self._done_expiry)
-            marker = self.done.get(rid)
-            if marker is not None and marker.ts + self._done_after <= closed:
-                del self.done[rid]
-                self._dirty[(REQUEST, rid)] = marker.partition
+        for rid, partition in self.done.expire(closed):
+            self._dirty[(REQUEST, rid)] = partition
 
     def _mark(self, kind: str, key: str, partition: int) -> None:
         self._dirty[(kind, key)] = partition
