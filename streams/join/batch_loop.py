@@ -9,39 +9,45 @@ state table, reached only through ``group`` (a ``faust_adapter.FaustGroup``); on
 rebalance the loop stops reading, lets the batches in flight finish, and after the
 table's recovery reloads the join from the table and reads on from the committed
 offsets.
+
+The loop reads, processes and submits; the rest lives in a module each:
+``assignment`` (the group's rebalances: when the loop may read), ``state_reload`` (the
+join state after a rebalance), ``hop_tasks`` (the task of each input partition, the
+hop's watermark markers), ``input_positions`` (positions, inputs read to their end),
+``batch_submit`` (a processed batch to the committer), ``loop_stats``, ``gc_tuning``.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
-import json
 import logging
-import os
 import time
 from collections import defaultdict
 from typing import Callable, Optional
 
-import orjson
 from aiokafka.structs import TopicPartition
 
-from schemas.records import DeadLetter, encode_labeled
-from streams.join.batch_commit import Batch, BatchCommitter, encode_changes
+from streams.common.metrics import BATCH_SECONDS
+from streams.join.assignment import AssignmentGate
+from streams.join.batch_commit import BatchCommitter
+from streams.join.batch_submit import BatchSubmitter
+from streams.join.gc_tuning import tune_gc
+from streams.join.hop_tasks import HopMarkers, HopTasks
+from streams.join.input_positions import (at_end, owns_every_input, skip_markers,
+                                          update_caught_up)
+from streams.join.loop_stats import stats_path, write_stats
+from streams.join.processor import FEEDBACK, REQUESTS, JoinProcessor
+from streams.join.state_reload import StateReload
 from streams.kafka.changelog_reader import read_latest
 from streams.kafka.input_feed import InputFeed
-from streams.kafka.topics import partition_count
-from streams.join.join_state import EARLY, REQUEST, LabeledOut
-from streams.join.processor import FEEDBACK, REQUESTS, JoinProcessor
-from streams.join.repartition import hop_task
-from streams.kafka.publisher import TaskPublishers
 from streams.kafka.task_producers import TaskProducers
-from streams.common.metrics import BATCH_SECONDS, JoinMetrics
-from schemas.closed_time_report import DRAINED
+from streams.kafka.topics import partition_count
 
 log = logging.getLogger("dlabel.worker")
 
-#: Table key prefixes per kind of join state.
-KIND_PREFIX = {REQUEST: "r:", EARLY: "e:"}
+#: The timer leaves the batches to the input loop while it submitted one this recently.
+TIMER_QUIET_S = 0.5
 
 
 class BatchLoop:
@@ -56,32 +62,18 @@ class BatchLoop:
         self.hop_roles = ({topics.requests: REQUESTS, topics.feedback: FEEDBACK}
                           if config.repartitions else {})
         self.roles = {**self.join_roles, **self.hop_roles}  # everything the feed reads
-        self._marked: dict[TopicPartition, tuple] = {}  # hop input -> progress last sent
-        #: repartition partitions the last batch forwarded events to (see ``_on_records``)
-        self._forwarded_to: set[TopicPartition] = set()
+        self.hop = HopTasks(self.hop_roles, topics.partitions)
+        self.markers = HopMarkers(self.hop_roles)
         self.topped_up = 0  # records added to a batch once the batch before committed
-        #: partition counts of the topics the hop reads (any count: the producers')
-        self.input_partitions: dict[str, int] = {}
-        #: hop inputs whose tasks are the join's (``_shared_hop_tasks``), and the hop
-        #: task names that stand for a join task then
-        self._shared_hops: frozenset[str] = frozenset()
-        self._task_alias: dict[str, int] = {}
-        self._repartition_topic = config.join_inputs  # role -> topic the hop writes
-        self._hop_topic = {role: topic for topic, role in self.hop_roles.items()}
         self.proc = JoinProcessor(config, pii, clock)
         #: memory store: the loop reads the changelog itself (``_reload``), not Faust
         self.reads_changelog = config.store == "memory"
-        #: join tasks whose state ``proc`` holds and that every assignment since kept
-        self._held: set[int] = set()
+        self.state = StateReload(group, self.join_roles, self.hop, self.reads_changelog,
+                                 self._read_changelog)
         self.feed = InputFeed(opts.bootstrap, client_id=f"dlabel-{config.pipeline}-input",
                               read_committed=opts.exactly_once)
-        self.lock = asyncio.Lock()
-        self.ready = False       # state loaded and feed assigned for the current assignment
-        self.stopping = False    # the app is shutting down: no new batches
-        self.generation = 0      # bumped by every rebalance callback
         self.positions: dict[TopicPartition, int] = {}  # next offset to read, per input
         self.drained = False
-        self.sent_labeled = 0
         self.batches = 0
         self.first_event_at: Optional[float] = None  # monotonic, for throughput figures
         self.last_event_at: Optional[float] = None
@@ -93,74 +85,29 @@ class BatchLoop:
                                       max_batch_size=256 * 1024,
                                       max_request_size=4 * 1024 * 1024)
                         if opts.exactly_once else None)
-        self.committer = BatchCommitter(group, self.seconds, transactions, self.task_of)
-        self._closed_submitted: Optional[int] = None
-        self._closed_submitted_at = 0.0  # monotonic; closed-time-only batches at most 1/s
+        self.committer = BatchCommitter(group, self.seconds, transactions, self.hop.task_of)
+        self.submitter = BatchSubmitter(self.committer, self.hop, topics, config.join_inputs,
+                                        self.seconds)
+        self.gate = AssignmentGate(group, self.committer, self.feed, self.hop, self.roles,
+                                   self._count_partitions)
         self._stats_written_at = 0.0
-        self._input_submitted_at: Optional[float] = None  # monotonic, last input batch
-        self.metrics = JoinMetrics({REQUESTS: config.topics.requests,
-                                    FEEDBACK: config.topics.feedback})
         self.committer.on_input_durable = self._input_durable
         #: hooks run after each batch's outputs were acked (see ``BatchCommitter``)
         self.after_outputs = self.committer.after_outputs
 
-    def task_of(self, tp: TopicPartition):
-        """The task an input partition belongs to: the join's partition number, or for an
-        input of the repartition hop, that hop's task (``repartition.hop_task``), unless
-        the hop's input is co-partitioned with the join's tasks (``_shared_hop_tasks``).
-        """
-        role = self.hop_roles.get(tp.topic)
-        if role is None or tp.topic in self._shared_hops:
-            return tp.partition
-        return hop_task(role, tp.partition)
+    @property
+    def sent_labeled(self) -> int:
+        """Labeled examples handed to the producer so far."""
+        return self.submitter.out.sent_labeled
 
-    def _shared_hop_tasks(self) -> None:
-        """Hop inputs with as many partitions as the join has tasks share the join task's
-        transaction: one per task and batch instead of three (fewer round trips to
-        the transaction coordinator before each commit).
-
-        Faust's assignor gives partition ``p`` of every topic with the same partition
-        count to one worker (co-partitioning: the inputs, their repartition topics,
-        the state changelog), so the hop from input partition ``p`` always moves with
-        join task ``p``, and the new owner of task ``p`` registering its transactional
-        id fences whoever ran both before. The hop's own ids (used while the counts
-        differed, or by an older worker) are fenced too at each assignment
-        (``_fence_hop_ids``), so no zombie still holding one can commit."""
-        tasks = self.config.topics.partitions
-        self._shared_hops = frozenset(topic for topic in self.hop_roles
-                                      if self.input_partitions.get(topic) == tasks)
-        self._task_alias = {hop_task(self.hop_roles[topic], p): p
-                            for topic in self._shared_hops for p in range(tasks)}
-
-    # ------------------------------------------------------------- rebalances
+    # ------------------------------------------------------------- the group
     async def on_revoked(self) -> None:
-        """The group is revoking partitions: stop reading; let the batch in flight finish."""
-        self.generation += 1
-        self.ready = False
-        async with self.lock:  # the batch being processed is submitted first
-            self.feed.unassign()
-            await self.committer.wait()  # and every batch in flight is durable
-            await self.committer.release_tasks()  # they may move to another worker
+        """The group is revoking partitions (``AssignmentGate.on_revoked``)."""
+        await self.gate.on_revoked()
 
     async def stop(self) -> None:
-        """The app is shutting down: submit no more batches and let those in flight
-        finish while the producers and the group member still run (at most
-        ``STOP_WAIT_S``). A batch that cannot finish now is read again by the next
-        owner of its partitions (its transaction aborted under exactly once), so a
-        failure here is logged, not raised: SIGTERM is an orderly stop, exit code 0."""
-        self.stopping = True
-        self.ready = False
-        self.generation += 1
-        self.committer.stopping = True
-        async def finish() -> None:
-            async with self.lock:
-                await self.committer.wait()
-
-        try:
-            await asyncio.wait_for(finish(), STOP_WAIT_S)
-        except Exception as exc:  # TimeoutError too
-            log.warning("stopping: the batch in flight did not finish (%r); its input is "
-                        "read again after the restart", exc)
+        """The app is shutting down (``AssignmentGate.stop``)."""
+        await self.gate.stop()
 
     def on_assigned(self, assigned=None) -> None:
         """The group has a new assignment: the next batch waits for its table recovery.
@@ -168,123 +115,39 @@ class BatchLoop:
         ``assigned``: the whole new assignment (Faust's eager rebalances revoke every
         partition first). A task kept from the last one keeps its state in memory; one
         missing from any assignment in between may have been worked on elsewhere."""
-        self.generation += 1
-        self.ready = False
-        if assigned is None:
-            self._held.clear()
-        else:
-            self._held &= {tp.partition for tp in assigned if tp.topic in self.join_roles}
+        self.gate.on_assigned()
+        self.state.on_assigned(assigned)
 
-    async def _become_ready(self) -> bool:
-        """After table recovery: rebuild the join from the table, assign the feed."""
-        group = self.group
-        if self.stopping or not group.ready():
-            return False
-        generation = self.generation
-        async with self.lock:
-            if generation != self.generation:
-                return False
-            await self.committer.wait()
-            assigned = group.assigned(self.roles)
-            for topic in self.hop_roles:
-                if topic not in self.input_partitions:
-                    self.input_partitions[topic] = await asyncio.to_thread(
-                        partition_count, self.opts.bootstrap, topic)
-            self._shared_hop_tasks()
-            if self.committer.exactly_once:
-                # fenced first (table recovery did it already): no zombie commits now
-                await self.committer.own_tasks(
-                    {self.task_of(tp) for tp in assigned},
-                    fence={hop_task(self.hop_roles[tp.topic], tp.partition)
-                           for tp in assigned if tp.topic in self._shared_hops})
-                positions = await group.fetch_committed(assigned)
-            else:
-                positions = group.committed(assigned)
-            await self._reload()
-            self.positions = await self.feed.assign(positions)
-            await group.pause(positions)
-            self.committer.committed = dict(self.positions)
-            self.ready = generation == self.generation
-            log.info("reading inputs from %s", {f"{tp.topic}:{tp.partition}": off
-                                                for tp, off in self.positions.items()})
-            return self.ready
+    async def _take(self, positions: dict) -> dict:
+        """The assignment is ours: reload the join, read on from ``positions``."""
+        await self._reload()
+        self.positions = await self.feed.assign(positions)
+        return self.positions
 
     async def _reload(self) -> None:
         """Rebuild the in-memory join for the current assignment: with the memory store
-        from the join state of the tasks it kept plus the changelog of those it gained
-        (``_restore_tasks``), with RocksDB from Faust's recovered table."""
+        from the join state of the tasks it kept plus the changelog of those it gained,
+        with RocksDB from Faust's recovered table (``state_reload``)."""
         old = self.proc
         self.proc = JoinProcessor(self.config, self.pii, self.clock)
-        assigned = {(self.join_roles[tp.topic], tp.partition)
-                    for tp in self.group.assigned(self.join_roles)}
-        tasks = {task for _, task in assigned}
-        if self.hop_roles:  # event time per (input partition, task): see repartition
-            inputs = {role: self.input_partitions[topic]
-                      for topic, role in self.hop_roles.items()}
-            assigned = {(role, (origin, task)) for role, task in assigned
-                        for origin in range(inputs[role])}
-        self._marked.clear()
-        self.proc.watermark.assign(assigned)
-        kinds = {v: k for k, v in KIND_PREFIX.items()}
-        n = 0
-        if self.reads_changelog:
-            n = await self._restore_tasks(old, tasks)
-        else:
-            for key, value in self.group.table_items():
-                kind = kinds.get(key[:2])
-                if kind is not None and value is not None:  # None: a deleted key
-                    self.proc.join.restore(kind, key[2:], value)
-                    n += 1
+        self.markers.clear()
+        gate = self.gate
+        generation = gate.generation
+        n, inputs = await self.state.load(old, self.proc,
+                                          lambda: generation == gate.generation)
         del old
         gc.collect()
         gc.freeze()  # the loaded state is long-lived: keep the collector from rescanning it
-        log.info("join state loaded: %d entries, inputs %s", n, sorted(assigned))
+        log.info("join state loaded: %d entries, inputs %s", n, sorted(inputs))
 
-    async def _restore_tasks(self, old: JoinProcessor, tasks: set) -> int:
-        """Memory store: move the state of the tasks kept since the last assignment from
-        ``old`` (no Kafka read), read the changelog of the others; the entries loaded."""
-        generation = self.generation
-        kept, gained = self._held & tasks, tasks - self._held
-        join, restore = old.join, self.proc.join.restore
-        n = 0
-        t0 = time.perf_counter()
-        if kept:
-            for key, p in join.pending.items():
-                if p.partition in kept:
-                    restore(REQUEST, key, p.to_json())
-                    n += 1
-            for key, m in join.done.items():
-                if m.partition in kept:
-                    restore(REQUEST, key, m.to_json())
-                    n += 1
-            for key, entries in join.early.items():
-                if entries and entries[0].partition in kept:
-                    restore(EARLY, key, [e.to_json() for e in entries])
-                    n += 1
-        moved = n
-        t1 = time.perf_counter()
-        read = {}
-        if gained:
-            tps = [TopicPartition(self.committer.changelog, t) for t in sorted(gained)]
-            latest, read = await read_latest(self.opts.bootstrap, tps,
-                                             read_committed=self.opts.exactly_once,
-                                             tansu=self.opts.tansu)
-            kinds = {v.encode(): k for k, v in KIND_PREFIX.items()}
-            loads = orjson.loads
-            for raw_key in list(latest):
-                _, value = latest.pop(raw_key)
-                key = loads(raw_key)
-                kind = kinds.get(key[:2].encode())
-                if kind is not None:
-                    restore(kind, key[2:], loads(value))
-                    n += 1
-        # a rebalance meanwhile: what was read may be stale by the next assignment
-        self._held = set(tasks) if generation == self.generation else set()
-        log.info("join state of tasks %s kept in memory (%d entries, %.3f s); tasks %s read "
-                 "from the changelog (%d records, %d live keys, %.3f s)", sorted(kept), moved,
-                 t1 - t0, sorted(gained), sum(read.values()), n - moved,
-                 time.perf_counter() - t1)
-        return n
+    async def _count_partitions(self, topic: str) -> int:
+        return await asyncio.to_thread(partition_count, self.opts.bootstrap, topic)
+
+    async def _read_changelog(self, tasks: set) -> tuple[dict, dict]:
+        """The changelog partitions of ``tasks``, read to their end (``read_latest``)."""
+        tps = [TopicPartition(self.committer.changelog, t) for t in sorted(tasks)]
+        return await read_latest(self.opts.bootstrap, tps,
+                                 read_committed=self.opts.exactly_once, tansu=self.opts.tansu)
 
     # ------------------------------------------------------------- the loop
     async def run(self) -> None:
@@ -300,23 +163,24 @@ class BatchLoop:
                 await self.feed.stop()
 
     async def _read_until_stopped(self) -> None:
+        gate = self.gate
         while not self.group.should_stop:
-            if not self.ready and not await self._become_ready():
+            if not gate.ready and not await gate.become_ready(self._take):
                 await asyncio.sleep(0.05)
                 continue
-            generation = self.generation
+            generation = gate.generation
             t0 = time.perf_counter()
             records = await self.feed.getmany(timeout_ms=200,
                                               max_records=self.opts.batch_size)
             if self.first_event_at is not None:
                 self.seconds["fetch"] += time.perf_counter() - t0
             if not records:
-                async with self.lock:  # nothing fetched is waiting: skip markers
-                    if generation == self.generation and self.ready:
-                        await self._skip_markers()
+                async with gate.lock:  # nothing fetched is waiting: skip markers
+                    if gate.current(generation):
+                        await skip_markers(self.feed, self.positions)
                 continue
-            async with self.lock:
-                if generation != self.generation or not self.ready:
+            async with gate.lock:
+                if not gate.current(generation):
                     continue  # fetched before a rebalance: nothing done, read again later
                 await self._on_records(records)
 
@@ -328,25 +192,14 @@ class BatchLoop:
         positions = self.positions
         waited = 0.0
         outputs = await self._process(records)
-        if self.committer.exactly_once:
-            # the batch before is committed before this one's transactions begin: what
-            # its commit made visible (its forwards to our repartition partitions) and
-            # what else came meanwhile joins this batch, not the next (one cycle less)
-            t1 = time.perf_counter()
-            fresh = self.committer.busy and bool(self._forwarded_to.intersection(positions))
-            await self.committer.wait()
-            t2 = time.perf_counter()
-            more = await self.feed.getmany(
-                timeout_ms=TOP_UP_WAIT_MS if fresh else 0,
-                max_records=max(0, self.opts.batch_size - sum(map(len, records.values()))),
-                wait_for=self._forwarded_to)
-            waited = time.perf_counter() - t1
-            self.seconds["wait_commit"] += t2 - t1
-            self.seconds["top_up_fetch"] += waited - (t2 - t1)
+        if self.committer.exactly_once:  # wait for the batch before to commit, and take
+            # in what its commit made visible (``BatchSubmitter.top_up``)
+            room = max(0, self.opts.batch_size - sum(map(len, records.values())))
+            more, waited = await self.submitter.top_up(self.feed, positions, room)
             if more:
                 self.topped_up += sum(map(len, more.values()))
                 outputs.extend(await self._process(more))
-        await self._skip_markers()
+        await skip_markers(self.feed, self.positions)
         outputs.extend(self._markers())  # every input's, as the timer would (see on_timer)
         self._update_caught_up()
         outputs.extend(self.proc.tick())
@@ -373,79 +226,19 @@ class BatchLoop:
         return outputs
 
     async def _submit(self, outputs, from_input: bool) -> None:
-        """Encode the batch's outputs and state changes; hand them to the committer."""
-        committer = self.committer
-        t0 = time.perf_counter()
-        tasks = {self.task_of(tp) for tp in self.positions}
-        await committer.open_batch(tasks)
-        pub = committer.publishers()
-        first = self.sent_labeled == 0
-        self.metrics.observe(self.proc, await self._publish(pub, outputs))
-        if first and self.sent_labeled:  # a start-up milestone (bench_recovery reads it)
-            log.info("first labels handed to the producer: %d", self.sent_labeled)
-        t1 = time.perf_counter()
-        state = committer.publishers()
-        store_writes = encode_changes(self.proc.join.take_dirty(), KIND_PREFIX,
-                                      committer.changelog, state, committer.keeps_store)
-        t2 = time.perf_counter()
-        prefix = "" if from_input else "timer_"
-        self.seconds[prefix + "publish"] += t1 - t0
-        self.seconds[prefix + "persist"] += t2 - t1
-        batch = Batch(pub, state, store_writes, dict(self.positions), from_input=from_input,
-                      tasks=tasks,
-                      closed=DRAINED if self.drained else self.proc.join.closed_time)
-        self._closed_submitted = self.proc.join.closed_time
-        self._closed_submitted_at = time.monotonic()
-        if from_input:
-            self._input_submitted_at = self._closed_submitted_at
-        await committer.submit(batch)
-
-    def _owns_every_input(self) -> bool:
-        """A drain is a one-worker bounded replay: it finishes only once this worker holds
-        every input partition (after a crash, the dead member's partitions come back to
-        the group when its session expires; draining without them would end too early),
-        and has read each to its end."""
-        want = 2 * self.config.topics.partitions + sum(
-            self.input_partitions[topic] for topic in self.hop_roles)
-        return len(self.positions) >= want and all(
-            self._at_end(tp) for tp in self.positions)
-
-    async def _skip_markers(self) -> None:
-        """Move positions past what the feed skipped (transaction markers, aborted
-        records): only between batches, when every record it returned is processed."""
-        positions, position = self.positions, self.feed.position
-        for tp, offset in positions.items():
-            now = await position(tp)
-            if now > offset:
-                positions[tp] = now
+        """Hand the batch's outputs and state changes to the committer (``batch_submit``)."""
+        await self.submitter.submit(self.proc, outputs, self.positions, from_input,
+                                    self.drained)
 
     def _at_end(self, tp: TopicPartition) -> bool:
-        hw = self.feed.highwater(tp)
-        return hw is not None and self.positions.get(tp, 0) >= hw
+        return at_end(self.feed, self.positions, tp)
 
-    def _markers(self, records: Optional[dict] = None) -> list:
-        """Watermark markers of the hop's inputs whose progress (largest event time, at
-        its end or not) changed since their last marker, even an empty one's that
-        reached its end (``records``: only those just read)."""
-        if not self.hop_roles:
-            return []
-        out = []
-        repartitioner = self.proc.repartitioner
-        for tp in self.positions:
-            role = self.hop_roles.get(tp.topic)
-            if role is None or (records is not None and tp not in records):
-                continue
-            progress = (repartitioner.max_ts(role, tp.partition), self._at_end(tp))
-            if self._marked.get(tp) != progress:
-                self._marked[tp] = progress
-                out.append((tp, repartitioner.markers(role, tp.partition, progress[1])))
-        return out
+    def _markers(self) -> list:
+        """The hop's watermark markers due for every input (``HopMarkers.due``)."""
+        return self.markers.due(self.proc.repartitioner, self.positions, self._at_end)
 
-    def _closed_moved(self) -> bool:
-        """The closed time moved since the last batch (at most once a second: an idle
-        join's closed time moves with the clock, and each move is a watermark report)."""
-        return (self.proc.join.closed_time != self._closed_submitted
-                and time.monotonic() - self._closed_submitted_at >= 1.0)
+    def _update_caught_up(self) -> None:
+        update_caught_up(self.proc, self.positions, self._at_end, self.join_roles, self.hop)
 
     def _input_durable(self) -> None:
         self.last_event_at = time.monotonic()
@@ -456,20 +249,24 @@ class BatchLoop:
         While input batches flow they do all of it (markers, the clock's tick, the
         closed time): a timer batch then would only add a commit cycle (under exactly
         once, a transaction per task) in front of the next input batch."""
-        if not self.ready:
+        gate = self.gate
+        if not gate.ready:
             return
         if time.monotonic() - self._stats_written_at >= 5.0:
             self._write_stats()
-        if (not self.opts.drain and self._input_submitted_at is not None
-                and time.monotonic() - self._input_submitted_at < TIMER_QUIET_S):
+        last_input = self.submitter.input_submitted_at
+        if (not self.opts.drain and last_input is not None
+                and time.monotonic() - last_input < TIMER_QUIET_S):
             return
-        async with self.lock:
-            if not self.ready:
+        async with gate.lock:
+            if not gate.ready:
                 return
             outputs = self._markers()
             self._update_caught_up()
             outputs.extend(self.proc.tick())
-            if (self.opts.drain and not self.drained and self._owns_every_input()
+            if (self.opts.drain and not self.drained
+                    and owns_every_input(self.positions, self._at_end,
+                                         self.config.topics.partitions, self.hop)
                     and self.proc.watermark.all_caught_up(self.opts.drain_quiet_ms)):
                 outputs.extend(self.proc.drain())
                 self.drained = True
@@ -478,7 +275,7 @@ class BatchLoop:
                     for tp, off in self.positions.items()})
             # a moved closed time is a batch too: the dataset sink learns of it (a report)
             if (outputs or self.proc.join.has_changes or self.committer.committed != self.positions
-                    or self.drained or self._closed_moved()):
+                    or self.drained or self.submitter.closed_moved(self.proc)):
                 await self._submit(outputs, from_input=False)
             if self.drained:
                 await self.committer.wait()
@@ -490,98 +287,8 @@ class BatchLoop:
                 self.on_drained()
 
     def _write_stats(self) -> None:
-        """Where the batch loop's time went and how large the join's state is, for
-        benchmarks (``DLABEL_WORKER_STATS``: a path; rewritten every 5 s and at the end
-        of a drain)."""
+        """The stats file for benchmarks (``loop_stats``), if asked for."""
         self._stats_written_at = time.monotonic()
-        path = os.environ.get("DLABEL_WORKER_STATS")
-        if path:
-            join = self.proc.join
-            tmp = f"{path}.tmp"  # readers poll the file: never show them half of it
-            with open(tmp, "w") as f:
-                json.dump({"seconds": dict(self.seconds), "batches": self.batches,
-                           "records": sum(self.proc.records_in.values()),
-                           "state": {"pending": len(join.pending), "done": len(join.done),
-                                     "early": len(join.early)},
-                           "labeled_sent": self.sent_labeled, "topped_up": self.topped_up,
-                           "at": time.time()}, f)
-            os.replace(tmp, path)
+        write_stats(stats_path(), self.proc, self.seconds, self.batches,
+                    self.sent_labeled, self.topped_up)
 
-    def _update_caught_up(self) -> None:
-        """Tell the watermark which inputs have reached their end (only those may idle).
-
-        The end is the high watermark of our feed's last fetch (right on every broker,
-        unlike ListOffsets on Tansu); the position is what this worker has processed.
-        """
-        set_caught_up = self.proc.watermark.set_caught_up
-        if not self.hop_roles:
-            for tp in self.positions:
-                set_caught_up(self.join_roles[tp.topic], tp.partition, self._at_end(tp))
-            return
-        # through the hop: an input partition is at its end for a task once the task's
-        # repartition partition is read to its end and the hop's last marker said so
-        hop_at_end = self.proc.hop_at_end
-        for tp in self.positions:
-            role = self.join_roles.get(tp.topic)
-            if role is None:
-                continue
-            task_at_end = self._at_end(tp)
-            for origin in range(self.input_partitions[self._hop_topic[role]]):
-                key = (origin, tp.partition)
-                set_caught_up(role, key, task_at_end and hop_at_end.get((role, key), False))
-
-    # ------------------------------------------------------------- outputs
-    async def _publish(self, pubs: TaskPublishers, outputs) -> dict:
-        """Queue the outputs on ``pubs``; returns the labeled count per label value."""
-        topics = self.config.topics
-        labeled, for_task = topics.labeled, pubs.for_task
-        labels: dict = {}
-        forwarded_to = self._forwarded_to = set()
-        for o in outputs:
-            if type(o) is tuple:  # the hop's forwards (and markers) from one input
-                tp, forwards = o
-                pub = for_task(self.task_of(tp))
-                target = self._repartition_topic[self.hop_roles[tp.topic]]
-                for f in forwards:
-                    pub.add(target, f.task, f.key, f.value, f.headers)
-                    if f.key is not None:  # an event, not a watermark marker
-                        forwarded_to.add(TopicPartition(target, f.task))
-            elif type(o) is LabeledOut:
-                ex = o.example
-                for_task(o.partition).add(labeled, o.partition, ex["request_id"].encode(),
-                                          encode_labeled(ex))
-                label = ex["label"]
-                labels[label] = labels.get(label, 0) + 1
-                self.sent_labeled += 1
-            elif type(o) is DeadLetter:
-                task = o.partition if o.task is None else self._task_alias.get(o.task, o.task)
-                await for_task(task).add_any_partition(topics.dead_letter, None, o.encode())
-        return labels
-
-
-#: Exactly once: how long a batch waits, once the batch before is committed, for the
-#: events that batch forwarded to this worker's repartition partitions to be fetched
-#: (they become visible with the commit's markers, a few milliseconds after it).
-TOP_UP_WAIT_MS = 20
-
-#: How long a stopping worker waits for the batch in flight to become durable.
-STOP_WAIT_S = 10.0
-
-#: The timer leaves the batches to the input loop while it submitted one this recently.
-TIMER_QUIET_S = 0.5
-
-#: Young-generation threshold of the cyclic garbage collector in the worker.
-GC_YOUNG_THRESHOLD = 50_000
-
-
-def tune_gc() -> None:
-    """Collect cyclic garbage less often than CPython's default (every 700 allocations).
-
-    The worker allocates a few containers per record (parsed JSON, events, outputs),
-    and the default thresholds made the collector take ~30% of the in-process join's
-    time (41k -> 57k events/s with these, in-process, 100k requests). The join's state
-    holds no reference cycles: it is freed by reference counting as before; only
-    cyclic garbage (asyncio, aiokafka) waits a little longer.
-    """
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), max(middle, 20), old)
