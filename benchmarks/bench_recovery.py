@@ -69,6 +69,8 @@ SETTLE_S = 0.5
 #: log line -> phase (the first line matching, after the restart). The text format is
 #: ``%(asctime)s %(levelname)s %(name)s: %(message)s``.
 PHASES = (
+    ("join_sent", re.compile(r"aiokafka\.consumer\.group_coordinator: \(Re-\)joining group")),
+    ("join_answered", re.compile(r"aiokafka\.consumer\.group_coordinator: Joined group")),
     ("group_joined", re.compile(r"aiokafka\.consumer\.group_coordinator: Successfully synced")),
     ("faust_recovery_started", re.compile(r"Recovery\]: Restoring state from changelog")),
     ("faust_recovery_done", re.compile(r"Recovery\]: Recovery complete")),
@@ -155,8 +157,10 @@ def phases(log_path: Path, from_byte: int, t_kill: float) -> dict:
     with open(log_path, "rb") as f:
         f.seek(from_byte)
         lines = f.read().decode("utf-8", "replace").splitlines()
-    out: dict[str, float] = {}
+    out: dict[str, float] = {"joins": 0}
     for line in lines:
+        if PHASES[0][1].search(line):  # JoinGroups sent: more than one = a second rebalance
+            out["joins"] += 1
         m = LOG_TIME.search(line, 0, 40)
         if not m:
             continue
@@ -266,14 +270,14 @@ def main() -> None:
             with broker:
                 results[engine] = measure(engine, broker, args, Path(tmp))
     print(f"# load average at the end: {os.getloadavg()}", flush=True)
-    cols = ("process_up", "group_joined", "faust_recovery_done", "table_recovered")
+    cols = ("process_up", "join_sent", "group_joined", "faust_recovery_done", "table_recovered")
     print(f"\nstore: {args.store}, {args.requests:,} requests backlog, {args.partitions} "
           f"partitions, {args.kills} SIGKILLs each, median (min-max), seconds from the "
           "kill\n")
-    print("| broker | first new label (recovery) | process up | group joined | "
+    print("| broker | first new label (recovery) | process up | JoinGroup sent | group joined | "
           "changelog replayed (Faust) | join state loaded | changelog records at kill | "
           "replay records/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for engine, rows in results.items():
         def cell(key: str, fmt: str = "{:.1f}") -> str:
             vals = [r[key] for r in rows if key in r]
@@ -287,17 +291,18 @@ def main() -> None:
               f"| {cell('replay_records_per_s', '{:,.0f}')} |")
     print("\nStart on the existing backlog (the first worker of each trial), seconds from "
           "the worker's start to the first label on the labeled topic, median (min-max)\n")
-    print("| broker | first label (start) | process up | group joined | join state loaded | "
-          "reading inputs | first label handed to the producer |")
-    print("|---|---|---|---|---|---|---|")
+    print("| broker | first label (start) | process up | JoinGroup sent | group joined | "
+          "join state loaded | reading inputs | first label handed to the producer |")
+    print("|---|---|---|---|---|---|---|---|")
     for engine, rows in results.items():
         def cell2(key: str) -> str:
             vals = [r[key] for r in rows if key in r]
             return (f"{statistics.median(vals):.1f} ({min(vals):.1f}-{max(vals):.1f})"
                     if vals else "-")
         print(f"| {engine} | **{cell2('start_s')}** | " + " | ".join(
-            cell2(f"start_{c}") for c in ("process_up", "group_joined", "table_recovered",
-                                          "reading_inputs", "first_label_sent")) + " |")
+            cell2(f"start_{c}") for c in ("process_up", "join_sent", "group_joined",
+                                          "table_recovered", "reading_inputs",
+                                          "first_label_sent")) + " |")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ from schemas.config import PipelineConfig
 from schemas.errors import DlabelError
 from schemas.pii import PiiHasher, load_pii_key
 from streams.common import metrics
-from streams.join.faust_adapter import WorkerOptions, build_app, changelog_topic, run_app
+from streams.join.faust_adapter import WorkerOptions, app_id, build_app, changelog_topic, run_app
 from streams.kafka import clients as kafka_clients
 from streams.kafka.broker import free_port
 from streams.kafka.probe import BrokerProbe
-from streams.kafka.tansu_quirks import is_tansu
+from streams.kafka.tansu_quirks import evict_predecessor, is_tansu
 from streams.kafka.topics import ensure_topics
 
 log = logging.getLogger("dlabel.pipeline")
@@ -28,12 +28,14 @@ log = logging.getLogger("dlabel.pipeline")
 #: The join worker's consumer-group session, in seconds (was 10): the smallest a default
 #: Kafka broker accepts (``group.min.session.timeout.ms``). A member that dies without
 #: leaving (SIGKILL, a lost node) keeps its partitions that long unless a restarted
-#: worker rejoins first (``WorkerOptions.rebalance_timeout_s`` then bounds the wait);
+#: worker rejoins first (Kafka: ``WorkerOptions.rebalance_timeout_s`` then bounds the
+#: wait; Tansu: the restarted worker drops it, ``tansu_quirks.evict_predecessor``);
 #: a stalled process (SIGSTOP, swapping) loses them after it. Heartbeats come from
 #: Faust's consumer thread, so a busy batch loop does not miss them. Tansu answers a
-#: JoinGroup only after half the session (3 s at start-up): 2 s would halve that, but
-#: the fault tests' freeze sampling (a worker SIGSTOPped most of the time) then costs
-#: the frozen worker its partitions.
+#: JoinGroup only after half the group's session, in whole seconds (3 s; its rebalance
+#: timeout is never read, see ``streams.kafka.tansu_quirks``): 2 s would make that 1 s,
+#: but the fault tests' freeze sampling (a worker SIGSTOPped most of the time) then
+#: costs the frozen worker its partitions.
 SESSION_TIMEOUT_S = 6.0
 
 
@@ -163,8 +165,10 @@ def run_join_worker(config: PipelineConfig, drain: bool = False, loglevel: str =
     pii = PiiHasher(key) if key else None
     tansu = prepare(config, bootstrap)
     exactly_once = _exactly_once(guarantee, tansu)
+    # Tansu keeps a dead predecessor in the group until its session ends: drop it first
+    slot = evict_predecessor(bootstrap, app_id(config), config.state_dir) if tansu else None
     opts = WorkerOptions(bootstrap=bootstrap, drain=drain, tansu=tansu, exactly_once=exactly_once,
-                         batch_size=batch_size,
+                         batch_size=batch_size, member_slot=slot,
                          session_timeout_s=session_timeout_s,
                          web_port=web_port or free_port("127.0.0.1"))
     loop = run_app(build_app(config, opts, pii), loglevel=loglevel)

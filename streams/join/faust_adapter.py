@@ -34,7 +34,7 @@ from streams.join.closed_time_reporter import ClosedTimeReporter
 from streams.kafka import clients as kafka_clients
 from streams.kafka.group_offsets import committed_offsets
 from streams.kafka.transactional_reads import last_committed_offsets
-from streams.kafka.tansu_quirks import fetch_end_offsets
+from streams.kafka.tansu_quirks import MemberSlot, fetch_end_offsets, leave_in_generation_zero
 
 log = logging.getLogger("dlabel.worker")
 
@@ -80,11 +80,15 @@ class WorkerOptions:
     batch_size: int = 2000
     session_timeout_s: float = 6.0
     #: how long a rebalance waits for members to rejoin: a restarted worker's dead
-    #: predecessor is dropped after this, not after its whole session (see README)
+    #: predecessor is dropped after this, not after its whole session (see README;
+    #: Kafka only: Tansu never reads it, see ``tansu_quirks``)
     rebalance_timeout_s: float = 3.0
     web_port: Optional[int] = None  # Faust starts its web server anyway: give it a port
     tansu: bool = False             # embedded-broker work-arounds (tansu_quirks)
     exactly_once: bool = False      # transactions (brokers that have them: not Tansu)
+    #: Tansu: where this worker records its member id for the worker restarted after it
+    #: (``tansu_quirks.evict_predecessor``)
+    member_slot: Optional[MemberSlot] = None
 
 
 def state_table_name(config: PipelineConfig) -> str:
@@ -398,11 +402,26 @@ def build_app(config: PipelineConfig, opts: WorkerOptions, pii: Optional[PiiHash
     keep_inputs_from_faust(app.consumer, loop.roles)
     if opts.exactly_once:
         read_committed_in_faust(app)
-    _declare_agents(app, inputs, loop)
+    if opts.tansu:
+        leave_in_generation_zero()
+    _declare_agents(app, inputs, loop, opts.member_slot)
     return app
 
 
-def _declare_agents(app: faust.App, inputs, loop: BatchLoop) -> None:
+def group_member_id(app: faust.App) -> Optional[str]:
+    """This worker's member id in its consumer group (None before it joined)."""
+    thread = getattr(app.consumer, "_thread", None)
+    if thread is None:
+        return None
+    try:
+        coordinator = thread._ensure_consumer()._coordinator  # aiokafka's GroupCoordinator
+    except Exception:  # the consumer not started (or stopped): no member
+        return None
+    return getattr(coordinator, "member_id", None) or None
+
+
+def _declare_agents(app: faust.App, inputs, loop: BatchLoop,
+                    member_slot: Optional[MemberSlot] = None) -> None:
     @app.agent(inputs)
     async def join_agent(stream):
         # Declared so that Faust's group subscribes the inputs and co-partitions the
@@ -445,6 +464,10 @@ def _declare_agents(app: faust.App, inputs, loop: BatchLoop) -> None:
     @app.on_partitions_assigned.connect
     async def on_assigned(sender, assigned, **kwargs):
         loop.on_assigned(assigned)
+        if member_slot is not None:
+            member = group_member_id(app)
+            if member:
+                member_slot.record(member)
 
 
 def run_app(app: faust.App, loglevel: str = "WARNING") -> BatchLoop:
