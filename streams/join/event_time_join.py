@@ -21,7 +21,6 @@ feedback whose request is still pending then simply counts. With
 """
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from typing import Optional
 
@@ -75,7 +74,7 @@ class EventTimeJoin(JoinStore):
         pending = PendingRequest.of(req, src.partition, src.offset)
         self.pending[rid] = pending
         self._dirty[(REQUEST, rid)] = src.partition
-        heapq.heappush(self._deadlines, (req.ts + self.label_window, rid))
+        self._deadlines.push(req.ts + self.label_window, rid)
         early = self.early.pop(rid, None)
         if not early:
             return []
@@ -117,7 +116,7 @@ class EventTimeJoin(JoinStore):
         entries.append(EarlyFeedback(fb.ts, fb.type, fb.value, fb.fields, src.partition,
                                      src.offset, raw))
         self._mark(EARLY, rid, entries[0].partition)
-        heapq.heappush(self._early_expiry, (fb.ts, rid))
+        self._early_expiry.push(fb.ts, rid)
         return []
 
     def advance(self, watermark: int) -> list[Output]:
@@ -144,8 +143,7 @@ class EventTimeJoin(JoinStore):
 
     def _label_settled_outcomes(self, closed: int, out: list[Output]) -> None:
         """Regression: a candidate outcome older than the closed time cannot be beaten."""
-        while self._ready and self._ready[0][0] < closed:
-            _, rid = heapq.heappop(self._ready)
+        for _, rid in self._ready.take(closed - 1):
             pending = self.pending.get(rid)
             if pending is not None and pending.candidates:
                 best = min(pending.candidates, key=lambda c: (c[0], c[1]))
@@ -153,8 +151,7 @@ class EventTimeJoin(JoinStore):
 
     def _finalize_expired_windows(self, closed: int, out: list[Output]) -> None:
         """Requests whose label window ended: a negative, their outcome, or unlabeled."""
-        while self._deadlines and self._deadlines[0][0] <= closed:
-            deadline, rid = heapq.heappop(self._deadlines)
+        for deadline, rid in self._deadlines.take(closed):
             pending = self.pending.get(rid)
             if pending is None or pending.ts + self.label_window != deadline:
                 continue
@@ -169,8 +166,7 @@ class EventTimeJoin(JoinStore):
 
     def _expire_early_feedback(self, closed: int, out: list[Output]) -> None:
         """Feedback older than the closed time whose request never came: orphans."""
-        while self._early_expiry and self._early_expiry[0][0] < closed:
-            _, rid = heapq.heappop(self._early_expiry)
+        for _, rid in self._early_expiry.take(closed - 1):
             entries = self.early.get(rid)
             if not entries:
                 continue
@@ -222,7 +218,7 @@ class EventTimeJoin(JoinStore):
             return []
         pending.candidates.append([ts, offset, outcome])
         self._mark(REQUEST, pending.request_id, pending.partition)
-        heapq.heappush(self._ready, (ts, pending.request_id))
+        self._ready.push(ts, pending.request_id)
         if self.closed_time is not None and ts < self.closed_time:
             best = min(pending.candidates, key=lambda c: (c[0], c[1]))
             return [self._finalize(pending, best[2], best[0])]

@@ -158,6 +158,7 @@ class JoinProcessor:
         max_ts: dict[int, int] = {}
         watermark = self.watermark
         forwarded = self._forwarded.setdefault((role, task), {})
+        new_source = tuple.__new__  # Source's own __new__ is a Python function: 3x the cost
         for rec in records:
             name, header = rec.headers[0]
             if name == WATERMARK_HEADER:
@@ -185,7 +186,8 @@ class JoinProcessor:
             ts = event.ts
             if ts > max_ts.get(origin, ts - 1):
                 max_ts[origin] = ts
-            res = on_event(event, Source(role, task, position(origin, offset)), value)
+            res = on_event(event, new_source(Source, (role, task, position(origin, offset))),
+                           value)
             if res:
                 out.extend(res)
         for origin, ts in max_ts.items():
