@@ -46,7 +46,9 @@ processes) and ``-m faults`` (the long run: >= 20 proven kills).
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -60,7 +62,7 @@ from jobs.registry import Registry
 from streams.dev.simulate import generate
 from streams.kafka.topics import ensure_topics
 from tests.fault_probes import (BackgroundProducer, JoinWatch, KillLog, checkpoints,
-                                dataset_snapshot, freeze, group_members, job_children,
+                                dataset_snapshot, freeze, group_members, job_children, thaw,
                                 kill_join_in_flight, sample_frozen, sigkill,
                                 sink_child, sink_commit_in_flight, wait_join_caught_up,
                                 wait_until, window_dirs)
@@ -83,6 +85,39 @@ def _start(cmd: list[str], log: Path) -> subprocess.Popen:
 
 def _jobs_cmd(path: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "streams.cli", "-v", "jobs", "-c", str(path), *args]
+
+
+def _freeze_when_stored(runner: int, reg: Registry, probe) -> dict | None:
+    """Freeze the runner's process group the moment a job's version appears in the
+    registry, and ``probe()`` it frozen (left frozen on a hit, for the kill).
+
+    A job is in the ``stored`` stage only between renaming its version into place and
+    writing its window's record: one small fsynced file, a few milliseconds, which
+    random freezes hit in too few jobs (without a promotion there is no champion write
+    in between). So the registry directory is watched in a tight loop instead, without
+    freezing, and the whole group is stopped with one ``killpg`` when a version shows up.
+    None once the runner has no job left (it finished first)."""
+    root = reg.root
+    seen = set(os.listdir(root)) if root.is_dir() else set()
+    deadline = time.monotonic() + RECOVERY_S
+    check_at = 0.0
+    while time.monotonic() < deadline:
+        names = set(os.listdir(root)) if root.is_dir() else set()
+        if any(name.startswith("v") for name in names - seen):
+            os.killpg(runner, signal.SIGSTOP)
+            members = group_members(runner)
+            freeze(members)
+            result = probe()
+            if result:
+                return result
+            thaw(members)
+            os.killpg(runner, signal.SIGCONT)
+        seen = names
+        if time.monotonic() >= check_at:
+            if not job_children(runner):
+                return None
+            check_at = time.monotonic() + 0.05
+    raise AssertionError(f"not within {RECOVERY_S:g}s: a job in stage stored")
 
 
 class FaultRun:
@@ -265,10 +300,12 @@ class FaultRun:
                                 "version_at_kill": version, "record_at_kill": None}
                 return None
 
-            ev = sample_frozen(lambda: group_members(runner), probe,
-                               lambda: bool(job_children(runner)), self.rnd, RECOVERY_S,
-                               f"a job in stage {stage}",
-                               max_pause=0.005 if stage == "stored" else 0.1)
+            if stage == "stored":
+                ev = _freeze_when_stored(runner, reg, probe)
+            else:
+                ev = sample_frozen(lambda: group_members(runner), probe,
+                                   lambda: bool(job_children(runner)), self.rnd, RECOVERY_S,
+                                   f"a job in stage {stage}", max_pause=0.1)
             if ev is None:
                 continue  # that job finished first: try the next one
             t0 = time.monotonic()
