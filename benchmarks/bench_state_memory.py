@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from schemas.config import load_config  # noqa: E402
 from schemas.pii import PiiHasher  # noqa: E402
 from streams.dev.simulate import generate  # noqa: E402
+from streams.join.join_state import REQUEST  # noqa: E402
 from streams.join.processor import InputRecord, JoinProcessor  # noqa: E402
 
 
@@ -69,7 +70,6 @@ def main() -> None:
 def done_markers(proc: JoinProcessor, n: int) -> None:
     """RSS growth per done marker, loaded as the changelog holds them (a negative label
     at the deadline, positions as the repartition hop makes them)."""
-    from streams.join.join_state import REQUEST
     gc.collect()
     base = rss_mib()
     t0 = 1_795_000_000_000

@@ -9,8 +9,10 @@ a ``DoneMarker`` with its own ints and a heap entry (``benchmarks/bench_state_me
 --finalized``). A marker that keeps its request (corrections on), a later
 ``label_version`` or a value the packing cannot hold stays a ``DoneMarker``.
 
-Expiry is indexed by minute of event time: a marker is forgotten at the first closed
-time that has passed its whole minute, so at most a minute after its own expiry.
+Expiry is indexed by minute of event time, as a list of ids per minute: a marker is
+forgotten at the first closed time that has passed its whole minute, so at most a
+minute after its own expiry. (Not a ``join_store.TimeIndex``: its exact order costs a
+(time, id) tuple per entry, ~90 bytes a marker, and expiry needs no order.)
 """
 from __future__ import annotations
 
@@ -55,9 +57,14 @@ def unpack(stored: Stored) -> DoneMarker:
     """The ``DoneMarker`` of a stored marker (a new object for packed bytes)."""
     if stored.__class__ is not bytes:
         return stored
-    ts, partition, offset, kind, value, label_ts = _PACKED.unpack(stored)
+    return DoneMarker(*_fields(stored))
+
+
+def _fields(packed: bytes) -> list:
+    """ts, partition, offset, label, label_ts of packed bytes (``DoneMarker.to_json``)."""
+    ts, partition, offset, kind, value, label_ts = _PACKED.unpack(packed)
     label = None if kind == _NO_LABEL else int(value) if kind == _INT_LABEL else value
-    return DoneMarker(ts, partition, offset, label, label_ts)
+    return [ts, partition, offset, label, label_ts]
 
 
 class DoneMarkers:
@@ -100,11 +107,7 @@ class DoneMarkers:
         stored = self._markers.get(rid)
         if stored is None:
             return None
-        if stored.__class__ is bytes:
-            ts, partition, offset, kind, value, label_ts = _PACKED.unpack(stored)
-            label = None if kind == _NO_LABEL else int(value) if kind == _INT_LABEL else value
-            return [ts, partition, offset, label, label_ts]
-        return stored.to_json()
+        return _fields(stored) if stored.__class__ is bytes else stored.to_json()
 
     def items(self) -> Iterator[tuple[str, DoneMarker]]:
         """Every (request id, marker), markers decoded."""
