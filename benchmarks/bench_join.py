@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 from aiokafka.structs import TopicPartition  # noqa: E402
 
+from benchmarks.io_floor import io_floor  # noqa: E402
 from streams.kafka.broker import EmbeddedBroker  # noqa: E402
 from streams.kafka.kafka_broker import SERVER_JVM_OPTIONS, KafkaBroker  # noqa: E402
 from streams.dev.simulate import generate, produce  # noqa: E402
@@ -455,6 +456,10 @@ def main() -> None:
                     help="also run the worker of this checkout (e.g. `git archive HEAD | "
                          "tar -x -C /tmp/before`), side by side with the current code in "
                          "every run, on the same topics' data (repeatable)")
+    ap.add_argument("--io-floor", action="store_true",
+                    help="also run, after each raw read, the worker's Kafka I/O with no "
+                         "join (benchmarks/io_floor.py), with and without the hop: the "
+                         "most a worker on aiokafka could reach (ratio to raw)")
     ap.add_argument("--pending", type=int, default=1_000_000)
     ap.add_argument("--no-pending-memory", action="store_true",
                     help="skip the in-process memory of --pending pending requests")
@@ -512,6 +517,14 @@ def main() -> None:
                 # raw and worker alternate: raw, worker, raw, worker, ... on fresh topics
                 n_raw, s_raw = asyncio.run(raw_consume(broker.bootstrap, inputs_topics,
                                                        cfg.topics.partitions))
+                floors = {}
+                if args.io_floor:  # raw, floor with the hop, floor without, worker
+                    for hop in (True, False):
+                        n_floor, s_floor = asyncio.run(io_floor(
+                            broker.bootstrap, cfg.topics.requests, cfg.topics.feedback,
+                            cfg.topics.partitions, cfg.join.key, hop))
+                        floors[f"floor_{'hop' if hop else 'direct'}_ratio"] = (
+                            n_floor / s_floor) / (n_raw / s_raw)
                 with OutputTail(broker.bootstrap, cfg.topics.labeled,
                                 cfg.topics.partitions) as tail:
                     summary, rss = run_worker(path, work / "worker.log", guarantee, tail=tail,
@@ -528,7 +541,7 @@ def main() -> None:
                        "oracle_match": ok, "oracle_labels": len(expected),
                        "busy_s": summary["busy_seconds"], "first_to_last_label_s": to_last,
                        "start_to_last_label_s": (tail.last_at or first) - summary["spawned_at"],
-                       "load1": load_before, "worker_cpu_s": summary["cpu_s"]}
+                       "load1": load_before, "worker_cpu_s": summary["cpu_s"], **floors}
                 row["ratio"] = row["join_eps"] / row["raw_eps"]
                 row["steady_ratio"] = row["steady_eps"] / row["raw_eps"]
                 rows[(engine, guarantee, inputs, code)].append(row)
@@ -567,6 +580,13 @@ def main() -> None:
               f"{m['worker_cpu_s']:.1f} | "
               f"{rss} | "
               f"{match}/{len(rs)} runs ({m['oracle_labels']:,.0f} labels) |")
+    for (engine, guarantee, inputs, code), rs in rows.items():  # the I/O floor, per run
+        if rs and "floor_hop_ratio" in rs[0]:
+            for what in ("floor_hop_ratio", "floor_direct_ratio"):
+                print(f"\n{engine} {guarantee} {inputs} {code}: {what} (Kafka I/O alone, no "
+                      f"join, / raw) per run: {', '.join(f'{r[what]:.3f}' for r in rs)}; "
+                      f"median {statistics.median(r[what] for r in rs):.3f}; the worker's "
+                      f"steady ratio: {statistics.median(r['steady_ratio'] for r in rs):.3f}")
     for engine, guarantee, inputs, code in configs:  # the hop's cost, side by side per run
         hop, direct = rows.get((engine, guarantee, "hop", code)), rows.get(
             (engine, guarantee, "copartitioned", code))
