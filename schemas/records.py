@@ -17,6 +17,11 @@ LABELED_BASE_COLUMNS = ("request_id", "request_ts", "window_start", "label", "la
 #: Columns added after the base ones (DESIGN.md: "Columns may be added"), before features.
 LABEL_QUALITY_COLUMNS = ("label_delay_ms", "label_version", "sample_weight")
 DEAD_LETTER_KEYS = ("reason", "detail", "topic", "partition", "offset", "original")
+#: A dead letter carries at most this many bytes of its original record (base64 makes
+#: them 4/3 as many; the dead-letter topic is created to take that, see
+#: ``streams.kafka.topics.DEAD_LETTER_MAX_MESSAGE_BYTES``). Only an input over twice
+#: ``schemas.events.MAX_EVENT_BYTES`` is cut; its detail says so and where it is whole.
+DEAD_LETTER_ORIGINAL_MAX_BYTES = 2 << 20
 
 
 def labeled_example(req: Request, label: float | int, label_ts: int, window_ms: int,
@@ -107,14 +112,21 @@ class DeadLetter:
     task: Any = field(default=None, compare=False)
 
     def encode(self) -> bytes:
-        """The envelope as JSON; ``original`` goes as base64."""
+        """The envelope as JSON; ``original`` goes as base64, its first
+        ``DEAD_LETTER_ORIGINAL_MAX_BYTES`` bytes if it is longer (the detail says so)."""
+        original, detail = bytes(self.original or b""), self.detail
+        if len(original) > DEAD_LETTER_ORIGINAL_MAX_BYTES:
+            detail += (f" (original cut to its first {DEAD_LETTER_ORIGINAL_MAX_BYTES} of "
+                       f"{len(original)} bytes; the whole record is {self.topic} partition "
+                       f"{self.partition} offset {self.offset})")
+            original = original[:DEAD_LETTER_ORIGINAL_MAX_BYTES]
         return json.dumps({
             "reason": self.reason,
-            "detail": self.detail,
+            "detail": detail,
             "topic": self.topic,
             "partition": self.partition,
             "offset": self.offset,
-            "original": base64.b64encode(bytes(self.original or b"")).decode("ascii"),
+            "original": base64.b64encode(original).decode("ascii"),
         }, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 

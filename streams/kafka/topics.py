@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from schemas.config import PipelineConfig
 
 __all__ = ["ensure_topics", "partition_count", "topic_plan", "TOPIC_CONFIGS", "INPUT_TOPIC_CONFIGS",
-           "WINDOWS_TOPIC_CONFIGS"]
+           "WINDOWS_TOPIC_CONFIGS", "DEAD_LETTER_TOPIC_CONFIGS", "DEAD_LETTER_MAX_MESSAGE_BYTES"]
 
 _WEEK_MS = 7 * 24 * 3600 * 1000
 _HOUR_MS = 3600 * 1000
@@ -35,6 +35,17 @@ _HOUR_MS = 3600 * 1000
 INPUT_TOPIC_CONFIGS: dict[str, str] = {"cleanup.policy": "delete"}
 # outputs: a week of history, like Kafka's default, but stated explicitly
 TOPIC_CONFIGS: dict[str, str] = {"retention.ms": str(_WEEK_MS), "cleanup.policy": "delete"}
+# a dead letter carries its input record as base64 (4/3 the size, up to
+# DEAD_LETTER_ORIGINAL_MAX_BYTES of it): an invalid input under Kafka's default 1 MiB
+# limit may make a dead letter over it, which the broker would refuse (the worker
+# stopping on the same record at every restart). 3 MiB takes the largest; the join's
+# producers send requests of up to 4 MiB.
+DEAD_LETTER_MAX_MESSAGE_BYTES = 3 << 20
+DEAD_LETTER_TOPIC_CONFIGS: dict[str, str] = {
+    **TOPIC_CONFIGS, "max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)}
+# the repartition topics carry input records of up to MAX_EVENT_BYTES (1 MiB) plus the
+# key and the hop's header: room above the broker's default for those few bytes
+REPARTITION_TOPIC_CONFIGS: dict[str, str] = {**TOPIC_CONFIGS, "max.message.bytes": str(2 << 20)}
 # the windows topic is tiny and replayed by the jobs runner: keep it forever
 WINDOWS_TOPIC_CONFIGS: dict[str, str] = {"retention.ms": "-1", "cleanup.policy": "delete"}
 # the join's state changelogs and its closed-time reports: compacted, never deleted by
@@ -62,8 +73,11 @@ def topic_plan(config: "PipelineConfig", extra: Iterable[str] = (),
     for name in (t.requests, t.feedback):
         plan[name] = (t.partitions, dict(INPUT_TOPIC_CONFIGS))
     repartition = tuple(config.join_inputs.values()) if config.repartitions else ()
-    for name in (t.labeled, t.dead_letter, *repartition, *extra):
+    for name in (t.labeled, *extra):
         plan[name] = (t.partitions, dict(TOPIC_CONFIGS))
+    for name in repartition:
+        plan[name] = (t.partitions, dict(REPARTITION_TOPIC_CONFIGS))
+    plan[t.dead_letter] = (t.partitions, dict(DEAD_LETTER_TOPIC_CONFIGS))
     for name in compacted:
         plan[name] = (t.partitions, dict(CHANGELOG_TOPIC_CONFIGS))
     plan[t.windows] = (1, dict(WINDOWS_TOPIC_CONFIGS))
@@ -138,7 +152,7 @@ def ensure_topics(bootstrap: str, config: "PipelineConfig", extra: Iterable[str]
                 plan[name][1].update(tansu_quirks.TANSU_INPUT_TOPIC_CONFIGS)
         existing = _describe(admin, names)
         _check_counts(plan, existing, any_count(config))
-        _check_cleanup_policies(admin, plan, existing)
+        _check_configs(admin, plan, existing)
         missing = {n: {"num_partitions": plan[n][0],
                        "replication_factor": config.topics.replication_factor,
                        "configs": plan[n][1]}
@@ -163,13 +177,15 @@ def ensure_topics(bootstrap: str, config: "PipelineConfig", extra: Iterable[str]
         admin.close()
 
 
-def _check_cleanup_policies(admin: KafkaAdminClient, plan: dict[str, tuple[int, dict]],
-                            existing: dict[str, int]) -> None:
-    """Refuse an existing compacted topic whose cleanup policy would delete state.
+def _check_configs(admin: KafkaAdminClient, plan: dict[str, tuple[int, dict]],
+                   existing: dict[str, int]) -> None:
+    """Refuse an existing compacted topic whose cleanup policy would delete state, and
+    an existing topic whose ``max.message.bytes`` is below what the pipeline writes.
 
     A broker that describes no configs (Tansu) has nothing to check.
     """
-    names = [n for n in existing if plan[n][1].get("cleanup.policy") == "compact"]
+    names = [n for n in existing if plan[n][1].get("cleanup.policy") == "compact"
+             or "max.message.bytes" in plan[n][1]]
     if not names:
         return
     described = admin.describe_configs(
@@ -178,6 +194,9 @@ def _check_cleanup_policies(admin: KafkaAdminClient, plan: dict[str, tuple[int, 
     for name in names:
         configs = {k: (v.get("value") if isinstance(v, dict) else v)
                    for k, v in (described.get(name) or {}).items()}
+        _check_max_message_bytes(name, plan[name][1], configs)
+        if plan[name][1].get("cleanup.policy") != "compact":
+            continue
         policy = configs.get("cleanup.policy")
         if policy is None:
             continue
@@ -192,6 +211,20 @@ def _check_cleanup_policies(admin: KafkaAdminClient, plan: dict[str, tuple[int, 
             f"<broker> --alter --entity-type topics --entity-name {name} --add-config "
             f"cleanup.policy=compact,retention.ms=-1`, or delete the topic to have dlabel "
             f"create it")
+
+
+def _check_max_message_bytes(name: str, planned: dict[str, str],
+                             configs: dict[str, Any]) -> None:
+    want, have = planned.get("max.message.bytes"), configs.get("max.message.bytes")
+    if want is None or have is None or int(have) >= int(want):
+        return
+    raise BrokerError(
+        f"topic {name!r} exists with max.message.bytes={have}, below the {want} the "
+        f"pipeline may write to it (a dead letter carries its input record as base64; a "
+        f"repartition topic carries whole input records): the broker would refuse such a "
+        f"record and the worker would stop on it at every restart; fix it with "
+        f"`kafka-configs.sh --bootstrap-server <broker> --alter --entity-type topics "
+        f"--entity-name {name} --add-config max.message.bytes={want}`")
 
 
 def partition_count(bootstrap: str, topic: str, timeout: float = 30) -> int:
