@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
 from schemas.dataset_schema import MANIFEST, iso_utc, parse_window_dir, unify
+from schemas.errors import DatasetError
 from streams.dataset.compaction import staged_files
 
 FORMAT = 1
@@ -124,9 +125,33 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True).encode()
 
 
+#: the keys every reader of a manifest relies on
+MANIFEST_KEYS = ("format", "pipeline", "window_start", "window_end", "files", "rows",
+                 "positives")
+
+
 def read_manifest(storage, dirname: str) -> Optional[dict[str, Any]]:
+    """The manifest of window directory ``dirname``, or None when it has none (open).
+
+    Raises DatasetError naming the manifest when it is not a JSON object with
+    ``MANIFEST_KEYS``: the sink writes it atomically, so it was changed outside dlabel.
+    """
     raw = storage.read(f"{dirname}/{MANIFEST}")
-    return json.loads(raw) if raw else None
+    if not raw:
+        return None
+    where = storage.uri(f"{dirname}/{MANIFEST}")
+    fix = ("the dataset sink writes it atomically, so it was changed outside dlabel: "
+           "restore it from a backup, or move the window's directory out of dataset.path")
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise DatasetError(f"manifest {where} is not valid JSON ({str(e)[:120]}); {fix}"
+                           ) from None
+    missing = ([k for k in MANIFEST_KEYS if k not in data] if isinstance(data, dict)
+               else list(MANIFEST_KEYS))
+    if missing:
+        raise DatasetError(f"manifest {where} lacks {', '.join(missing)}; {fix}")
+    return data
 
 
 def window_event(manifest: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
@@ -166,7 +191,9 @@ def read_window(storage, dirname: str, schema: Optional[pa.Schema] = None) -> pa
     """A closed window's rows, through its manifest's file list (never a glob)."""
     manifest = read_manifest(storage, dirname)
     if manifest is None:
-        raise FileNotFoundError(f"window {dirname} has no manifest (it is still open)")
+        raise DatasetError(f"window {dirname} has no manifest: it is still open; read it "
+                           "once its window has closed (`dlabel datasets` lists the closed "
+                           "ones)")
     tables = [pq.read_table(io.BytesIO(storage.read(f"{dirname}/{f['path']}")))
               for f in manifest["files"]]
     if schema is None:
