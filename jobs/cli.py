@@ -56,7 +56,8 @@ def jobs(config_path: str, broker: Optional[str], until_idle: bool, idle_timeout
         else:
             click.echo(f"following {cfg.topics.windows} on {cfg.bootstrap_servers} (Ctrl-C stops)")
             try:
-                summary = run_forever(cfg, idle_s=min(idle_timeout, 1.0), echo=click.echo)
+                summary = run_forever(cfg, idle_s=min(idle_timeout, 1.0),
+                                      retry_failed=retry_failed, echo=click.echo)
             except KeyboardInterrupt:
                 return
     except DlabelError as e:

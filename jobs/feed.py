@@ -8,18 +8,22 @@ repeating a (window, version) is a duplicate.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from aiokafka.errors import KafkaError as AioKafkaError
+from aiokafka.structs import TopicPartition as AioTopicPartition
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from schemas.errors import BrokerError
 from jobs.dataset import parse_window
 from streams.kafka import clients as kafka_clients
+from streams.kafka.tansu_quirks import fetch_end_offsets
 
 log = logging.getLogger("dlabel.jobs.runner")
 
@@ -57,7 +61,7 @@ class WindowsFeed:
     """Reads the windows topic from offset 0 on every partition; no group, no commits."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self.topic = topic
+        self.bootstrap, self.topic = bootstrap, topic
         self.consumer = groupless_consumer(bootstrap, "dlabel-jobs")
         self.assigned: set[int] = set()
 
@@ -84,6 +88,52 @@ class WindowsFeed:
                 out.extend(r.value for r in records)
                 last = time.monotonic()
         return out
+
+    def read_until_idle(self, idle_s: float = 2.0, timeout_s: float = 120.0) -> list[bytes]:
+        """Every record value up to the end each partition had when called, then any that
+        follow until ``idle_s`` seconds pass without one (``idle_s`` 0: just the former).
+
+        The ends are the high watermarks of a Fetch (right on Tansu too; the windows topic
+        is written without transactions, so they are what ``read_committed`` reaches).
+        BrokerError when the topic does not exist, or its ends are not reached within
+        ``timeout_s`` seconds: never an empty, successful run for a slow first fetch.
+        """
+        self._assign()
+        if not self.assigned:
+            raise BrokerError(
+                f"the windows topic {self.topic!r} does not exist on {self.bootstrap}: no "
+                "window was ever published there. Check topics.windows in the config and "
+                "--broker / DLABEL_BROKER, or start the pipeline (`dlabel worker`), which "
+                "creates its topics; `dlabel jobs` without --until-idle waits for the topic")
+        ends = self._end_offsets(min(timeout_s, 10.0))
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout_s
+        last = time.monotonic()
+        while True:
+            behind = {p: at for p, end in ends.items()
+                      if (at := self.consumer.position(TopicPartition(self.topic, p))) < end}
+            if not behind and time.monotonic() - last >= idle_s:
+                return out
+            if behind and time.monotonic() > deadline:
+                raise BrokerError(
+                    f"in {timeout_s:g}s the runner read the windows topic {self.topic!r} on "
+                    f"{self.bootstrap} only to offsets {behind} of its ends {ends} "
+                    "({partition: offset}); check that the broker is up and not overloaded "
+                    "(`dlabel status`), then run `dlabel jobs --until-idle` again")
+            for records in self.consumer.poll(timeout_ms=200).values():
+                out.extend(r.value for r in records)
+                last = time.monotonic()
+
+    def _end_offsets(self, timeout_s: float) -> dict[int, int]:
+        """``{partition: end}`` of the assigned partitions that have records."""
+        tps = [AioTopicPartition(self.topic, p) for p in sorted(self.assigned)]
+        try:
+            ends = asyncio.run(fetch_end_offsets(self.bootstrap, tps, timeout_s=timeout_s))
+        except AioKafkaError as e:
+            raise BrokerError(f"cannot read the end offsets of the windows topic {self.topic!r} "
+                              f"on {self.bootstrap} ({e!r}); check the broker "
+                              "(`dlabel status`) and run again") from None
+        return {tp.partition: end for tp, end in ends.items() if end > 0}
 
     def close(self) -> None:
         self.consumer.close()

@@ -210,28 +210,31 @@ def run_until_idle(config: PipelineConfig, *, idle_s: float = 2.0,
                    job_argv: JobArgv = default_job_argv,
                    sleep: Callable[[float], None] = time.sleep, retry_failed: bool = False,
                    echo: Callable[[str], None] | None = None) -> RunSummary:
-    """Read the windows topic until ``idle_s`` pass without an event, run every pending
-    window in order, and return what happened (what the demo and tests call)."""
+    """Read the windows topic to the end it has now, then until ``idle_s`` pass without
+    an event (WindowsFeed.read_until_idle), run every pending window in order, and return
+    what happened (what the demo and tests call); BrokerError if the topic is missing."""
     summary = RunSummary()
     runner = Runner(config, job_argv=job_argv, sleep=sleep, retry_failed=retry_failed,
                     echo=echo)
     feed = WindowsFeed(config.bootstrap_servers, config.topics.windows)
     versions: dict[int, int] = {}
     try:
-        windows = parse_events(feed.poll(idle_s), config.pipeline, summary, versions)
+        windows = parse_events(feed.read_until_idle(idle_s), config.pipeline, summary,
+                               versions)
     finally:
         feed.close()
     runner.run_windows(windows, summary, versions)
     return summary
 
 
-def run_forever(config: PipelineConfig, *, idle_s: float = 1.0,
+def run_forever(config: PipelineConfig, *, idle_s: float = 1.0, retry_failed: bool = False,
                 echo: Callable[[str], None] | None = None,
                 stop: Callable[[], bool] = lambda: False) -> RunSummary:
-    """Follow the windows topic, running new windows as their events come, until ``stop()``;
-    with ``model.update_every``, the in-window updater (jobs.online_feed) steps in between."""
+    """Follow the windows topic, running new windows as their events come, until ``stop()``
+    (``retry_failed``: windows recorded as failed run again too); with
+    ``model.update_every``, the in-window updater (jobs.online_feed) steps in between."""
     summary = RunSummary()
-    runner = Runner(config, echo=echo)
+    runner = Runner(config, retry_failed=retry_failed, echo=echo)
     feed = WindowsFeed(config.bootstrap_servers, config.topics.windows)
     updates = None
     if config.model.updates.enabled:  # in-window updates of the serving model, between jobs

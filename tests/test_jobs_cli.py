@@ -93,6 +93,25 @@ def test_jobs_until_idle_command(broker, make_config, tmp_path):
     assert json.loads(res.output.strip().splitlines()[-1])["trained"] == []
 
 
+@pytest.mark.broker
+def test_jobs_follow_mode_retries_failed_windows_when_asked(broker, make_config, tmp_path,
+                                                            monkeypatch):
+    """``--retry-failed`` without ``--until-idle`` reaches the Runner (it was dropped)."""
+    import jobs.runner
+    cfg = on_tmp(make_config("ctr", broker=broker.url), tmp_path)
+    path = write_yaml(cfg, "ctr", tmp_path / "ctr.yaml")
+    seen: list[dict] = []
+
+    def runner(config, **kwargs):  # Ctrl-C as soon as the follow loop builds its Runner
+        seen.append(kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(jobs.runner, "Runner", runner)
+    out = run("jobs", "-c", path, "--broker", broker.url, "--retry-failed").output
+    assert "following" in out and [k.get("retry_failed") for k in seen] == [True]
+    run("jobs", "-c", path, "--broker", broker.url)
+    assert [k.get("retry_failed") for k in seen] == [True, False]
+
+
 def test_simulated_concept_drift(make_config):
     cfg = make_config("ctr")
     plain = generate(cfg, "ctr", 3000, seed=4)

@@ -103,6 +103,22 @@ def test_a_job_that_hangs_is_killed_at_the_timeout(make_config, tmp_path):
     assert not [pid for pid in started if alive(pid)], "a timed-out job is still running"
 
 
+def test_run_forever_hands_retry_failed_to_its_runner(cfg, monkeypatch):
+    """``dlabel jobs --retry-failed`` in follow mode: the Runner is told to retry."""
+    import jobs.runner
+
+    class Built(Exception):
+        pass
+
+    def runner(config, **kwargs):  # stops run_forever before it opens the windows feed
+        raise Built(kwargs)
+    monkeypatch.setattr(jobs.runner, "Runner", runner)
+    for retry_failed in (True, False):
+        with pytest.raises(Built) as built:
+            jobs.runner.run_forever(cfg, retry_failed=retry_failed)
+        assert built.value.args[0]["retry_failed"] is retry_failed
+
+
 def test_windows_run_in_order_once_each(cfg):
     starts = write_ctr_windows(cfg, 3, rows=300)
     s = RunSummary()
@@ -133,9 +149,9 @@ def test_runner_on_the_broker(broker: EmbeddedBroker, make_config, tmp_path):
     producer.send(cfg.topics.windows, value=b"garbage")
     producer.flush()
     producer.close()
-    # the runner reads the topic until idle_s pass without an event, counting from before
-    # its first fetch: generous, so that a slow first fetch is not taken for an empty topic
-    s = run_until_idle(cfg, idle_s=5.0)
+    # the runner reads the topic to the end it had at the start, then until idle_s pass
+    # without an event: with idle_s 0, all it waits for is every event already sent
+    s = run_until_idle(cfg, idle_s=0)
     assert s.trained == [window_iso(w) for w in starts]
     assert (s.events, s.duplicates, s.ignored, s.failed) == (6, 2, 1, [])
     reg = Registry(cfg.model.path)
@@ -144,7 +160,7 @@ def test_runner_on_the_broker(broker: EmbeddedBroker, make_config, tmp_path):
     # a replay of the whole topic trains nothing (through the demo's one-call API)
     from jobs.loop import retrain_until_idle
     lines: list[str] = []
-    out = retrain_until_idle(cfg, "category", "mens_dress_shoes", idle_s=5.0, echo=lines.append,
+    out = retrain_until_idle(cfg, "category", "mens_dress_shoes", idle_s=0, echo=lines.append,
                              report_dir=tmp_path / "report")
     again = out["summary"]
     assert again.trained == [] and again.skipped == s.trained and len(reg.versions()) == 3
