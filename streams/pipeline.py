@@ -13,7 +13,7 @@ import threading
 from typing import Optional
 
 from schemas.config import PipelineConfig
-from schemas.errors import DlabelError
+from schemas.errors import ConfigError, DlabelError
 from schemas.pii import PiiHasher, load_pii_key
 from streams.common import metrics
 from streams.join.faust_adapter import WorkerOptions, app_id, build_app, changelog_topic, run_app
@@ -104,7 +104,10 @@ def _run_join_and_sink(config: PipelineConfig, only: Optional[str], drain: bool,
     stopping.set()
     if not drain:
         sink.terminate()  # SIGTERM: the sink finishes its poll and exits
-    result = parent_conn.recv() if parent_conn.poll(None if drain else 30) else None
+    try:
+        result = parent_conn.recv() if parent_conn.poll(None if drain else 30) else None
+    except EOFError:  # the sink child died without sending its summary
+        result = None
     sink.join(30)
     if result is None or not result.get("ok"):
         raise DlabelError(f"the dataset sink stopped on an error: "
@@ -136,9 +139,11 @@ GUARANTEES = ("auto", "exactly_once", "at_least_once")
 def _exactly_once(guarantee: str, tansu: bool) -> bool:
     """Whether the worker writes in transactions; logs the guarantee when it is not."""
     if guarantee not in GUARANTEES:
-        raise DlabelError(f"processing guarantee {guarantee!r} is not one of {GUARANTEES}")
+        raise ConfigError(f"processing guarantee {guarantee!r} is not one of {GUARANTEES}; "
+                          "pass --guarantee auto (exactly once where the broker has "
+                          "transactions)")
     if tansu and guarantee == "exactly_once":
-        raise DlabelError("exactly_once needs a broker with transactions (Apache Kafka, "
+        raise ConfigError("exactly_once needs a broker with transactions (Apache Kafka, "
                           "Redpanda, Confluent, MSK); the embedded Tansu broker has none: use "
                           "--guarantee auto or at_least_once, or dlabel broker --engine kafka")
     if tansu:

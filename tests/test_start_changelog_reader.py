@@ -13,6 +13,7 @@ every partition.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -131,8 +132,12 @@ def test_input_batches_take_from_every_partition(broker, unique_name):
         try:
             await feed.assign({tp: None for tp in tps})
             out, seen = [], 0
-            # wait until both partitions' first fetches are buffered
-            await asyncio.sleep(1.0)
+            # until both partitions' first fetches are buffered (a fetch response sets
+            # the partition's high watermark): the fair shares are of buffered records
+            deadline = time.monotonic() + 60
+            while any(feed.highwater(tp) is None for tp in tps):
+                assert time.monotonic() < deadline, "no fetch response for both partitions"
+                await asyncio.sleep(0.02)
             while seen < 4000:
                 batch = await feed.getmany(timeout_ms=1000, max_records=1000)
                 counts = {tp: len(recs) for tp, recs in batch.items()}

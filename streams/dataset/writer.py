@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
 from schemas.records import DeadLetter
+from schemas.errors import DatasetError
 from schemas.dataset_schema import (arrow_schema, examples_to_table, parse_part_name,
                                     parse_window_dir, part_name, window_dir)
 from streams.dataset.compaction import (compact_window, data_files, parquet_bytes,
@@ -79,8 +80,11 @@ class DatasetWriter:
             intent = self._read_json(f"{STATE_DIR}/p{p:03d}.intent.json")
             if intent and int(intent["first"]) >= self.committed[p]:
                 if int(intent["first"]) != self.committed[p]:
-                    raise RuntimeError(f"_sink state of partition {p} is inconsistent: "
-                                       f"intent {intent} vs next {self.committed[p]}")
+                    raise DatasetError(
+                        f"the sink state of partition {p} under {self.storage.uri(STATE_DIR)} "
+                        f"is inconsistent: intent {intent} vs next {self.committed[p]}; it "
+                        "was changed outside dlabel, or two sinks wrote this dataset: stop "
+                        "every sink of dataset.path and restore that directory from a backup")
                 self.redo[p] = int(intent["last"])
         self._remove_temp_files(STATE_DIR)
         for name in self.storage.list_dir():

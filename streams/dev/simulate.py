@@ -402,7 +402,9 @@ async def produce_async(bootstrap: str, config: "PipelineConfig", events: Iterab
                     pending.append(await producer.send_batch(batch, topic, partition=p))
                 batch = open_batches[(topic, p)] = producer.create_batch()
                 if batch.append(key=ev.key, value=ev.value, timestamp=stamp) is None:
-                    raise BrokerError(f"event of {len(ev.value)} bytes exceeds batch_size")
+                    raise BrokerError(f"an event of {len(ev.value)} bytes does not fit in a "
+                                      f"producer batch of batch_size={batch_size} bytes; "
+                                      "pass a larger batch_size")
             n += 1
         for (topic, p), batch in open_batches.items():
             if batch.record_count():

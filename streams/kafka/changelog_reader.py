@@ -23,6 +23,7 @@ from typing import Iterable
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from schemas.errors import BrokerError
 from streams.kafka import clients as kafka_clients
 from streams.kafka.tansu_quirks import fetch_end_offsets
 
@@ -80,9 +81,11 @@ async def read_latest(bootstrap: str, tps: Iterable[TopicPartition], *,
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
             if remaining and time.monotonic() - moved_at > stall_timeout_s:
-                raise TimeoutError(
-                    f"reading the changelog stalled short of its end: "
-                    f"{ {f'{tp.topic}:{tp.partition}': ends[tp] for tp in remaining} }")
+                raise BrokerError(
+                    f"reading the changelog stalled for {stall_timeout_s:g}s short of its "
+                    f"end: { {f'{tp.topic}:{tp.partition}': ends[tp] for tp in remaining} } "
+                    f"({{partition: end offset}}); check that the broker is up and serves "
+                    f"these partitions (`dlabel status`), then start the worker again")
             await asyncio.sleep(0)
         return ({k: v for k, v in latest.items() if v[1] is not None and v[1] != b"null"},
                 counts)
