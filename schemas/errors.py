@@ -1,6 +1,8 @@
 """The dlabel exception tree: one base class, a few specific subclasses."""
 from __future__ import annotations
 
+from typing import Any
+
 
 class DlabelError(Exception):
     """Base class of every error dlabel raises on purpose."""
@@ -44,3 +46,9 @@ class RegistryError(DlabelError):
 
 class JobError(DlabelError):
     """A retraining job could not run or failed."""
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)``, cut to 80 characters: how an error detail quotes a bad value."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -9,23 +9,21 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Callable
 
 import orjson
 
 from schemas.config import PipelineConfig, RoleInputs
-from schemas.errors import ConfigError, EventError
+from schemas.errors import ConfigError, EventError, short_repr
+from schemas.event_time import MAX_TS_MS, MIN_TS_MS, parse_event_time
+from schemas.feature_values import COERCERS, NotCoercible, hashing
 from schemas.pii import PII_KEY_ENV, PiiHasher
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MS = timedelta(milliseconds=1)
-MIN_TS_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
-MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+__all__ = ["Request", "Feedback", "EventParser", "parse_event_time", "MIN_TS_MS", "MAX_TS_MS",
+           "MAX_EVENT_BYTES", "MAX_STRING_CHARS", "load_event_object"]
+
 _MISSING = object()
-_BOOL_STRINGS = {"true": True, "false": False, "1": True, "0": False}
 
 
 @dataclass(slots=True)
@@ -48,62 +46,6 @@ class Feedback:
     fields: dict[str, Any]
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-#: ISO-8601 event times parsed lately (text -> epoch ms, in range): with the repartition
-#: hop each event's time is read twice, by the hop and then by the join (~1.4 us each);
-#: the second read is a dict lookup. Emptied when full (~150 bytes an entry).
-ISO_SEEN_SIZE = 32_768
-_ISO_SEEN: dict[str, int] = {}
-
-
-def parse_event_time(value: Any, field: str = "ts", unit: str = "ms") -> int:
-    """Parse an event time (ISO-8601 with a zone, or an integer epoch in ``unit``) to epoch ms.
-
-    ``unit`` (s, ms or us) applies to numbers only: seconds may have a fraction
-    (truncated to the millisecond, exactly as written), ms and us must be whole.
-    A zone-less time, a bool, a non-finite number, a fractional ms or us, a time
-    outside years 1-9999 or anything else raises ``EventError('bad_timestamp', ...)``.
-    """
-    kind = type(value)
-    if kind is int and unit == "ms":
-        ms = value
-    elif kind is str:
-        ms = _ISO_SEEN.get(value)
-        if ms is not None:
-            return ms
-        text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
-        try:
-            dt = datetime.fromisoformat(text)
-        except ValueError:
-            raise EventError("bad_timestamp", f"{field}: {_short(value)} is not an ISO-8601 "
-                                              "time; write e.g. 2026-11-27T10:00:00Z") from None
-        if dt.tzinfo is None:  # else a fixed offset: fromisoformat makes only those
-            raise EventError("bad_timestamp", f"{field}: {_short(value)} has no zone; "
-                                              "add Z or an offset like +01:00")
-        ms = (dt - _EPOCH) // _MS  # floored, also before 1970
-        if MIN_TS_MS <= ms <= MAX_TS_MS:
-            if len(_ISO_SEEN) >= ISO_SEEN_SIZE:
-                _ISO_SEEN.clear()
-            _ISO_SEEN[value] = ms
-    elif kind is int or (kind is float and value - value == 0.0
-                         and (unit == "s" or value.is_integer())):
-        ms = _epoch_to_ms(value, unit, field)
-    elif kind is Decimal and unit == "s" and value.is_finite():
-        ms = _epoch_to_ms(value, unit, field)
-    else:
-        what = {"s": "epoch seconds", "ms": "integer epoch milliseconds",
-                "us": "integer epoch microseconds"}[unit]
-        raise EventError("bad_timestamp", f"{field}: {_short(value)} is not an ISO-8601 time "
-                                          f"with a zone or {what}")
-    if not MIN_TS_MS <= ms <= MAX_TS_MS:
-        raise EventError("bad_timestamp", f"{field}: {_short(value)} is outside years 1-9999")
-    return ms
-
-
 def _exact_number(raw: bytes, path: tuple[str, ...], parsed: float) -> Decimal | float:
     """The number at ``path`` exactly as the JSON wrote it (a float has ~16 digits: an
     epoch in seconds with a nanosecond fraction does not fit one)."""
@@ -114,116 +56,6 @@ def _exact_number(raw: bytes, path: tuple[str, ...], parsed: float) -> Decimal |
     except (ValueError, RecursionError):
         return parsed
     return value if type(value) is Decimal else parsed
-
-
-def _epoch_to_ms(value: int | float | Decimal, unit: str, field: str) -> int:
-    if unit == "us":
-        return int(value) // 1000
-    if unit == "ms":
-        return int(value)
-    if type(value) is int:
-        return value * 1000
-    # the decimal as written (a Decimal from the raw JSON, or the float's shortest
-    # exact form): 0.123 s is 123 ms, not 122
-    try:
-        return math.floor((value if type(value) is Decimal else Decimal(repr(value))) * 1000)
-    except (ArithmeticError, ValueError):
-        raise EventError("bad_timestamp", f"{field}: {_short(value)} is outside years "
-                                          "1-9999") from None
-
-
-class _Bad(Exception):
-    """A feature value cannot be coerced; args[0] says what was expected."""
-
-
-def _to_float(v: Any) -> float | None:
-    kind = type(v)
-    if kind is float:
-        x = v
-    elif kind is int:
-        try:
-            x = float(v)
-        except OverflowError:
-            raise _Bad("a float in range") from None
-    elif kind is str:
-        if v == "":
-            return None
-        if "_" in v:
-            raise _Bad("a float")
-        try:
-            x = float(v)
-        except ValueError:
-            raise _Bad("a float") from None
-    else:
-        raise _Bad("a float")
-    if x - x != 0.0:  # NaN or +-inf
-        raise _Bad("a finite float")
-    return x
-
-
-def _to_int(v: Any) -> int | None:
-    kind = type(v)
-    if kind is int:
-        x = v
-    elif kind is float or kind is str:
-        if kind is str:
-            if v == "":
-                return None
-            if "_" in v:
-                raise _Bad("an int")
-            try:
-                x = int(v)
-            except ValueError:
-                try:
-                    v = float(v)
-                except ValueError:
-                    raise _Bad("an int") from None
-        if type(v) is float:
-            if v - v != 0.0 or not v.is_integer():
-                raise _Bad("a whole, finite int")
-            x = int(v)
-    else:
-        raise _Bad("an int")
-    if not _INT64_MIN <= x <= _INT64_MAX:
-        raise _Bad("an int in the 64-bit range")
-    return x
-
-
-def _to_bool(v: Any) -> bool | None:
-    if v is True or v is False:
-        return v
-    kind = type(v)
-    if kind is int and (v == 0 or v == 1):
-        return v == 1
-    if kind is str:
-        if v == "":
-            return None
-        b = _BOOL_STRINGS.get(v.strip().lower(), _MISSING)
-        if b is not _MISSING:
-            return b  # type: ignore[return-value]
-    raise _Bad("a bool (true/false/0/1)")
-
-
-def _to_str(v: Any) -> str | None:
-    kind = type(v)
-    if kind is str:
-        return v or None
-    if kind is int:
-        return str(v)
-    if kind is float and v - v == 0.0:
-        return str(v)
-    raise _Bad("a string")
-
-
-_COERCERS: dict[str, Callable[[Any], Any]] = {
-    "float": _to_float, "int": _to_int, "bool": _to_bool, "str": _to_str}
-
-
-def _hashing(hasher: PiiHasher) -> Callable[[Any], str | None]:
-    def coerce(v: Any) -> str | None:
-        s = _to_str(v)
-        return None if s is None else hasher.hash(s)
-    return coerce
 
 
 def _number(v: Any, field: str) -> float | None:
@@ -238,7 +70,7 @@ def _number(v: Any, field: str) -> float | None:
             return float(v)
         except OverflowError:
             pass
-    raise EventError("bad_type", f"{field}: {_short(v)} is not a finite number or null")
+    raise EventError("bad_type", f"{field}: {short_repr(v)} is not a finite number or null")
 
 
 def _maybe_huge_int(obj: Any) -> bool:
@@ -277,7 +109,9 @@ def _too_long(field: str, v: str) -> EventError:
                                    f"{MAX_STRING_CHARS} limit")
 
 
-def _load(raw: bytes) -> dict[str, Any]:
+def load_event_object(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a raw event value, as ``json`` reads it (orjson where the two
+    agree); EventError (``too_large`` or ``malformed_json``) when it is not one."""
     if raw is None:
         raise EventError("malformed_json", "empty value (tombstone); expected a JSON object")
     if len(raw) > MAX_EVENT_BYTES:
@@ -313,11 +147,11 @@ def _load(raw: bytes) -> dict[str, Any]:
 
 
 def _load_head(raw: bytes) -> dict[str, Any]:
-    """``_load`` for readers of the key and the time only: orjson's object as it is.
+    """``load_event_object`` for readers of the key and the time only: orjson's object as it is.
 
-    ``_load`` also scans the whole object for integers beyond 64 bits (orjson reads them
+    ``load_event_object`` also scans the whole object for integers beyond 64 bits (orjson reads them
     as floats) and parses it again with json when it finds one. A valid key or time is
-    never such a float, so a reader of those two goes back to ``_load`` only when one
+    never such a float, so a reader of those two goes back to ``load_event_object`` only when one
     of them is invalid (``EventParser._route``), to say why exactly as the parse does.
     """
     if type(raw) is bytes and len(raw) <= MAX_EVENT_BYTES:
@@ -328,7 +162,7 @@ def _load_head(raw: bytes) -> dict[str, Any]:
         else:
             if type(obj) is dict:
                 return obj
-    return _load(raw)
+    return load_event_object(raw)
 
 
 def _lookup(obj: Any, segments: tuple[str, ...]) -> Any:
@@ -387,7 +221,7 @@ class EventParser:
         self._req_ts_path = inputs.requests.path("ts").segments
         self._fb_ts_path = inputs.feedback.path("ts").segments
         self._features = tuple(
-            (f.name, _hashing(pii) if f.pii == "hash" and pii else _COERCERS[f.type],
+            (f.name, hashing(pii) if f.pii == "hash" and pii else COERCERS[f.type],
              f.pii is not None)
             for f in config.kept_features)
         self._dropped = tuple(f.name for f in config.features if f.pii == "drop")
@@ -401,7 +235,7 @@ class EventParser:
         if rid is None:
             raise EventError("missing_field", f"{name} is missing")
         if type(rid) is not str or not rid:
-            raise EventError("bad_type", f"{name}: {_short(rid)} is not a non-empty string")
+            raise EventError("bad_type", f"{name}: {short_repr(rid)} is not a non-empty string")
         if len(rid) > MAX_STRING_CHARS:
             raise _too_long(name, rid)
         name, get = ts
@@ -434,11 +268,11 @@ class EventParser:
         except EventError:
             # as the full parse says it: json decides where orjson may differ (an
             # integer beyond 64 bits read as a float)
-            return self._head(_load(raw), key, ts, unit, raw, ts_path)
+            return self._head(load_event_object(raw), key, ts, unit, raw, ts_path)
 
     def parse_request(self, raw: bytes) -> Request:
         """Parse a request value; raises ``EventError`` when it is invalid."""
-        obj = _load(raw)
+        obj = load_event_object(raw)
         fields = self._req
         rid, ts = self._head(obj, self._req_key, fields["ts"], self._req_unit, raw,
                              self._req_ts_path)
@@ -447,7 +281,7 @@ class EventParser:
         if feats is None:
             feats = {}
         elif type(feats) is not dict:
-            raise EventError("bad_type", f"{where}: {_short(feats)} is not a JSON object")
+            raise EventError("bad_type", f"{where}: {short_repr(feats)} is not a JSON object")
         out: dict[str, Any] = {}
         present = 0
         for name, coerce, secret in self._features:
@@ -460,8 +294,8 @@ class EventParser:
                 raise _too_long(f"{where}.{name}", v)
             try:
                 out[name] = None if v is None else coerce(v)
-            except _Bad as e:
-                shown = f"a {type(v).__name__} value" if secret else _short(v)
+            except NotCoercible as e:
+                shown = f"a {type(v).__name__} value" if secret else short_repr(v)
                 raise EventError("bad_type", f"{where}.{name}: {shown} is not {e.args[0]}"
                                  ) from None
         where, get = fields["prediction"]
@@ -469,7 +303,7 @@ class EventParser:
         where, get = fields["model_version"]
         version = get(obj)
         if version is not None and type(version) is not str:
-            raise EventError("bad_type", f"{where}: {_short(version)} is not a string "
+            raise EventError("bad_type", f"{where}: {short_repr(version)} is not a string "
                                          "or null")
         if version is not None and len(version) > MAX_STRING_CHARS:
             raise _too_long(where, version)
@@ -484,7 +318,7 @@ class EventParser:
         For a regression label ``field:<name>``, feedback of a ``label.feedback`` type must
         carry that field as a finite number; it is stored as a float in ``fields``.
         """
-        obj = _load(raw)
+        obj = load_event_object(raw)
         fields = self._fb
         rid, ts = self._head(obj, self._fb_key, fields["ts"], self._fb_unit, raw,
                              self._fb_ts_path)
@@ -493,7 +327,7 @@ class EventParser:
         if ftype is None:
             raise EventError("missing_field", f"{where} is missing")
         if type(ftype) is not str or not ftype:
-            raise EventError("bad_type", f"{where}: {_short(ftype)} is not a non-empty string")
+            raise EventError("bad_type", f"{where}: {short_repr(ftype)} is not a non-empty string")
         if len(ftype) > MAX_STRING_CHARS:
             raise _too_long(where, ftype)
         where, get = fields["value"]

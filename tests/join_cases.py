@@ -90,7 +90,7 @@ def drive(config: PipelineConfig, arrivals: list[tuple[str, bytes]], drain: bool
     offsets: dict[tuple[str, int], int] = {}
     run = Run()
     for role, raw in arrivals:
-        part = _partition(raw, partitions)
+        part = partition_of(raw, partitions)
         off = offsets.get((role, part), 0)
         offsets[(role, part)] = off + 1
         run.positions.append((role, part, off))
@@ -101,7 +101,8 @@ def drive(config: PipelineConfig, arrivals: list[tuple[str, bytes]], drain: bool
     return run
 
 
-def _partition(raw: bytes, partitions: int) -> int:
+def partition_of(raw: bytes, partitions: int) -> int:
+    """The partition of an event by crc32 of its request id (0 when it has none)."""
     try:
         rid = json.loads(raw).get("request_id")
     except Exception:

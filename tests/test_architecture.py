@@ -194,3 +194,16 @@ def test_the_layer_check_can_fail(monkeypatch):
 
     monkeypatch.setitem(globals(), "_imports", with_a_bad_import)
     assert any("streams.dataset.sink:1" in line for line in _layer_violations())
+
+
+def test_tests_and_benchmarks_import_no_private_names():
+    """The same rule for the tests and benchmarks: what they share is public."""
+    bad = []
+    for path in sorted([*(ROOT / "tests").glob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \
+                    node.module.split(".")[0] in (*PACKAGES, "tests"):
+                bad.extend(f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name} from "
+                           f"{node.module}" for a in node.names
+                           if a.name.startswith("_") and a.name != "__version__")
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)

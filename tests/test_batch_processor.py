@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.join.processor import JoinProcessor
-from tests.join_cases import Run, _partition, assert_run_matches_oracle, config_dict, make_config
+from tests.join_cases import Run, partition_of, assert_run_matches_oracle, config_dict, make_config
 from tests.test_join_property import scenarios
 
 
@@ -29,7 +29,7 @@ def drive_batches(config, arrivals, cuts, partitions: int = 1) -> Run:
     for end in bounds:
         groups: dict[tuple[str, int], list] = {}
         for role, raw in arrivals[start:end]:
-            part = _partition(raw, partitions)
+            part = partition_of(raw, partitions)
             off = offsets.get((role, part), 0)
             offsets[(role, part)] = off + 1
             run.positions.append((role, part, off))

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.errors import EventError
-from schemas.events import _load
+from schemas.events import load_event_object
 from schemas.records import encode_labeled
 
 TRICKY = [b'{"a":1,"a":2}', b'\xef\xbb\xbf{"a":1}', b'{"a":NaN}', b'{"a":-Infinity}',
@@ -30,7 +30,7 @@ def _json_way(raw: bytes):
 
 def _ours(raw: bytes):
     try:
-        return _load(raw)
+        return load_event_object(raw)
     except EventError:
         return "error"
 

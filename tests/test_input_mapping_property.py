@@ -28,7 +28,7 @@ from schemas.pii import PiiHasher
 from streams.join.processor import InputRecord, JoinProcessor
 from tests import oracle
 from tests.join_cases import MIN, Run, config_dict, fb
-from tests.test_join_property import _fmt_ts, request_bytes, times
+from tests.test_join_property import fmt_ts, request_bytes, times
 
 T0 = 1_795_000_000_000
 KEY = b"k" * 32
@@ -77,7 +77,7 @@ def standard_scenario(draw, kind: str):
         for _ in range(draw(st.integers(0, 3))):
             fts = ts + draw(st.one_of(st.integers(-2 * MIN, 40 * MIN),
                                       st.sampled_from([-1, 0, 30 * MIN - 1, 30 * MIN])))
-            raw = fb(rid, _fmt_ts(fts, draw(times)), draw(st.sampled_from(ftypes)),
+            raw = fb(rid, fmt_ts(fts, draw(times)), draw(st.sampled_from(ftypes)),
                      draw(st.sampled_from([None, 2.5, 0])))
             events.append((fts, "feedback", _spice_feedback(draw, raw, kind)))
     for i in range(draw(st.integers(0, 2))):  # orphans

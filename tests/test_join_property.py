@@ -31,7 +31,7 @@ spoilers = st.sampled_from([("price", "abc"), ("price", True), ("category", [1])
                             ("ts", "2026-11-27T10:00:00")])
 
 
-def _fmt_ts(ts: int, how: str):
+def fmt_ts(ts: int, how: str):
     """The same instant as integer ms or ISO-8601 text (as real producers mix them)."""
     if how == "int":
         return ts
@@ -53,7 +53,7 @@ def request_bytes(draw, rid: str, ts: int, valid: bool = True) -> bytes:
             feats[name] = v
     if draw(st.booleans()):
         feats["undeclared"] = draw(st.sampled_from([1, "x", None]))
-    obj = {"request_id": rid, "ts": _fmt_ts(ts, draw(times)), "features": feats}
+    obj = {"request_id": rid, "ts": fmt_ts(ts, draw(times)), "features": feats}
     for name, values in (("prediction", predictions), ("model_version", versions)):
         v = draw(values)
         if v is not _MISSING:
@@ -85,7 +85,7 @@ def scenarios(draw, kind: str):
             fts = ts + draw(st.one_of(st.integers(-2 * MIN, 40 * MIN),
                                       st.sampled_from([-1, 0, 30 * MIN - 1, 30 * MIN])))
             ftype = draw(st.sampled_from(["click", "view"] if kind == "binary" else ["exit", "view"]))
-            events.append((fts, "feedback", fb(rid, _fmt_ts(fts, draw(times)), ftype)))
+            events.append((fts, "feedback", fb(rid, fmt_ts(fts, draw(times)), ftype)))
     for i in range(draw(st.integers(0, 2))):  # orphans
         fts = T0 + draw(st.integers(0, 120)) * MIN
         events.append((fts, "feedback", fb(f"orphan{i}", fts)))
