@@ -41,6 +41,7 @@ class RunSummary:
     ignored: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        """The summary as a plain dict (for JSON output)."""
         return dict(self.__dict__)
 
 
@@ -136,6 +137,7 @@ class WindowsFeed:
         return {tp.partition: end for tp, end in ends.items() if end > 0}
 
     def close(self) -> None:
+        """Close the consumer."""
         self.consumer.close()
 
 

@@ -121,6 +121,7 @@ class DatasetSink:
         return self.summary()
 
     def stop(self) -> None:
+        """Ask the sink loop to finish its current poll and return."""
         self.stopping = True
 
     def _parent_gone(self) -> bool:
@@ -144,6 +145,7 @@ class DatasetSink:
         return fd is not None
 
     def summary(self) -> dict:
+        """What the sink did: the writer's counts, windows sent, close latencies (ms)."""
         lat = sorted(self.close_latency_ms)
         return {**self.writer.counts, "windows_sent": len(self.sent),
                 "close_latency_ms_max": lat[-1] if lat else None,

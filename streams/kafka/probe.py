@@ -52,11 +52,13 @@ class BrokerProbe:
         self._thread = threading.Thread(target=self._run, name="dlabel-broker-probe", daemon=True)
 
     def start(self) -> "BrokerProbe":
+        """Start probing in a daemon thread; the broker counts as up until a probe fails."""
         metrics.BROKER_UP.set(1)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        """Stop probing (the thread ends after its current probe)."""
         self._stop.set()
 
     def _run(self) -> None:
