@@ -8,7 +8,6 @@ are read, never a glob, so a reader never sees uncommitted files.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from schemas.dataset_schema import (MANIFEST, iso_utc, parse_window_arg, parse_window_dir,
-                                    window_dir)
+from schemas.dataset_schema import (MANIFEST, iso_utc, parse_manifest, parse_window_arg,
+                                    parse_window_dir, window_dir)
 from schemas.errors import DatasetError
 from streams.common.storage import open_storage
 
@@ -82,19 +81,13 @@ def open_window(root: str | Path, start_ms: int, manifest: str | Path | None = N
                            "to read it")
     try:
         raw = storage.read(rel)
-        if raw is None:
-            raise DatasetError(f"window {window_iso(start_ms)}: no manifest at {mpath}; the "
-                               "window is not closed yet (or dataset.path is wrong)")
-        data = json.loads(raw)
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise DatasetError(f"window {window_iso(start_ms)}: cannot read manifest {mpath} "
                            f"({e})") from None
-    for key in ("format", "window_start_ms", "window_end_ms", "files", "rows"):
-        if key not in data:
-            raise DatasetError(f"manifest {mpath}: missing key {key!r}")
-    if data["format"] != 1:
-        raise DatasetError(f"manifest {mpath}: format {data['format']!r} is not supported "
-                           "(this dlabel reads format 1)")
+    if raw is None:
+        raise DatasetError(f"window {window_iso(start_ms)}: no manifest at {mpath}; the "
+                           "window is not closed yet (or dataset.path is wrong)")
+    data = parse_manifest(raw, mpath)
     if data["window_start_ms"] != start_ms:
         raise DatasetError(f"manifest {mpath}: window_start_ms {data['window_start_ms']} is not "
                            f"the requested window {start_ms}")

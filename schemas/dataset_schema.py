@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 
 from schemas.config import PipelineConfig
+from schemas.errors import DatasetError
 
 TS = pa.timestamp("ms", tz="UTC")
 FEATURE_TYPES = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(),
@@ -28,6 +29,11 @@ WINDOW_DIR_PREFIX = "window-"
 LEGACY_WINDOW_DIR_PREFIX = "window_start="
 #: A window's manifest file name (written last: the window is committed once it exists).
 MANIFEST = "_manifest.json"
+#: The manifest format this dlabel writes and reads.
+MANIFEST_FORMAT = 1
+#: The keys every manifest has and its readers rely on.
+MANIFEST_KEYS = ("format", "pipeline", "window_start", "window_end", "files", "rows",
+                 "positives", "window_start_ms", "window_end_ms")
 _DIR_FORMAT = "%Y-%m-%dT%H-%M-%SZ"
 _DIR_RE = re.compile(r"^(?:window-|window_start=)(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ)$")
 
@@ -137,3 +143,28 @@ def parse_data_file_name(name: str) -> int | None:
     """The index of a closed window's data file name, or None."""
     m = _DATA_RE.match(name)
     return int(m.group(1)) if m else None
+
+
+def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
+    """The manifest read from ``where`` (its path or URI, for errors).
+
+    Raises DatasetError naming it when it is not a JSON object with ``MANIFEST_KEYS``
+    in ``MANIFEST_FORMAT``: the sink writes manifests atomically, so it was changed
+    outside dlabel (or by a newer one).
+    """
+    fix = ("the dataset sink writes it atomically, so it was changed outside dlabel: "
+           "restore it from a backup, or move the window's directory out of dataset.path")
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise DatasetError(f"manifest {where} is not valid JSON ({str(e)[:120]}); {fix}"
+                           ) from None
+    missing = ([k for k in MANIFEST_KEYS if k not in data] if isinstance(data, dict)
+               else list(MANIFEST_KEYS))
+    if missing:
+        raise DatasetError(f"manifest {where} lacks {', '.join(missing)}; {fix}")
+    if data["format"] != MANIFEST_FORMAT:
+        raise DatasetError(f"manifest {where}: format {data['format']!r} is not supported "
+                           f"(this dlabel reads format {MANIFEST_FORMAT}); read it with the "
+                           "dlabel that wrote it")
+    return data

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from jobs.dataset import open_window
 from schemas.dataset_schema import MANIFEST, window_dir
 from schemas.errors import DatasetError
 from streams.common.storage import LocalStorage
@@ -24,13 +25,15 @@ def _window(tmp_path, text: str) -> tuple[LocalStorage, str]:
 @pytest.mark.parametrize("text, says", [
     ('{"format": 1, "rows": 3', "is not valid JSON"),
     ("[1, 2]", "lacks format, pipeline"),
+    (json.dumps({"format": 2}), "lacks pipeline"),
     (json.dumps({"format": 1, "pipeline": "p", "window_start": "x", "window_end": "y",
                  "files": []}), "lacks rows, positives"),
 ])
 def test_a_broken_manifest_is_named_with_the_fix(tmp_path, text, says):
     storage, dirname = _window(tmp_path, text)
     for read in (lambda: read_manifest(storage, dirname), lambda: list_windows(storage),
-                 lambda: read_window(storage, dirname)):
+                 lambda: read_window(storage, dirname),
+                 lambda: open_window(tmp_path, START_MS)):  # the jobs' reader
         with pytest.raises(DatasetError) as err:
             read()
         msg = str(err.value)
@@ -44,3 +47,13 @@ def test_an_open_window_is_not_read(tmp_path):
     assert read_manifest(storage, dirname) is None
     with pytest.raises(DatasetError, match="still open"):
         read_window(storage, dirname)
+
+
+def test_a_manifest_of_another_format_is_refused_by_every_reader(tmp_path):
+    manifest = {"format": 2, "pipeline": "p", "window_start": "x", "window_end": "y",
+                "files": [], "rows": 0, "positives": 0, "window_start_ms": START_MS,
+                "window_end_ms": START_MS + 3_600_000}
+    storage, dirname = _window(tmp_path, json.dumps(manifest))
+    for read in (lambda: list_windows(storage), lambda: open_window(tmp_path, START_MS)):
+        with pytest.raises(DatasetError, match="format 2 is not supported"):
+            read()

@@ -18,11 +18,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.config import PipelineConfig
-from schemas.dataset_schema import MANIFEST, iso_utc, parse_window_dir, unify
+from schemas.dataset_schema import (MANIFEST, MANIFEST_FORMAT, iso_utc, parse_manifest,
+                                    parse_window_dir, unify)
 from schemas.errors import DatasetError
 from streams.dataset.compaction import staged_files
 
-FORMAT = 1
+FORMAT = MANIFEST_FORMAT
 
 
 def manifest_exists(storage, dirname: str) -> bool:
@@ -125,33 +126,11 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True).encode()
 
 
-#: the keys every reader of a manifest relies on
-MANIFEST_KEYS = ("format", "pipeline", "window_start", "window_end", "files", "rows",
-                 "positives")
-
-
 def read_manifest(storage, dirname: str) -> Optional[dict[str, Any]]:
-    """The manifest of window directory ``dirname``, or None when it has none (open).
-
-    Raises DatasetError naming the manifest when it is not a JSON object with
-    ``MANIFEST_KEYS``: the sink writes it atomically, so it was changed outside dlabel.
-    """
+    """The manifest of window directory ``dirname``, or None when it has none (open);
+    DatasetError when it is not a valid one (``parse_manifest``)."""
     raw = storage.read(f"{dirname}/{MANIFEST}")
-    if not raw:
-        return None
-    where = storage.uri(f"{dirname}/{MANIFEST}")
-    fix = ("the dataset sink writes it atomically, so it was changed outside dlabel: "
-           "restore it from a backup, or move the window's directory out of dataset.path")
-    try:
-        data = json.loads(raw)
-    except ValueError as e:
-        raise DatasetError(f"manifest {where} is not valid JSON ({str(e)[:120]}); {fix}"
-                           ) from None
-    missing = ([k for k in MANIFEST_KEYS if k not in data] if isinstance(data, dict)
-               else list(MANIFEST_KEYS))
-    if missing:
-        raise DatasetError(f"manifest {where} lacks {', '.join(missing)}; {fix}")
-    return data
+    return parse_manifest(raw, storage.uri(f"{dirname}/{MANIFEST}")) if raw else None
 
 
 def window_event(manifest: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
