@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 from aiokafka.structs import TopicPartition  # noqa: E402
 
-from benchmarks.io_floor import io_floor  # noqa: E402
+from benchmarks.io_floor import input_consumer, io_floor  # noqa: E402
 from streams.kafka.broker import EmbeddedBroker  # noqa: E402
 from streams.kafka.kafka_broker import SERVER_JVM_OPTIONS, KafkaBroker  # noqa: E402
 from streams.dev.simulate import generate, produce  # noqa: E402
@@ -75,9 +75,7 @@ async def raw_consume(bootstrap: str, topics: list[str], partitions: int) -> tup
     (count, seconds). Each record is counted once, whatever the number of partitions a
     ``getmany`` returns (it used to add the whole batch once per partition in it, which
     overstated the count and stopped the read early)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                group_id=None, max_partition_fetch_bytes=4 << 20,
-                                fetch_max_bytes=16 << 20)
+    consumer = input_consumer(bootstrap)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(partitions)]

@@ -47,7 +47,9 @@ def _create_topics(bootstrap: str, names: list[str], partitions: int) -> None:
         admin.close()
 
 
-def _consumer(bootstrap: str) -> AIOKafkaConsumer:
+def input_consumer(bootstrap: str) -> AIOKafkaConsumer:
+    """A group-less consumer with the raw read's fetch sizes (``bench_join.raw_consume``
+    uses it too, so the floor and the ceiling fetch alike)."""
     return AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                             group_id=None, max_partition_fetch_bytes=4 << 20,
                             fetch_max_bytes=16 << 20)
@@ -79,7 +81,7 @@ async def io_floor(bootstrap: str, requests: str, feedback: str, partitions: int
     total = sum((await fetch_end_offsets(bootstrap, inputs)).values())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=-1,
                                 max_batch_size=256 * 1024, max_request_size=4 << 20)
-    source, joined = _consumer(bootstrap), _consumer(bootstrap)
+    source, joined = input_consumer(bootstrap), input_consumer(bootstrap)
     await producer.start()
     await source.start()
     await joined.start()
