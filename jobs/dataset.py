@@ -87,7 +87,8 @@ def open_window(root: str | Path, start_ms: int, manifest: str | Path | None = N
     if raw is None:
         raise DatasetError(f"window {window_iso(start_ms)}: no manifest at {mpath}; the "
                            "window is not closed yet (or dataset.path is wrong)")
-    data = parse_manifest(raw, mpath)
+    data = parse_manifest(raw, mpath, ("format", "window_start_ms", "window_end_ms", "files",
+                                       "rows"))
     if data["window_start_ms"] != start_ms:
         raise DatasetError(f"manifest {mpath}: window_start_ms {data['window_start_ms']} is not "
                            f"the requested window {start_ms}")

@@ -31,9 +31,9 @@ LEGACY_WINDOW_DIR_PREFIX = "window_start="
 MANIFEST = "_manifest.json"
 #: The manifest format this dlabel writes and reads.
 MANIFEST_FORMAT = 1
-#: The keys every manifest has and its readers rely on.
+#: The keys the dataset's listing relies on (``parse_manifest``'s default).
 MANIFEST_KEYS = ("format", "pipeline", "window_start", "window_end", "files", "rows",
-                 "positives", "window_start_ms", "window_end_ms")
+                 "positives")
 _DIR_FORMAT = "%Y-%m-%dT%H-%M-%SZ"
 _DIR_RE = re.compile(r"^(?:window-|window_start=)(\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ)$")
 
@@ -145,12 +145,13 @@ def parse_data_file_name(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
+def parse_manifest(raw: bytes, where: str, keys: Iterable[str] = MANIFEST_KEYS
+                   ) -> dict[str, Any]:
     """The manifest read from ``where`` (its path or URI, for errors).
 
-    Raises DatasetError naming it when it is not a JSON object with ``MANIFEST_KEYS``
-    in ``MANIFEST_FORMAT``: the sink writes manifests atomically, so it was changed
-    outside dlabel (or by a newer one).
+    Raises DatasetError naming it when it is not a JSON object with ``keys`` (those its
+    reader relies on) in ``MANIFEST_FORMAT``: the sink writes manifests atomically, so
+    it was changed outside dlabel (or by a newer one).
     """
     fix = ("the dataset sink writes it atomically, so it was changed outside dlabel: "
            "restore it from a backup, or move the window's directory out of dataset.path")
@@ -159,8 +160,7 @@ def parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
     except ValueError as e:
         raise DatasetError(f"manifest {where} is not valid JSON ({str(e)[:120]}); {fix}"
                            ) from None
-    missing = ([k for k in MANIFEST_KEYS if k not in data] if isinstance(data, dict)
-               else list(MANIFEST_KEYS))
+    missing = ([k for k in keys if k not in data] if isinstance(data, dict) else list(keys))
     if missing:
         raise DatasetError(f"manifest {where} lacks {', '.join(missing)}; {fix}")
     if data["format"] != MANIFEST_FORMAT:

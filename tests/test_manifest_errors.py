@@ -25,19 +25,31 @@ def _window(tmp_path, text: str) -> tuple[LocalStorage, str]:
 @pytest.mark.parametrize("text, says", [
     ('{"format": 1, "rows": 3', "is not valid JSON"),
     ("[1, 2]", "lacks format, pipeline"),
-    (json.dumps({"format": 2}), "lacks pipeline"),
     (json.dumps({"format": 1, "pipeline": "p", "window_start": "x", "window_end": "y",
                  "files": []}), "lacks rows, positives"),
 ])
 def test_a_broken_manifest_is_named_with_the_fix(tmp_path, text, says):
     storage, dirname = _window(tmp_path, text)
     for read in (lambda: read_manifest(storage, dirname), lambda: list_windows(storage),
-                 lambda: read_window(storage, dirname),
-                 lambda: open_window(tmp_path, START_MS)):  # the jobs' reader
+                 lambda: read_window(storage, dirname)):
         with pytest.raises(DatasetError) as err:
             read()
         msg = str(err.value)
         assert says in msg and f"{dirname}/{MANIFEST}" in msg and "restore it" in msg
+
+
+@pytest.mark.parametrize("text, says", [
+    ('{"format": 1, "rows": 3', "is not valid JSON"),
+    ("[1, 2]", "lacks format, window_start_ms"),
+    (json.dumps({"format": 1, "window_start_ms": START_MS, "files": []}),
+     "lacks window_end_ms, rows"),
+])
+def test_the_jobs_reader_names_a_broken_manifest_the_same_way(tmp_path, text, says):
+    _window(tmp_path, text)
+    with pytest.raises(DatasetError) as err:
+        open_window(tmp_path, START_MS)
+    msg = str(err.value)
+    assert says in msg and f"{window_dir(START_MS)}/{MANIFEST}" in msg and "restore it" in msg
 
 
 def test_an_open_window_is_not_read(tmp_path):
